@@ -1,0 +1,75 @@
+# riskloop front door. `make run` = the main job on embedded defaults; `make test` = CI.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := $(CURDIR)/.venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.8
+export RISKLOOP_STATE_DIR ?= $(CURDIR)/state
+export PATH := $(BIN):$(PATH)
+# the pinned stack warns loudly about its own deprecations; keep the pipeline output readable
+export PYTHONWARNINGS ?= ignore::DeprecationWarning,ignore::FutureWarning
+MLFLOW_DB := $(RISKLOOP_STATE_DIR)/mlflow.db
+PORT ?= 5000
+
+.PHONY: help install data repro run promote rollback tune-worker ui lint test bench clean
+
+help:
+	@echo "make run          install, fetch data, dvc repro, promote the first model, say where to look"
+	@echo "make test         install, ruff, pytest (PostgreSQL tests skip if no server)"
+	@echo "make ui           MLflow UI on the embedded store (PORT=$(PORT))"
+	@echo "make promote      gated: @champion <- @challenger   | make rollback"
+	@echo "make tune-worker  join the running Optuna study (needs shared OPTUNA_STORAGE)"
+	@echo "make bench        measure quality bars and timings -> bench/RESULTS.md"
+
+# Locked install: a venv with uv, then `uv sync --frozen` against uv.lock.
+$(VENV)/.installed: pyproject.toml uv.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -c 'import sys; assert sys.version_info[:2] == (3, 11), "riskloop needs Python 3.11"'
+	@test -x $(BIN)/uv || $(BIN)/python -m pip install -q "uv==$(UV_VERSION)"
+	$(BIN)/uv sync --frozen --python $(BIN)/python
+	@touch $@
+
+install: $(VENV)/.installed
+
+data: install
+	$(BIN)/python -m pipelines.fetch_data
+	$(BIN)/dvc commit -q -f data.dvc
+
+repro: data
+	$(BIN)/dvc repro
+
+run: repro
+	$(BIN)/python -m pipelines.promote --if-no-champion --reason "first model (make run)"
+	@echo
+	@echo "Done. Where to look:"
+	@echo "  dvc metrics show            test-split metrics (metrics.json)"
+	@echo "  dvc plots show              ROC, PR, calibration, score distribution -> dvc_plots/index.html"
+	@echo "  make ui                     MLflow UI at http://127.0.0.1:$(PORT) (runs, trials, registry)"
+	@echo "  reports/evaluate/           fairness, importance, challenger vs champion"
+
+promote: install
+	$(BIN)/python -m pipelines.promote $(if $(REASON),--reason "$(REASON)")
+
+rollback: install
+	$(BIN)/python -m pipelines.rollback $(if $(REASON),--reason "$(REASON)")
+
+tune-worker: install
+	$(BIN)/python -m pipelines.tune_worker
+
+ui: install
+	@mkdir -p $(RISKLOOP_STATE_DIR)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(MLFLOW_DB) \
+		--default-artifact-root file://$(RISKLOOP_STATE_DIR)/mlartifacts --host 127.0.0.1 --port $(PORT)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python -m bench.quality
+
+clean:
+	rm -rf state data/prepared data/features reports metrics.json dvc_plots

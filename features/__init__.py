@@ -1,0 +1,1 @@
+"""The data contract and the feature transformations, shared by training and serving."""

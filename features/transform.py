@@ -1,0 +1,135 @@
+"""Feature transformations: pure pandas, fitted on the training split only.
+
+`FeatureBuilder` turns raw model inputs (the contract's columns minus id, target and
+protected attributes) into the model's feature frame. It is pickled inside the one MLflow
+model, so training, evaluation and serving compute features with the same code.
+
+Every feature derived from the repayment statuses is non-decreasing in each status, so a
+monotone constraint on them makes risk non-decreasing in months past due.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from riskloop.settings import DataSettings, FeatureSettings
+
+# Status features that must carry a +1 monotone constraint (see params.yaml train section).
+STATUS_FEATURES = (
+    "months_delinquent", "recent_months_delinquent", "worst_status", "latest_delinquency",
+    "consecutive_delinquent", "delinquency_load",
+)  # fmt: skip
+
+
+def _safe_div(num: pd.Series | np.ndarray, den: pd.Series | np.ndarray) -> np.ndarray:
+    num = np.asarray(num, dtype="float64")
+    den = np.asarray(den, dtype="float64")
+    out = np.full(num.shape, np.nan)
+    ok = den > 0
+    out[ok] = num[ok] / den[ok]
+    return out
+
+
+def _row_nanmean(a: np.ndarray) -> np.ndarray:
+    """Row mean ignoring NaN; NaN (XGBoost's missing) where a row has no value."""
+    n = np.sum(~np.isnan(a), axis=1)
+    total = np.nansum(a, axis=1)
+    return np.divide(total, n, out=np.full(len(a), np.nan), where=n > 0)
+
+
+def _row_nanmax(a: np.ndarray) -> np.ndarray:
+    filled = np.where(np.isnan(a), -np.inf, a).max(axis=1)
+    return np.where(np.isinf(filled), np.nan, filled)
+
+
+def repayment_features(x: pd.DataFrame, settings: FeatureSettings) -> pd.DataFrame:
+    """Repayment-history features (unclipped). Columns are listed latest month first."""
+    rep = settings.repayment
+    status = x[rep.status_columns].to_numpy(dtype="float64")
+    late = status >= rep.delinquent_from
+    out: dict[str, np.ndarray] = {
+        "months_delinquent": late.sum(axis=1),
+        "recent_months_delinquent": late[:, : rep.recent_months].sum(axis=1),
+        "worst_status": status.max(axis=1),
+        "latest_delinquency": np.clip(status[:, 0], 0, None),
+        # run of late months ending at the latest month
+        "consecutive_delinquent": np.cumprod(late, axis=1).sum(axis=1),
+        "delinquency_load": np.clip(status, 0, None).sum(axis=1),
+    }
+    if rep.bill_columns and rep.limit_column:
+        bills = x[rep.bill_columns].to_numpy(dtype="float64")
+        limit = x[rep.limit_column].to_numpy(dtype="float64")[:, None]
+        util = _safe_div(bills, np.broadcast_to(limit, bills.shape))
+        out["utilization_latest"] = util[:, 0]
+        out["utilization_mean"] = _row_nanmean(util)
+        out["utilization_max"] = _row_nanmax(util)
+        out["bill_growth"] = _safe_div(bills[:, 0] - bills[:, -1], limit[:, 0])
+    if rep.payment_columns and rep.bill_columns:
+        pays = x[rep.payment_columns].to_numpy(dtype="float64")
+        bills = x[rep.bill_columns].to_numpy(dtype="float64")
+        lag = rep.payment_lag
+        n = bills.shape[1] - lag
+        ratios = _safe_div(pays[:, :n], bills[:, lag : lag + n])
+        for i in range(n):
+            out[f"pay_ratio_{i + 1}"] = ratios[:, i]
+        out["pay_ratio_mean"] = _row_nanmean(ratios)
+        out["pay_ratio_min"] = -_row_nanmax(-ratios)
+        out["months_no_payment"] = (pays == 0).sum(axis=1)
+        out["months_paid_in_full"] = (
+            (pays[:, :n] >= bills[:, lag : lag + n]) & (bills[:, lag : lag + n] > 0)
+        ).sum(axis=1)
+        if rep.limit_column:
+            limit = x[rep.limit_column].to_numpy(dtype="float64")
+            out["payment_to_limit"] = _safe_div(pays.mean(axis=1), limit)
+            out["outstanding_to_limit"] = _safe_div(bills[:, 0] - pays[:, 0], limit)
+    return pd.DataFrame(out, index=x.index)
+
+
+class FeatureBuilder:
+    """Raw model inputs -> model features. `fit` learns only clip caps for the ratio
+    features (long tails from tiny bills) and the order of categorical levels."""
+
+    def __init__(self, data: DataSettings, features: FeatureSettings) -> None:
+        self.data = data
+        self.features = features
+        self.input_columns: list[str] = data.model_input_columns
+        self.caps_: dict[str, tuple[float, float]] = {}
+        self.feature_names_: list[str] = []
+
+    def _build(self, x: pd.DataFrame) -> pd.DataFrame:
+        missing = [c for c in self.input_columns if c not in x.columns]
+        if missing:
+            raise KeyError(f"input is missing model columns {missing}")
+        base = x[self.input_columns].copy()
+        for col, levels in self.data.categorical.items():
+            if col in base:
+                base[col] = base[col].map({v: i for i, v in enumerate(levels)}).astype("float64")
+        base = base.astype("float64")
+        return pd.concat([base, repayment_features(base, self.features)], axis=1)
+
+    def fit(self, x: pd.DataFrame) -> FeatureBuilder:
+        frame = self._build(x)
+        q = self.features.ratio_clip_quantile
+        derived = repayment_features(frame.iloc[:0], self.features).columns
+        continuous = [
+            c for c in derived if c not in STATUS_FEATURES and not c.startswith("months_")
+        ]
+        self.caps_ = {
+            c: (float(frame[c].quantile(1 - q)), float(frame[c].quantile(q)))
+            for c in continuous
+            if frame[c].notna().any()
+        }
+        self.feature_names_ = list(frame.columns)
+        return self
+
+    def transform(self, x: pd.DataFrame) -> pd.DataFrame:
+        if not self.feature_names_:
+            raise RuntimeError("FeatureBuilder.transform called before fit")
+        frame = self._build(x)
+        for col, (low, high) in self.caps_.items():
+            frame[col] = frame[col].clip(lower=low, upper=high)
+        return frame[self.feature_names_]
+
+    def fit_transform(self, x: pd.DataFrame) -> pd.DataFrame:
+        return self.fit(x).transform(x)

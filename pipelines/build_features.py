@@ -1,0 +1,40 @@
+"""Stage `features`: fit the feature builder on train only, transform every split, and
+write the monitoring reference set (train inputs, features, protected attributes, target)."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+
+import pandas as pd
+
+from features.transform import FeatureBuilder
+from pipelines import paths
+from riskloop.cli import run_main
+from riskloop.settings import load_params
+
+log = logging.getLogger("features")
+
+
+def main() -> None:
+    params = load_params()
+    data = params.data
+    splits = {n: pd.read_parquet(paths.PREPARED / f"{n}.parquet") for n in paths.SPLITS}
+    builder = FeatureBuilder(data, params.features).fit(splits["train"])
+    paths.FEATURES.mkdir(parents=True, exist_ok=True)
+    for name, frame in splits.items():
+        feats = builder.transform(frame)
+        feats[data.target] = frame[data.target].to_numpy()
+        feats.to_parquet(paths.FEATURES / f"{name}.parquet", index=False)
+    train = splits["train"]
+    derived = builder.transform(train).drop(columns=builder.input_columns)
+    reference = pd.concat([train[[data.id_column, *data.feature_columns]], derived,
+                           train[[data.target]]], axis=1)  # fmt: skip
+    reference.to_parquet(paths.REFERENCE, index=False)
+    with open(paths.BUILDER, "wb") as fh:
+        pickle.dump(builder, fh)
+    log.info("%d features from %d inputs", len(builder.feature_names_), len(builder.input_columns))
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,93 @@
+"""Stage `evaluate`: score the untouched test split with the registered challenger (through
+the MLflow model itself), write metrics.json, DVC plots, importance, fairness and the
+challenger-vs-champion table; log them to the training run and as version tags."""
+
+from __future__ import annotations
+
+import logging
+
+import mlflow
+import pandas as pd
+
+from pipelines import paths
+from riskloop.cli import run_main
+from riskloop.settings import load_params
+from training import metrics as m
+from training import report
+from training.plots import save_curves
+from training.registry import version_uri
+from training.tracking import connect
+
+log = logging.getLogger("evaluate")
+
+
+def score(uri: str, raw: pd.DataFrame):
+    model = mlflow.pyfunc.load_model(uri)
+    inner = model.unwrap_python_model()
+    return model.predict(raw[inner.input_columns].astype("float64")), inner
+
+
+def main() -> None:
+    params = load_params()
+    ev, data = params.evaluate, params.data
+    client, _, registry = connect(params.registry)
+    trained = paths.read_json(paths.TRAIN_REPORT)
+    version = str(trained["version"])
+    test = pd.read_parquet(paths.PREPARED / "test.parquet")
+    y = test[data.target].to_numpy()
+    p, inner = score(version_uri(registry.name, version), test)
+    test_metrics = m.classification_metrics(y, p, ev.decision_threshold, ev.calibration_bins)
+
+    champ = registry.champion()
+    champ_metrics = None
+    if champ is not None and champ.version != version:
+        p_champ, _ = score(version_uri(registry.name, champ.version), test)
+        champ_metrics = m.classification_metrics(
+            y, p_champ, ev.decision_threshold, ev.calibration_bins
+        )
+    table = report.comparison(test_metrics, champ_metrics)
+
+    paths.PLOTS.mkdir(parents=True, exist_ok=True)
+    roc, pr = m.roc_points(y, p), m.pr_points(y, p)
+    calib, dist = m.calibration_table(y, p, ev.calibration_bins), m.score_distribution(y, p)
+    for name, frame in {
+        "roc": roc,
+        "pr": pr,
+        "calibration": calib,
+        "score_distribution": dist,
+    }.items():
+        frame.to_csv(paths.PLOTS / f"{name}.csv", index=False)
+    paths.EVAL_DIR.mkdir(parents=True, exist_ok=True)
+    importance = report.importance(inner.contributions(test), ev.top_features)
+    fairness = report.fairness_table(test, y, p, data, ev.decision_threshold)
+    importance.to_csv(paths.EVAL_DIR / "feature_importance.csv", index=False)
+    fairness.to_csv(paths.EVAL_DIR / "fairness.csv", index=False)
+    table.to_csv(paths.EVAL_DIR / "champion_vs_challenger.csv", index=False)
+    pngs = save_curves(paths.EVAL_DIR, roc, pr, calib, dist)
+
+    paths.write_json(paths.METRICS, {
+        "test": test_metrics,
+        "cv": {"roc_auc_mean": trained["cv_auc_mean"], "roc_auc_std": trained["cv_auc_std"]},
+        "valid": {"roc_auc": trained["best_valid_auc"]},
+        "model": {"version": int(version), "champion_version": int(champ.version) if champ else None},
+    })  # fmt: skip
+
+    run_id = trained["run_id"]
+    for k, v in test_metrics.items():
+        client.log_metric(run_id, f"test_{k}", float(v))
+    for f in [*paths.EVAL_DIR.glob("*.csv"), *pngs]:
+        client.log_artifact(run_id, str(f), "evaluation")
+    for f in paths.PLOTS.glob("*.csv"):
+        client.log_artifact(run_id, str(f), "evaluation/plots")
+    tags = {
+        f"test_{k}": f"{test_metrics[k]:.6g}" for k in ("roc_auc", "gini", "ks", "brier", "ece")
+    }
+    tags["evaluated_against_champion"] = champ.version if champ_metrics else "none"
+    registry.set_tags(version, tags)
+    log.info("v%s test: auc %.4f gini %.4f ks %.4f brier %.4f ece %.4f", version, test_metrics["roc_auc"],
+             test_metrics["gini"], test_metrics["ks"], test_metrics["brier"], test_metrics["ece"])  # fmt: skip
+    print(table.to_string(index=False))
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,28 @@
+"""Files the stages hand to each other (declared as deps/outs in dvc.yaml)."""
+
+from pathlib import Path
+
+PREPARED = Path("data/prepared")
+FEATURES = Path("data/features")
+BUILDER = FEATURES / "feature_builder.pkl"
+REFERENCE = FEATURES / "reference.parquet"
+REPORTS = Path("reports")
+PREPARE_REPORT = REPORTS / "prepare.json"
+TRAIN_REPORT = REPORTS / "train.json"
+EVAL_DIR = REPORTS / "evaluate"
+PLOTS = REPORTS / "plots"
+METRICS = Path("metrics.json")
+SPLITS = ("train", "valid", "test")
+
+
+def write_json(path: Path, payload: dict) -> None:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text())

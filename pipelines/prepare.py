@@ -1,0 +1,94 @@
+"""Stage `prepare`: check the raw data is the version data.dvc pins and satisfies the
+contract, then split it (stratified, or out-of-time when data.time_column is set)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from sklearn.model_selection import train_test_split
+
+from features.contract import validate_raw
+from pipelines import paths
+from riskloop.cli import run_main
+from riskloop.errors import DataContractError, DataVersionError
+from riskloop.settings import Params, load_params
+from training.tracking import dvc_data_hash, file_md5
+
+log = logging.getLogger("prepare")
+
+
+def check_data_version(raw_dir: Path, dvc_file: Path = Path("data.dvc")) -> None:
+    """Compare data/raw with the manifest data.dvc pins (DVC's cache layout, files/md5).
+    Catches data edited in place without `dvc add`, which would break lineage."""
+    if not dvc_file.exists():
+        log.warning("%s not found: data is not versioned", dvc_file)
+        return
+    digest = dvc_data_hash(dvc_file)
+    manifest = Path(".dvc/cache/files/md5") / digest[:2] / f"{digest[2:]}.dir"
+    if not manifest.exists():
+        log.warning("DVC cache has no manifest for %s; skipping the per-file check", digest)
+        return
+    entries = {e["relpath"]: e["md5"] for e in yaml.safe_load(manifest.read_text())}
+    on_disk = {p.relative_to(raw_dir).as_posix(): p for p in raw_dir.rglob("*") if p.is_file()}
+    problems = [f"{rel}: missing" for rel in entries if rel not in on_disk]
+    problems += [f"{rel}: not in data.dvc" for rel in on_disk if rel not in entries]
+    problems += [f"{rel}: md5 {file_md5(p)} != pinned {entries[rel]}"
+                 for rel, p in on_disk.items() if rel in entries and file_md5(p) != entries[rel]]  # fmt: skip
+    if problems:
+        raise DataVersionError(
+            f"{raw_dir} is not the version data.dvc pins ({digest}):\n  "
+            + "\n  ".join(problems)
+            + "\nrun `dvc checkout data.dvc` to restore it, or `dvc add data/raw` to version the new data"
+        )
+
+
+def read_raw(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise DataContractError(f"{path} not found: run `make data` (or `dvc pull`)")
+    try:
+        return pd.read_csv(path, low_memory=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataContractError(f"{path} is not a readable CSV: {exc}") from exc
+
+
+def split(df: pd.DataFrame, params: Params) -> dict[str, pd.DataFrame]:
+    s, target = params.split, params.data.target
+    if params.data.time_column:
+        ordered = df.sort_values(params.data.time_column, kind="stable").reset_index(drop=True)
+        n = len(ordered)
+        n_test, n_valid = round(n * s.test_size), round(n * s.valid_size)
+        return {"train": ordered.iloc[: n - n_test - n_valid], "valid": ordered.iloc[n - n_test - n_valid : n - n_test],
+                "test": ordered.iloc[n - n_test :]}  # fmt: skip
+    dev, test = train_test_split(
+        df, test_size=s.test_size, stratify=df[target], random_state=s.seed
+    )
+    train, valid = train_test_split(dev, test_size=s.valid_size / (1 - s.test_size), stratify=dev[target],
+                                    random_state=s.seed)  # fmt: skip
+    return {"train": train, "valid": valid, "test": test}
+
+
+def main() -> None:
+    params = load_params()
+    raw_dir = Path(params.data.raw_dir)
+    check_data_version(raw_dir)
+    clean = validate_raw(
+        read_raw(params.data.raw_path), params.data, source=str(params.data.raw_path)
+    )
+    parts = split(clean, params)
+    paths.PREPARED.mkdir(parents=True, exist_ok=True)
+    for name, frame in parts.items():
+        frame.reset_index(drop=True).to_parquet(paths.PREPARED / f"{name}.parquet", index=False)
+    target = params.data.target
+    paths.write_json(paths.PREPARE_REPORT, {
+        "rows": len(clean), "raw_md5": file_md5(params.data.raw_path), "data_hash": dvc_data_hash(),
+        **{f"{k}_rows": len(v) for k, v in parts.items()},
+        **{f"{k}_default_rate": round(float(v[target].mean()), 5) for k, v in parts.items()},
+    })  # fmt: skip
+    log.info("prepared %d rows: %s", len(clean), {k: len(v) for k, v in parts.items()})
+
+
+if __name__ == "__main__":
+    run_main(main)

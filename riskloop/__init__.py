@@ -1,0 +1,1 @@
+"""Shared core of riskloop: typed settings, store locations and user-facing errors."""

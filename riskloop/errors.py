@@ -1,0 +1,25 @@
+"""Errors a user can act on: printed as one clear message, never as a traceback."""
+
+
+class RiskloopError(Exception):
+    """Base class: the message names what is wrong and, where possible, how to fix it."""
+
+
+class SettingsError(RiskloopError):
+    """params.yaml or the environment is invalid."""
+
+
+class DataContractError(RiskloopError):
+    """Raw data violates the contract declared in params.yaml."""
+
+
+class DataVersionError(RiskloopError):
+    """The data on disk is not the version pinned by data.dvc."""
+
+
+class RegistryError(RiskloopError):
+    """The model registry is not in the state an operation needs."""
+
+
+class PromotionRefused(RiskloopError):
+    """A promotion gate failed; the message names the gate."""

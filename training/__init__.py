@@ -1,0 +1,1 @@
+"""Optuna search, XGBoost fitting, metrics, MLflow logging and registry operations."""

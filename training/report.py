@@ -1,0 +1,49 @@
+"""Evaluation report pieces built from a scored split (pure: frames in, frames out)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from riskloop.settings import DataSettings
+from training.metrics import group_report
+
+
+def protected_groups(raw: pd.DataFrame, data: DataSettings) -> dict[str, pd.Series]:
+    """One grouping per protected attribute: levels, the active one-hot member, or quartiles."""
+    out: dict[str, pd.Series] = {}
+    for name in data.protected:
+        if name in data.onehot:
+            out[name] = raw[data.onehot[name]].idxmax(axis=1)
+        elif name in data.categorical:
+            out[name] = raw[name].astype(str)
+        else:
+            out[name] = pd.qcut(raw[name], 4, duplicates="drop").astype(str)
+    return out
+
+
+def fairness_table(raw: pd.DataFrame, y: np.ndarray, p: np.ndarray, data: DataSettings,
+                   threshold: float) -> pd.DataFrame:  # fmt: skip
+    parts = []
+    for name, groups in protected_groups(raw, data).items():
+        table = group_report(y, p, groups, threshold)
+        table.insert(0, "attribute", name)
+        parts.append(table)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def importance(contributions: pd.DataFrame, top: int) -> pd.DataFrame:
+    """Global importance: mean |TreeSHAP contribution| per feature (log-odds)."""
+    mean_abs = contributions.drop(columns="bias").abs().mean().sort_values(ascending=False)
+    return mean_abs.head(top).rename("mean_abs_contribution").rename_axis("feature").reset_index()
+
+
+def comparison(challenger: dict[str, float], champion: dict[str, float] | None,
+               keys: tuple[str, ...] = ("roc_auc", "gini", "ks", "brier", "log_loss", "ece")) -> pd.DataFrame:  # fmt: skip
+    rows = []
+    for k in keys:
+        row = {"metric": k, "challenger": challenger[k]}
+        if champion is not None:
+            row |= {"champion": champion[k], "delta": challenger[k] - champion[k]}
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,141 @@
+"""Optuna TPE search over XGBoost parameters with pruning.
+
+Trials are logged as MLflow child runs through MlflowClient with an explicit parent id:
+`start_run(nested=True)` loses its parent under `n_jobs>1` (thread-local run stack).
+Many workers on many machines share one study through the Optuna storage (PostgreSQL in
+production); `make tune-worker` joins the same study by name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import warnings
+from dataclasses import dataclass
+
+import optuna
+import xgboost as xgb
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.study import MaxTrialsCallback
+from optuna.trial import TrialState
+from optuna_integration import XGBoostPruningCallback
+
+from riskloop import stores
+from riskloop.settings import Params, TrainSettings
+
+log = logging.getLogger(__name__)
+DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+STUDY_TAG = "riskloop.study"
+
+
+def study_name(params: Params, data_hash: str) -> str:
+    """Same data + same search settings -> same study, so workers can find it by name."""
+    key = json.dumps({"data": data_hash, "split": params.split.model_dump(),
+                      "features": params.features.model_dump(),
+                      "train": params.train.model_dump(exclude={"n_jobs", "nthread", "device"})},
+                     sort_keys=True, default=str)  # fmt: skip
+    return f"{params.registry.model_name}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+
+
+def storage(url: str | None = None) -> RDBStorage:
+    """RDB storage with heartbeats: a trial of a worker that died is marked failed and
+    retried once instead of being lost as RUNNING forever."""
+    url = url or stores.optuna_storage()
+    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5 but stable in use
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RDBStorage(url, heartbeat_interval=30, grace_period=90,
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))  # fmt: skip
+
+
+def base_xgb_params(train: TrainSettings, monotone: tuple[int, ...], seed: int) -> dict:
+    return {
+        "objective": "binary:logistic", "eval_metric": "auc", "tree_method": "hist",
+        "device": train.device, "nthread": train.nthread, "seed": seed,
+        "monotone_constraints": "(" + ",".join(str(m) for m in monotone) + ")",
+    }  # fmt: skip
+
+
+def suggest(trial: optuna.Trial, train: TrainSettings) -> dict:
+    out = {}
+    for name, r in train.search_space.items():
+        if r.int:
+            out[name] = trial.suggest_int(name, int(r.low), int(r.high), log=r.log)
+        else:
+            out[name] = trial.suggest_float(name, r.low, r.high, log=r.log)
+    return out
+
+
+@dataclass
+class TrialLogger:
+    """Logs one MLflow child run per trial under an explicit parent (thread-safe)."""
+
+    client: MlflowClient
+    experiment_id: str
+    parent_run_id: str | None
+    study: str
+
+    def log(self, trial: optuna.Trial | optuna.trial.FrozenTrial, values: dict, state: str) -> None:
+        tags = {STUDY_TAG: self.study, "optuna.trial": str(trial.number), "optuna.state": state,
+                "worker": f"{socket.gethostname()}:{os.getpid()}"}  # fmt: skip
+        if self.parent_run_id:
+            tags["mlflow.parentRunId"] = self.parent_run_id
+        run = self.client.create_run(
+            self.experiment_id, run_name=f"trial-{trial.number}", tags=tags
+        )
+        self.client.log_batch(
+            run.info.run_id,
+            metrics=[Metric(k, float(v), 0, 0) for k, v in values.items()],
+            params=[Param(k, str(v)) for k, v in trial.params.items()],
+            tags=[RunTag("mlflow.runName", f"trial-{trial.number}")],
+        )
+        self.client.set_terminated(run.info.run_id, "FINISHED" if state != "FAIL" else "FAILED")
+
+
+def make_objective(dtrain: xgb.DMatrix, dvalid: xgb.DMatrix, train: TrainSettings,
+                   monotone: tuple[int, ...], logger: TrialLogger | None):  # fmt: skip
+    def objective(trial: optuna.Trial) -> float:
+        params = {**base_xgb_params(train, monotone, train.seed), **suggest(trial, train)}
+        callbacks = [XGBoostPruningCallback(trial, "valid-auc")] if train.pruning else []
+        try:
+            booster = xgb.train(params, dtrain, num_boost_round=train.max_boost_rounds,
+                                evals=[(dvalid, "valid")], early_stopping_rounds=train.early_stopping_rounds,
+                                callbacks=callbacks, verbose_eval=False)  # fmt: skip
+        except optuna.TrialPruned:
+            if logger:
+                logger.log(trial, {}, "PRUNED")
+            raise
+        trial.set_user_attr("best_iteration", int(booster.best_iteration))
+        if logger:
+            logger.log(trial, {"valid_auc": booster.best_score, "best_iteration": booster.best_iteration},
+                       "COMPLETE")  # fmt: skip
+        return float(booster.best_score)
+
+    return objective
+
+
+def finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=DONE_STATES))
+
+
+def optimize(study: optuna.Study, objective, train: TrainSettings) -> None:
+    """Run trials until the study as a whole (all workers together) has n_trials done."""
+    remaining = train.n_trials - finished(study)
+    if remaining <= 0:
+        log.info("study %s already has %d finished trials", study.study_name, finished(study))
+        return
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study.optimize(objective, timeout=train.timeout_s, n_jobs=train.n_jobs,
+                   callbacks=[MaxTrialsCallback(train.n_trials, states=DONE_STATES)],
+                   gc_after_trial=False)  # fmt: skip
+
+
+def open_study(name: str, train: TrainSettings, seed: int, url: str | None = None) -> optuna.Study:
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, train.n_trials))
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=30)
+    return optuna.create_study(study_name=name, storage=storage(url), sampler=sampler, pruner=pruner,
+                               direction="maximize", load_if_exists=True)  # fmt: skip
