@@ -96,7 +96,7 @@ def find_violations(
     if require_target:
         target = pd.to_numeric(raw[data.target], errors="coerce")
         _check(out, raw, ~target.isin([0, 1]), data.target, "target must be 0 or 1", idc)
-        present = set(target.dropna().unique()) & {0, 1}
+        present = {int(v) for v in target.dropna().unique() if v in (0, 1)}
         if len(raw) and len(present) < 2:
             out.append(
                 Violation(data.target, f"one-class target (only {sorted(present)})", len(raw))

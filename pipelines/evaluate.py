@@ -40,7 +40,7 @@ def main() -> None:
 
     champ = registry.champion()
     champ_metrics = None
-    if champ is not None and champ.version != version:
+    if champ is not None and str(champ.version) != version:
         p_champ, _ = score(version_uri(registry.name, champ.version), test)
         champ_metrics = m.classification_metrics(
             y, p_champ, ev.decision_threshold, ev.calibration_bins

@@ -81,7 +81,7 @@ class Registry:
         """Point @champion at `version` and record who/when/why/previous on it."""
         self.set_tags(version, {
             "promoted_by": actor(), "promoted_at": now_iso(), "promotion_reason": reason,
-            "previous_champion": previous or "none",
+            "previous_champion": str(previous) if previous else "none",
         })  # fmt: skip
         self.client.set_registered_model_alias(
             self.name, self.settings.champion_alias, str(version)
@@ -104,4 +104,4 @@ class Registry:
         self.move_champion(
             previous, f"rollback from v{current.version}: {reason}", restored_previous
         )
-        return current.version, previous
+        return str(current.version), previous

@@ -1,0 +1,139 @@
+"""Shared fixtures: the real params and data, throwaway PostgreSQL databases, repo copies."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from riskloop.settings import Params, load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_URL = os.environ.get("RISKLOOP_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def params() -> Params:
+    return load_params(ROOT / "params.yaml")
+
+
+@pytest.fixture(scope="session")
+def raw(params: Params) -> pd.DataFrame:
+    path = ROOT / params.data.raw_path
+    if not path.exists():
+        pytest.fail(f"{path} missing: run `make data` (make test does it)")
+    return pd.read_csv(path)
+
+
+def stratified_sample(raw: pd.DataFrame, target: str, n: int, seed: int = 0) -> pd.DataFrame:
+    frac = n / len(raw)
+    return raw.groupby(target, group_keys=False).sample(frac=frac, random_state=seed).sort_index()
+
+
+@pytest.fixture
+def pg_url() -> str:
+    """A fresh PostgreSQL database, dropped afterwards. Skips (with the reason) when no
+    server answers, unless RISKLOOP_REQUIRE_POSTGRES=1 (CI), where it fails instead."""
+    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect():
+            pass
+    except sa.exc.OperationalError as exc:
+        admin.dispose()
+        msg = f"PostgreSQL unreachable at {PG_URL}: {str(exc).splitlines()[0]}"
+        if os.environ.get("RISKLOOP_REQUIRE_POSTGRES") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    name = f"riskloop_test_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield PG_URL.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def run(cmd: list[str], cwd: Path, env: dict[str, str], check: bool = True, timeout: int = 900):
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+class RepoCopy:
+    """A throwaway git+DVC copy of the repository with its own state dir and a data sample."""
+
+    def __init__(self, path: Path, env: dict[str, str]) -> None:
+        self.path = path
+        self.env = env
+
+    def run(self, *cmd: str, check: bool = True, timeout: int = 900):
+        return run(list(cmd), self.path, self.env, check=check, timeout=timeout)
+
+    def dvc(self, *args: str, check: bool = True):
+        return self.run(str(Path(sys.executable).parent / "dvc"), *args, check=check)
+
+    def py(self, *args: str, check: bool = True):
+        return self.run(sys.executable, *args, check=check)
+
+    def set_params(self, **dotted: object) -> None:
+        import yaml
+
+        p = self.path / "params.yaml"
+        doc = yaml.safe_load(p.read_text())
+        for key, value in dotted.items():
+            node = doc
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node[part]
+            node[leaf] = value
+        p.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+    def write_raw(self, frame: pd.DataFrame, version: bool = True) -> None:
+        path = self.path / "data/raw/UCI_Credit_Card.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(path, index=False)
+        if version:
+            self.dvc("add", "data/raw", "-q")
+            raw_dvc = self.path / "data/raw.dvc"
+            if raw_dvc.exists():  # DVC 3 writes data/raw.dvc; riskloop pins data.dvc at the root
+                (self.path / "data.dvc").write_text(raw_dvc.read_text().replace("path: raw", "path: data/raw"))
+                raw_dvc.unlink()
+
+    def commit(self, msg: str = "update") -> None:
+        self.run("git", "add", "-A")
+        self.run("git", "commit", "-qm", msg, "--allow-empty")
+
+
+def make_repo_copy(tmp: Path, sample: pd.DataFrame, extra_env: dict[str, str] | None = None) -> RepoCopy:
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    repo = tmp / "repo"
+    for rel in files.split():
+        if not (ROOT / rel).exists():
+            continue
+        dst = repo / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, dst)
+    env = {**os.environ, "RISKLOOP_STATE_DIR": str(tmp / "state"), "PYTHONWARNINGS": "ignore",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t",
+           "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}  # fmt: skip
+    for var in ("MLFLOW_TRACKING_URI", "OPTUNA_STORAGE"):
+        env.pop(var, None)
+    env.update(extra_env or {})
+    copy = RepoCopy(repo, env)
+    copy.run("git", "init", "-q")
+    copy.write_raw(sample, version=False)
+    copy.dvc("add", "data/raw", "-q")
+    (repo / "data.dvc").write_text((repo / "data/raw.dvc").read_text().replace("path: raw", "path: data/raw"))
+    (repo / "data/raw.dvc").unlink()
+    copy.set_params(**{"train.n_trials": 3, "train.cv_folds": 2, "train.timeout_s": 120,
+                       "train.max_boost_rounds": 300})  # fmt: skip
+    copy.commit("init")
+    return copy

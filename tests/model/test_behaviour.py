@@ -1,0 +1,69 @@
+"""Model behaviour on the real data and the real split: a quick search with the project's
+own code, then the credit-specific properties the model must have."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import xgboost as xgb
+from sklearn.metrics import roc_auc_score
+
+from features.contract import validate_raw
+from features.transform import FeatureBuilder
+from pipelines.prepare import split
+from training import fit, search
+from training.model import CreditRiskModel
+
+
+@pytest.fixture(scope="module")
+def trained(raw, params, tmp_path_factory):
+    parts = split(validate_raw(raw, params.data), params)
+    builder = FeatureBuilder(params.data, params.features).fit(parts["train"])
+    names = builder.feature_names_
+    tr = params.train.model_copy(update={"n_trials": 6, "timeout_s": 120})
+    mono = fit.monotone_vector(tr, names)
+    y = {k: v[params.data.target].to_numpy() for k, v in parts.items()}
+    feats = {k: builder.transform(v) for k, v in parts.items()}
+    dtrain, dvalid = (xgb.DMatrix(feats[k], label=y[k]) for k in ("train", "valid"))
+    url = f"sqlite:///{tmp_path_factory.mktemp('optuna') / 'o.db'}"
+    study = search.open_study("behaviour", tr, tr.seed, url=url)
+    search.optimize(study, search.make_objective(dtrain, dvalid, tr, mono, None), tr)
+    best = study.best_trial
+    both = pd.concat([feats["train"], feats["valid"]])
+    rounds = fit.refit_rounds(best.user_attrs["best_iteration"], len(feats["train"]), len(both))
+    booster = fit.fit_booster(both, np.concatenate([y["train"], y["valid"]]),
+                              {**search.base_xgb_params(tr, mono, tr.seed), **best.params}, rounds)  # fmt: skip
+    return CreditRiskModel(builder, booster), parts["test"], y["test"]
+
+
+def test_auc_floor_on_real_test_split(trained, params):
+    model, test, y = trained
+    assert roc_auc_score(y, model.predict_proba(test)) >= params.promotion.min_auc
+
+
+def test_returns_probabilities_not_labels(trained):
+    model, test, _ = trained
+    p = model.predict(None, test.head(200))
+    assert p.dtype.kind == "f" and ((p > 0) & (p < 1)).all() and len(np.unique(p)) > 50
+
+
+def test_risk_non_decreasing_in_months_past_due(trained, params):
+    model, test, _ = trained
+    rows = test.sample(100, random_state=3)
+    for col in params.features.repayment.status_columns:
+        scores = np.column_stack([model.predict_proba(rows.assign(**{col: s})) for s in range(0, 9)])
+        assert (np.diff(scores, axis=1) >= -1e-7).all(), col
+
+
+def test_protected_attributes_do_not_move_the_score(trained, params):
+    model, test, _ = trained
+    rows = test.head(300)
+    flipped = rows.assign(SEX=1 - rows["SEX"], AGE=80 - rows["AGE"] + 21,
+                          MARRIAGE_1=rows["MARRIAGE_2"], MARRIAGE_2=rows["MARRIAGE_1"])  # fmt: skip
+    np.testing.assert_array_equal(model.predict_proba(rows), model.predict_proba(flipped))
+
+
+def test_contributions_sum_to_margin(trained):
+    model, test, _ = trained
+    rows = test.head(50)
+    contrib = model.contributions(rows)
+    np.testing.assert_allclose(contrib.sum(axis=1), model.margin(rows), rtol=1e-4, atol=1e-4)
