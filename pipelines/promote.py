@@ -33,7 +33,9 @@ def main() -> None:
         raise RegistryError(
             f"{registry.name} has no @{params.registry.challenger_alias}: run `dvc repro` first"
         )
-    if champion is not None and (args.if_no_champion or str(champion.version) == str(challenger.version)):
+    if champion is not None and (
+        args.if_no_champion or str(champion.version) == str(challenger.version)
+    ):
         print(f"{registry.name} @champion is v{champion.version}; nothing to do")
         return
     test = pd.read_parquet(paths.PREPARED / "test.parquet")

@@ -16,7 +16,9 @@ import sqlalchemy as sa
 from riskloop.settings import Params, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
-PG_URL = os.environ.get("RISKLOOP_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+PG_URL = os.environ.get(
+    "RISKLOOP_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+)
 
 
 @pytest.fixture(scope="session")
@@ -38,9 +40,9 @@ def stratified_sample(raw: pd.DataFrame, target: str, n: int, seed: int = 0) -> 
 
 
 @pytest.fixture
-def pg_url() -> str:
-    """A fresh PostgreSQL database, dropped afterwards. Skips (with the reason) when no
-    server answers, unless RISKLOOP_REQUIRE_POSTGRES=1 (CI), where it fails instead."""
+def pg_db():
+    """Factory of fresh PostgreSQL databases, dropped afterwards. Skips (with the reason)
+    when no server answers, unless RISKLOOP_REQUIRE_POSTGRES=1 (CI), where it fails."""
     admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect():
@@ -51,19 +53,28 @@ def pg_url() -> str:
         if os.environ.get("RISKLOOP_REQUIRE_POSTGRES") == "1":
             pytest.fail(msg)
         pytest.skip(msg)
-    name = f"riskloop_test_{uuid.uuid4().hex[:10]}"
+    created: list[str] = []
+
+    def create() -> str:
+        name = f"riskloop_test_{uuid.uuid4().hex[:10]}"
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        created.append(name)
+        return PG_URL.rsplit("/", 1)[0] + f"/{name}"
+
+    yield create
     with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield PG_URL.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        for name in created:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
 
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str], check: bool = True, timeout: int = 900):
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 
@@ -104,7 +115,9 @@ class RepoCopy:
             self.dvc("add", "data/raw", "-q")
             raw_dvc = self.path / "data/raw.dvc"
             if raw_dvc.exists():  # DVC 3 writes data/raw.dvc; riskloop pins data.dvc at the root
-                (self.path / "data.dvc").write_text(raw_dvc.read_text().replace("path: raw", "path: data/raw"))
+                (self.path / "data.dvc").write_text(
+                    raw_dvc.read_text().replace("path: raw", "path: data/raw")
+                )
                 raw_dvc.unlink()
 
     def commit(self, msg: str = "update") -> None:
@@ -112,8 +125,12 @@ class RepoCopy:
         self.run("git", "commit", "-qm", msg, "--allow-empty")
 
 
-def make_repo_copy(tmp: Path, sample: pd.DataFrame, extra_env: dict[str, str] | None = None) -> RepoCopy:
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+def make_repo_copy(
+    tmp: Path, sample: pd.DataFrame, extra_env: dict[str, str] | None = None
+) -> RepoCopy:
+    files = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
     repo = tmp / "repo"
     for rel in files.split():
         if not (ROOT / rel).exists():
@@ -129,11 +146,8 @@ def make_repo_copy(tmp: Path, sample: pd.DataFrame, extra_env: dict[str, str] | 
     env.update(extra_env or {})
     copy = RepoCopy(repo, env)
     copy.run("git", "init", "-q")
-    copy.write_raw(sample, version=False)
-    copy.dvc("add", "data/raw", "-q")
-    (repo / "data.dvc").write_text((repo / "data/raw.dvc").read_text().replace("path: raw", "path: data/raw"))
-    (repo / "data/raw.dvc").unlink()
-    copy.set_params(**{"train.n_trials": 3, "train.cv_folds": 2, "train.timeout_s": 120,
+    copy.write_raw(sample)
+    copy.set_params(**{"train.n_trials": 3, "train.cv_folds": 2, "train.timeout_s": 120, "train.nthread": 1,
                        "train.max_boost_rounds": 300})  # fmt: skip
     copy.commit("init")
     return copy

@@ -27,7 +27,9 @@ def test_missing_column(sample, params):
 
 
 def test_extra_column(sample, params):
-    assert ("INCOME", "column not declared in params.yaml data section") in rules(sample.assign(INCOME=1), params)
+    assert ("INCOME", "column not declared in params.yaml data section") in rules(
+        sample.assign(INCOME=1), params
+    )
 
 
 def test_text_in_numeric_column_names_rows(sample, params):

@@ -44,7 +44,7 @@ def test_status_features_non_decreasing_in_every_status(params):
 def test_builder_caps_come_from_train_only(raw, params):
     train = stratified_sample(raw, params.data.target, 2000)
     builder = FeatureBuilder(params.data, params.features).fit(train)
-    low, high = builder.caps_["pay_ratio_1"]
+    _low, high = builder.caps_["pay_ratio_1"]
     extreme = train.head(1).assign(PAY_AMT1=1e9, BILL_AMT2=1.0)
     assert builder.transform(extreme)["pay_ratio_1"].iloc[0] == pytest.approx(high)
     assert list(builder.transform(train).columns) == builder.feature_names_

@@ -50,7 +50,9 @@ def test_risk_non_decreasing_in_months_past_due(trained, params):
     model, test, _ = trained
     rows = test.sample(100, random_state=3)
     for col in params.features.repayment.status_columns:
-        scores = np.column_stack([model.predict_proba(rows.assign(**{col: s})) for s in range(0, 9)])
+        scores = np.column_stack(
+            [model.predict_proba(rows.assign(**{col: s})) for s in range(0, 9)]
+        )
         assert (np.diff(scores, axis=1) >= -1e-7).all(), col
 
 

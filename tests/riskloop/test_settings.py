@@ -32,18 +32,24 @@ def test_unknown_key_is_named(tmp_path):
 
 def test_bad_value_is_named(tmp_path):
     path = write_params(tmp_path, lambda d: d["train"].update(n_trials=0))
-    with pytest.raises(SettingsError, match=r"train\.n_trials: Input should be greater than or equal to 1"):
+    with pytest.raises(
+        SettingsError, match=r"train\.n_trials: Input should be greater than or equal to 1"
+    ):
         load_params(path)
 
 
 def test_unknown_search_parameter(tmp_path):
-    path = write_params(tmp_path, lambda d: d["train"]["search_space"].update(max_deph={"low": 1, "high": 3}))
+    path = write_params(
+        tmp_path, lambda d: d["train"]["search_space"].update(max_deph={"low": 1, "high": 3})
+    )
     with pytest.raises(SettingsError, match="max_deph"):
         load_params(path)
 
 
 def test_inverted_range_and_bounds(tmp_path):
-    path = write_params(tmp_path, lambda d: d["train"]["search_space"].update(gamma={"low": 5, "high": 1}))
+    path = write_params(
+        tmp_path, lambda d: d["train"]["search_space"].update(gamma={"low": 5, "high": 1})
+    )
     with pytest.raises(SettingsError, match=r"train\.search_space\.gamma.*below high"):
         load_params(path)
     path = write_params(tmp_path, lambda d: d["data"]["numeric"].update(AGE={"min": 90, "max": 18}))
@@ -52,7 +58,9 @@ def test_inverted_range_and_bounds(tmp_path):
 
 
 def test_feature_columns_must_be_declared(tmp_path):
-    path = write_params(tmp_path, lambda d: d["features"]["repayment"].update(limit_column="CREDIT_LINE"))
+    path = write_params(
+        tmp_path, lambda d: d["features"]["repayment"].update(limit_column="CREDIT_LINE")
+    )
     with pytest.raises(SettingsError, match="CREDIT_LINE"):
         load_params(path)
 

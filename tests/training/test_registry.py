@@ -50,7 +50,9 @@ def test_register_promote_rollback(registry, raw, params):
     with pytest.raises(RegistryError, match="first champion"):
         reg.rollback("nothing left")
     model = mlflow.pyfunc.load_model(alias_uri(reg.name, "champion"))
-    assert model.predict(raw[model.unwrap_python_model().input_columns].head(3).astype(float)).shape == (3,)
+    assert model.predict(
+        raw[model.unwrap_python_model().input_columns].head(3).astype(float)
+    ).shape == (3,)
 
 
 def test_rollback_without_champion(registry):
