@@ -69,7 +69,7 @@ test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install
-	$(BIN)/python -m bench.quality
+	$(BIN)/python -m bench.quality $(BENCH_ARGS)
 
 clean:
 	rm -rf state data/prepared data/features reports metrics.json dvc_plots

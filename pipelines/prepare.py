@@ -49,7 +49,8 @@ def read_raw(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise DataContractError(f"{path} not found: run `make data` (or `dvc pull`)")
     try:
-        return pd.read_csv(path, low_memory=False)
+        # only an empty cell is missing: "n/a" or "NULL" in a numeric column is a violation
+        return pd.read_csv(path, low_memory=False, keep_default_na=False, na_values=[""])
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DataContractError(f"{path} is not a readable CSV: {exc}") from exc
 
