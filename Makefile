@@ -65,7 +65,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+test: lint data
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install
