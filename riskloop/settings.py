@@ -198,6 +198,44 @@ class RegistrySettings(Frozen):
     challenger_alias: str = "challenger"
 
 
+class DecisionSettings(Frozen):
+    """risk_score thresholds: approve below review_from, decline at or above decline_from."""
+
+    review_from: Annotated[int, Field(ge=0, le=100)] = 30
+    decline_from: Annotated[int, Field(ge=0, le=100)] = 50
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DecisionSettings:
+        if self.review_from > self.decline_from:
+            raise ValueError("review_from must not exceed decline_from")
+        return self
+
+
+class InterventionSettings(Frozen):
+    cooldown_hours: Annotated[float, Field(ge=0)] = 168
+    actions: dict[str, str] = {}  # risk band -> action
+
+
+class ServingSettings(Frozen):
+    max_records: Annotated[int, Field(ge=1, le=100_000)] = 10_000
+    max_customer_ids: Annotated[int, Field(ge=1, le=100_000)] = 1_000
+    top_reasons: Annotated[int, Field(ge=0, le=20)] = 3
+    # band name -> lowest risk_score in the band; ascending, the first must start at 0
+    bands: dict[str, Annotated[int, Field(ge=0, le=100)]] = {"low": 0, "medium": 20, "high": 40, "very_high": 60}
+    decisions: DecisionSettings = DecisionSettings()
+    interventions: InterventionSettings = InterventionSettings()
+
+    @model_validator(mode="after")
+    def _bands(self) -> ServingSettings:
+        lows = list(self.bands.values())
+        if not lows or lows[0] != 0 or lows != sorted(set(lows)):
+            raise ValueError("bands must start at 0 and strictly increase")
+        unknown = sorted(set(self.interventions.actions) - set(self.bands))
+        if unknown:
+            raise ValueError(f"interventions.actions names unknown band(s) {unknown}")
+        return self
+
+
 class Params(Frozen):
     data: DataSettings
     split: SplitSettings = SplitSettings()
@@ -206,6 +244,7 @@ class Params(Frozen):
     evaluate: EvaluateSettings = EvaluateSettings()
     promotion: PromotionSettings = PromotionSettings()
     registry: RegistrySettings = RegistrySettings()
+    serving: ServingSettings = ServingSettings()
 
     @model_validator(mode="after")
     def _columns_exist(self) -> Params:
