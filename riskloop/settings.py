@@ -221,7 +221,12 @@ class ServingSettings(Frozen):
     max_customer_ids: Annotated[int, Field(ge=1, le=100_000)] = 1_000
     top_reasons: Annotated[int, Field(ge=0, le=20)] = 3
     # band name -> lowest risk_score in the band; ascending, the first must start at 0
-    bands: dict[str, Annotated[int, Field(ge=0, le=100)]] = {"low": 0, "medium": 20, "high": 40, "very_high": 60}
+    bands: dict[str, Annotated[int, Field(ge=0, le=100)]] = {
+        "low": 0,
+        "medium": 20,
+        "high": 40,
+        "very_high": 60,
+    }
     decisions: DecisionSettings = DecisionSettings()
     interventions: InterventionSettings = InterventionSettings()
 

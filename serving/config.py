@@ -1,0 +1,72 @@
+"""Serving environment: typed, checked at start. Production refuses to start unsafe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from riskloop import stores
+from riskloop.errors import SettingsError
+
+
+def _csv(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return list(value or [])  # type: ignore[arg-type]
+
+
+class ServingEnv(BaseSettings):
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias="API_KEYS"
+    )
+    rate_limit_max: int = Field(default=6000, ge=1, validation_alias="RATE_LIMIT_MAX")
+    rate_limit_window: float = Field(default=60.0, gt=0, validation_alias="RATE_LIMIT_WINDOW")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias="CORS_ORIGINS"
+    )
+    environment: str = Field(default="development", validation_alias="ENVIRONMENT")
+    debug: bool = Field(default=False, validation_alias="DEBUG")
+    database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
+    spool_dir: Path | None = Field(default=None, validation_alias="SPOOL_DIR")
+    enable_interventions: bool = Field(default=False, validation_alias="ENABLE_INTERVENTIONS")
+    auto_trigger_threshold: int = Field(
+        default=80, ge=0, le=100, validation_alias="AUTO_TRIGGER_THRESHOLD"
+    )
+
+    _split = field_validator("api_keys", "cors_origins", mode="before")(
+        classmethod(lambda cls, v: _csv(v))
+    )
+
+    @property
+    def production(self) -> bool:
+        return self.environment.lower() == "production"
+
+    def store_url(self) -> str:
+        if self.database_url:
+            return stores.normalize_db_url(self.database_url, "DATABASE_URL")
+        return f"sqlite:///{stores.state_dir() / 'predictions.db'}"
+
+    def spool_path(self) -> Path:
+        return self.spool_dir or stores.state_dir() / "spool"
+
+    def check(self) -> None:
+        if self.production and self.debug:
+            raise SettingsError("ENVIRONMENT=production with DEBUG on: refusing to start")
+        if self.production and not self.api_keys:
+            raise SettingsError(
+                "ENVIRONMENT=production needs API_KEYS: refusing to start without auth"
+            )
+
+
+def load_env() -> ServingEnv:
+    try:
+        env = ServingEnv()
+    except ValueError as exc:  # pydantic's ValidationError names the variable
+        raise SettingsError(f"serving environment is invalid: {exc}") from exc
+    env.check()
+    return env

@@ -1,0 +1,41 @@
+"""riskloop's Prometheus metrics. BentoML runs prometheus_client in multiprocess mode, so
+these are collected (counters summed across workers, gauges per worker pid) into
+BentoML's own /metrics; nothing is appended by hand."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+REQUESTS = Counter("riskloop_requests_total", "Requests by endpoint and status", ["endpoint", "status"],
+                   registry=REGISTRY)  # fmt: skip
+LATENCY = Histogram("riskloop_request_latency_seconds", "Handler latency by endpoint", ["endpoint"],
+                    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+                    registry=REGISTRY)  # fmt: skip
+PREDICTIONS = Counter(
+    "riskloop_predictions_total", "Scored records by risk band", ["band"], registry=REGISTRY
+)
+INTERVENTIONS = Counter(
+    "riskloop_interventions_total", "Interventions recorded", ["action"], registry=REGISTRY
+)
+QUEUE_DEPTH = Gauge(
+    "riskloop_log_queue_depth", "Prediction rows waiting to be written", registry=REGISTRY
+)
+SPOOLED = Gauge(
+    "riskloop_log_rows_spooled", "Rows written to the local spool (store down)", registry=REGISTRY
+)
+DROPPED = Gauge(
+    "riskloop_log_rows_dropped", "Prediction rows lost (must stay 0)", registry=REGISTRY
+)
+WRITTEN = Gauge(
+    "riskloop_log_rows_written", "Prediction rows committed to the store", registry=REGISTRY
+)
+STORE_UP = Gauge("riskloop_store_up", "1 when the prediction store answers", registry=REGISTRY)
+
+
+def update_writer_gauges(writer_stats: dict) -> None:
+    QUEUE_DEPTH.set(writer_stats.get("queue_depth", 0))
+    SPOOLED.set(writer_stats.get("rows_spooled", 0))
+    DROPPED.set(writer_stats.get("rows_dropped", 0))
+    WRITTEN.set(writer_stats.get("rows_written", 0))
+    STORE_UP.set(1 if writer_stats.get("store_up") else 0)

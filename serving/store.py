@@ -1,0 +1,397 @@
+"""The scoring service's prediction store: predictions, outcome labels, interventions and the
+online feature table. SQLAlchemy Core tables and one thin adapter; the schema evolves only
+through the Alembic migrations in serving/migrations (`upgrade`), never through create_all.
+
+SQLite (embedded default) and PostgreSQL (production) are both first-class: every write that
+must be idempotent uses the dialect's own INSERT … ON CONFLICT."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from riskloop.errors import SettingsError
+from riskloop.stores import normalize_db_url
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+# MLflow keeps its own Alembic history in `alembic_version`; ours must not collide with it when
+# both live in one PostgreSQL database.
+VERSION_TABLE = "serving_alembic_version"
+PG_CONNECT_TIMEOUT_S = 3
+# Kernel-level limit on unacknowledged writes: a live connection into a network black hole
+# fails in seconds instead of after the ~15 min TCP retransmission timeout.
+PG_TCP_USER_TIMEOUT_MS = 10_000
+SQLITE_BUSY_TIMEOUT_MS = 5_000
+# First key of PostgreSQL's two-key advisory locks, so ours never meet another tool's.
+_PG_LOCK_NS = 0x7269736B  # "risk"
+_CHUNK = 500
+
+TS = sa.DateTime(timezone=True)
+metadata = sa.MetaData()
+
+predictions = sa.Table(
+    "predictions",
+    metadata,
+    sa.Column("prediction_id", sa.String(32), primary_key=True),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("request_id", sa.String(64)),
+    sa.Column("model_name", sa.String(255), nullable=False),
+    sa.Column("model_version", sa.String(64), nullable=False),
+    sa.Column("customer_id", sa.String(64)),
+    sa.Column("inputs", sa.JSON, nullable=False),
+    sa.Column("probability", sa.Float, nullable=False),
+    sa.Column("risk_score", sa.Integer, nullable=False),
+    sa.Column("risk_band", sa.String(32), nullable=False),
+    sa.Column("decision", sa.String(32), nullable=False),
+    sa.Column("reasons", sa.JSON(none_as_null=True)),
+    sa.Index("ix_predictions_created_at", "created_at"),
+    # Serves "latest prediction of a customer" (outcomes by customer) and per-customer lookups.
+    sa.Index("ix_predictions_customer_created", "customer_id", "created_at"),
+)
+
+outcomes = sa.Table(
+    "outcomes",
+    metadata,
+    # No foreign key: predictions may be archived or partitioned independently of labels.
+    sa.Column("prediction_id", sa.String(32), primary_key=True),
+    sa.Column("customer_id", sa.String(64)),
+    sa.Column("defaulted", sa.Integer, nullable=False),
+    sa.Column("observed_at", TS, nullable=False),
+    sa.Column("received_at", TS, nullable=False),
+    sa.CheckConstraint("defaulted IN (0, 1)", name="ck_outcomes_defaulted_binary"),
+)
+
+interventions = sa.Table(
+    "interventions",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("customer_id", sa.String(64), nullable=False),
+    sa.Column("prediction_id", sa.String(32)),
+    sa.Column("risk_score", sa.Integer),
+    sa.Column("risk_band", sa.String(32)),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Index("ix_interventions_customer_created", "customer_id", "created_at"),
+)
+
+online_features = sa.Table(
+    "online_features",
+    metadata,
+    sa.Column("customer_id", sa.String(64), primary_key=True),
+    sa.Column("record", sa.JSON, nullable=False),  # the raw model-input record
+    sa.Column("as_of", TS, nullable=False),
+    sa.Column("data_version", sa.String(64), nullable=False),
+)
+
+_PREDICTION_COLUMNS = tuple(c.name for c in predictions.columns)
+
+
+# --- pure helpers -------------------------------------------------------------------------
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime | str) -> datetime:
+    """An aware UTC datetime from a datetime or ISO string; naive means UTC. SQLite stores the
+    wall-clock digits only, so everything must be UTC before it is written or compared."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if not isinstance(value, datetime):
+        raise TypeError(f"expected a datetime or ISO string, got {type(value).__name__}")
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def to_jsonable(value: Any) -> Any:
+    """A JSON-safe copy: datetimes as ISO strings, numpy values as Python ones, NaN/inf as null
+    (PostgreSQL's json type rejects NaN), anything else unknown as its str()."""
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return to_jsonable(value.tolist())
+    return str(value)
+
+
+def prediction_row(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """One predictions row from what the service submits (or a spool file holds): every column
+    present (an executemany needs uniform keys), unknown keys left out, and types coerced so
+    SQLite and PostgreSQL store the same thing. Raises KeyError/TypeError/ValueError for a row
+    no retry can fix."""
+    row = {name: raw.get(name) for name in _PREDICTION_COLUMNS}
+    if not row["prediction_id"]:
+        raise KeyError("prediction_id")
+    row["created_at"] = as_utc(raw["created_at"])
+    row["probability"] = float(raw["probability"])
+    row["risk_score"] = int(raw["risk_score"])
+    row["inputs"] = to_jsonable(raw["inputs"])
+    row["reasons"] = to_jsonable(row["reasons"])
+    return row
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _aware(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A result row as a dict, with SQLite's naive timestamps read back as the UTC they are."""
+    return {k: as_utc(v) if isinstance(v, datetime) else v for k, v in row.items()}
+
+
+# --- engine and migrations ----------------------------------------------------------------
+
+
+def make_engine(url: str) -> sa.Engine:
+    """An engine for the prediction store (SQLite or PostgreSQL) tuned to fail fast."""
+    parsed = sa.make_url(normalize_db_url(url, "DATABASE_URL"))
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(parsed)
+    if backend != "postgresql":
+        raise SettingsError(
+            f"DATABASE_URL: the prediction store needs SQLite or PostgreSQL, not {backend}"
+        )
+    args = {"connect_timeout": PG_CONNECT_TIMEOUT_S, "tcp_user_timeout": PG_TCP_USER_TIMEOUT_MS}
+    return sa.create_engine(parsed, pool_pre_ping=True, connect_args=args)
+
+
+def _sqlite_engine(url: sa.URL) -> sa.Engine:
+    if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
+        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url)
+
+    @sa.event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        # WAL lets the API read while the log writer writes; busy_timeout makes a writer wait
+        # for the lock instead of failing at once.
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    return engine
+
+
+def upgrade(url: str | sa.Engine, revision: str = "head") -> None:
+    """Bring the store's schema to `revision` with the Alembic migrations (from any cwd)."""
+    from alembic import command
+    from alembic.config import Config
+
+    engine = make_engine(url) if isinstance(url, str) else url
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    try:
+        with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Service workers start together: they migrate one at a time (PostgreSQL DDL is
+                # transactional, so the second one finds the schema at head and does nothing).
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_LOCK_NS, 0)))
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+    finally:
+        if isinstance(url, str):
+            engine.dispose()
+
+
+def _insert(conn: sa.Connection, table: sa.Table) -> Any:
+    """The dialect's INSERT, which has on_conflict_do_nothing / on_conflict_do_update."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    if conn.dialect.name == "sqlite":
+        return sqlite.insert(table)
+    raise SettingsError(f"the prediction store needs SQLite or PostgreSQL, not {conn.dialect.name}")
+
+
+def insert_predictions(conn: sa.Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """INSERT … ON CONFLICT (prediction_id) DO NOTHING, so replaying a batch never duplicates.
+    Rows as made by `prediction_row`."""
+    if rows:
+        stmt = _insert(conn, predictions).on_conflict_do_nothing(index_elements=["prediction_id"])
+        conn.execute(stmt, list(rows))
+
+
+# --- adapter ------------------------------------------------------------------------------
+
+
+class PredictionStore:
+    """Reads and idempotent writes the service and the monitoring jobs need."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    def ping(self) -> bool:
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        except sa.exc.SQLAlchemyError:
+            return False
+        return True
+
+    def count_predictions(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(predictions)).scalar_one()
+
+    def record_outcomes(self, items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Label predictions, one result per item, in order. Status: recorded | duplicate (the
+        same label again: nothing changes) | conflict (another label exists; it is kept) |
+        unknown_prediction | unknown_customer | invalid. A customer_id resolves to that
+        customer's latest prediction."""
+        received_at = now_utc()
+        with self.engine.begin() as conn:
+            return [self._record_outcome(conn, item, received_at) for item in items]
+
+    def _record_outcome(
+        self, conn: sa.Connection, item: Mapping[str, Any], received_at: datetime
+    ) -> dict[str, Any]:
+        pid, cid = item.get("prediction_id"), item.get("customer_id")
+        defaulted = item.get("defaulted")
+        result: dict[str, Any] = {"prediction_id": pid, "customer_id": cid, "defaulted": defaulted}
+        try:
+            observed_at = as_utc(item["observed_at"]) if item.get("observed_at") else received_at
+        except (TypeError, ValueError) as exc:
+            return {**result, "status": "invalid", "error": f"observed_at: {exc}"}
+        if isinstance(defaulted, float) or defaulted not in (0, 1):
+            return {**result, "status": "invalid", "error": "defaulted must be 0 or 1"}
+        if not pid and not cid:
+            return {**result, "status": "invalid", "error": "need prediction_id or customer_id"}
+        target = self._resolve(conn, pid, cid)
+        if target is None:
+            return {**result, "status": "unknown_prediction" if pid else "unknown_customer"}
+        result.update(prediction_id=target.prediction_id, customer_id=target.customer_id)
+        values = {
+            **result,
+            "defaulted": int(defaulted),
+            "observed_at": observed_at,
+            "received_at": received_at,
+        }
+        stmt = (
+            _insert(conn, outcomes)
+            .values(values)
+            .on_conflict_do_nothing(index_elements=["prediction_id"])
+        )
+        if conn.execute(stmt).rowcount == 1:
+            return {**result, "status": "recorded"}
+        existing = conn.execute(
+            sa.select(outcomes.c.defaulted).where(outcomes.c.prediction_id == target.prediction_id)
+        ).scalar_one()
+        if existing == int(defaulted):
+            return {**result, "status": "duplicate"}
+        return {**result, "status": "conflict", "existing_defaulted": existing}
+
+    @staticmethod
+    def _resolve(conn: sa.Connection, pid: str | None, cid: str | None) -> sa.Row | None:
+        query = sa.select(predictions.c.prediction_id, predictions.c.customer_id)
+        if pid:
+            return conn.execute(query.where(predictions.c.prediction_id == pid)).first()
+        latest = query.where(predictions.c.customer_id == cid).order_by(
+            predictions.c.created_at.desc(), predictions.c.prediction_id.desc()
+        )
+        return conn.execute(latest.limit(1)).first()
+
+    def record_intervention(
+        self,
+        customer_id: str,
+        prediction_id: str | None,
+        risk_score: int | None,
+        risk_band: str | None,
+        action: str,
+        cooldown_s: float,
+    ) -> bool:
+        """Record an intervention unless the customer had one within cooldown_s; True if
+        recorded. Check and insert are one INSERT … SELECT … WHERE NOT EXISTS statement, which
+        SQLite runs under its write lock; on PostgreSQL a per-customer advisory lock keeps two
+        concurrent transactions from both passing the check."""
+        if cooldown_s < 0:
+            raise ValueError(f"cooldown_s must be >= 0, got {cooldown_s}")
+        now = now_utc()
+        recent = sa.select(interventions.c.id).where(
+            interventions.c.customer_id == customer_id,
+            interventions.c.created_at > now - timedelta(seconds=cooldown_s),
+        )
+        values = {
+            "customer_id": (customer_id, sa.String()),
+            "prediction_id": (prediction_id, sa.String()),
+            "risk_score": (risk_score, sa.Integer()),
+            "risk_band": (risk_band, sa.String()),
+            "action": (action, sa.String()),
+            "created_at": (now, TS),
+        }
+        select = sa.select(*(sa.literal(v, t) for v, t in values.values())).where(
+            ~sa.exists(recent)
+        )
+        stmt = sa.insert(interventions).from_select(list(values), select)
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                key = sa.func.hashtext(sa.literal(customer_id, sa.String()))
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_LOCK_NS, key)))
+            return conn.execute(stmt).rowcount == 1
+
+    def list_interventions(
+        self, limit: int = 100, customer_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Newest first."""
+        query = sa.select(interventions).order_by(interventions.c.id.desc()).limit(limit)
+        if customer_id is not None:
+            query = query.where(interventions.c.customer_id == customer_id)
+        with self.engine.connect() as conn:
+            return [_aware(row._mapping) for row in conn.execute(query)]
+
+    def upsert_online_features(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Insert or update {customer_id, record, as_of, data_version} rows; returns how many
+        distinct customers were sent. A row never replaces one with a later as_of, so a late
+        backfill cannot roll the online table back; within one call the latest row wins."""
+        latest: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            item = {
+                "customer_id": str(row["customer_id"]),
+                "record": to_jsonable(row["record"]),
+                "as_of": as_utc(row["as_of"]),
+                "data_version": str(row["data_version"]),
+            }
+            prev = latest.get(item["customer_id"])
+            if prev is None or item["as_of"] >= prev["as_of"]:
+                latest[item["customer_id"]] = item
+        if not latest:
+            return 0
+        with self.engine.begin() as conn:
+            stmt = _insert(conn, online_features)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["customer_id"],
+                set_={c: stmt.excluded[c] for c in ("record", "as_of", "data_version")},
+                where=online_features.c.as_of <= stmt.excluded.as_of,
+            )
+            for chunk in _chunks(list(latest.values())):
+                conn.execute(stmt, list(chunk))
+        return len(latest)
+
+    def get_online_features(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """{customer_id: {record, as_of, data_version}}; unknown ids are absent."""
+        wanted = list(dict.fromkeys(str(i) for i in ids))
+        found: dict[str, dict[str, Any]] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(wanted):
+                query = sa.select(online_features).where(online_features.c.customer_id.in_(chunk))
+                for row in conn.execute(query):
+                    values = _aware(row._mapping)
+                    found[values.pop("customer_id")] = values
+        return found

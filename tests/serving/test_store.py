@@ -1,0 +1,220 @@
+"""The prediction store on real SQLite and PostgreSQL: migrations, outcome labels,
+intervention cooldown, online features."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from riskloop.errors import SettingsError
+from serving.store import (
+    VERSION_TABLE,
+    PredictionStore,
+    insert_predictions,
+    make_engine,
+    metadata,
+    outcomes,
+    prediction_row,
+    upgrade,
+)
+
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store' / 'predictions.db'}"
+    return request.getfixturevalue("pg_db")()
+
+
+@pytest.fixture
+def store(db_url):
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    yield PredictionStore(engine)
+    engine.dispose()
+
+
+def prediction(pid: str, customer: str | None, at: datetime = T0) -> dict:
+    return {"prediction_id": pid, "created_at": at, "request_id": f"r-{pid}",
+            "model_name": "credit-risk", "model_version": "3", "customer_id": customer,
+            "inputs": {"LIMIT_BAL": 20000.0, "PAY_0": 2}, "probability": 0.42, "risk_score": 640,
+            "risk_band": "high", "decision": "review", "reasons": ["PAY_0"]}  # fmt: skip
+
+
+def add_predictions(store: PredictionStore, *rows: dict) -> None:
+    with store.engine.begin() as conn:
+        insert_predictions(conn, [prediction_row(r) for r in rows])
+
+
+def test_upgrade_creates_the_schema_from_any_cwd(db_url, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    upgrade(db_url)
+    upgrade(db_url)  # at head already: nothing to do
+    engine = make_engine(db_url)
+    try:
+        assert {
+            "predictions",
+            "outcomes",
+            "interventions",
+            "online_features",
+            VERSION_TABLE,
+        } <= set(sa.inspect(engine).get_table_names())
+        with engine.connect() as conn:
+            assert conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).all() == [
+                ("0001",)
+            ]
+            # The migrations and the tables the code uses describe the same schema.
+            ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+            assert compare_metadata(ctx, metadata) == []
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_engine_makes_its_directory_and_uses_wal(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'new' / 'dir' / 'p.db'}")
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 5000
+        assert (tmp_path / "new" / "dir" / "p.db").exists()
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("url", ["mysql://u@h/db", "not-a-url", "http://example.com"])
+def test_make_engine_rejects_other_stores(url):
+    with pytest.raises(SettingsError, match="DATABASE_URL"):
+        make_engine(url)
+
+
+def test_outcomes_are_idempotent_and_never_overwritten(store):
+    add_predictions(
+        store,
+        prediction("p1", "c1"),
+        prediction("p2", "c1", T0 + timedelta(minutes=1)),
+        prediction("p3", "c2"),
+    )
+    first = store.record_outcomes(
+        [
+            {"prediction_id": "p1", "defaulted": 1, "observed_at": "2025-04-01T00:00:00+02:00"},
+            {"customer_id": "c1", "defaulted": 0},  # → c1's latest prediction, p2
+            {"prediction_id": "nope", "defaulted": 1},
+            {"customer_id": "ghost", "defaulted": 0},
+            {"prediction_id": "p3", "defaulted": 2},
+            {"prediction_id": "p3", "defaulted": 1, "observed_at": "yesterday"},
+            {"defaulted": 1},
+            {"prediction_id": "p3", "defaulted": True},
+            {"prediction_id": "p3", "defaulted": 1},  # same label twice in one call
+        ]
+    )
+    assert [r["status"] for r in first] == [
+        "recorded", "recorded", "unknown_prediction", "unknown_customer",
+        "invalid", "invalid", "invalid", "recorded", "duplicate",
+    ]  # fmt: skip
+    assert first[1]["prediction_id"] == "p2"
+
+    again = store.record_outcomes(
+        [{"prediction_id": "p1", "defaulted": 1}, {"prediction_id": "p1", "defaulted": 0}]
+    )
+    assert [r["status"] for r in again] == ["duplicate", "conflict"]
+    assert again[1]["existing_defaulted"] == 1
+
+    with store.engine.connect() as conn:
+        rows = {r.prediction_id: r for r in conn.execute(sa.select(outcomes))}
+    assert set(rows) == {"p1", "p2", "p3"}
+    assert rows["p1"].defaulted == 1  # the conflicting 0 did not overwrite it
+    assert rows["p2"].customer_id == "c1"
+    observed = rows["p1"].observed_at
+    observed = observed if observed.tzinfo else observed.replace(tzinfo=UTC)
+    assert observed == datetime(2025, 4, 1, tzinfo=timezone(timedelta(hours=2)))
+
+
+def test_intervention_cooldown(store):
+    args = {"prediction_id": "p1", "risk_score": 700, "risk_band": "high", "action": "call"}
+    assert store.record_intervention("c1", cooldown_s=60, **args)
+    assert not store.record_intervention("c1", cooldown_s=60, **args)
+    assert store.record_intervention("c2", cooldown_s=60, **args)
+    time.sleep(0.05)
+    assert store.record_intervention("c1", cooldown_s=0.01, **args)  # window has passed
+
+    c1 = store.list_interventions(customer_id="c1")
+    assert len(c1) == 2 and c1[0]["id"] > c1[1]["id"]  # newest first
+    assert c1[0]["created_at"].tzinfo is not None
+    assert [i["customer_id"] for i in store.list_interventions(limit=2)] == ["c1", "c2"]
+    with pytest.raises(ValueError, match="cooldown_s"):
+        store.record_intervention("c3", cooldown_s=-1, **args)
+
+
+def test_intervention_cooldown_holds_under_concurrency(store):
+    barrier = threading.Barrier(8)
+    results: list[bool] = []
+
+    def attempt() -> None:
+        barrier.wait()
+        results.append(store.record_intervention("c9", None, 800, "very_high", "call", 3600))
+
+    threads = [threading.Thread(target=attempt) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [False] * 7 + [True]
+    assert len(store.list_interventions(customer_id="c9")) == 1
+
+
+def test_online_features_upsert_and_get(store):
+    day = T0.replace(hour=0)
+    sent = store.upsert_online_features(
+        [
+            {"customer_id": "c1", "record": {"PAY_0": 0}, "as_of": day, "data_version": "v1"},
+            {"customer_id": "c2", "record": {"PAY_0": 1, "BILL": float("nan")},
+             "as_of": day.isoformat(), "data_version": "v1"},
+            {"customer_id": "c2", "record": {"PAY_0": 9}, "as_of": day - timedelta(days=1),
+             "data_version": "v0"},  # older row in the same call loses
+        ]
+    )  # fmt: skip
+    assert sent == 2
+    got = store.get_online_features(["c1", "c2", "unknown", "c1"])
+    assert set(got) == {"c1", "c2"}
+    assert got["c2"] == {"record": {"PAY_0": 1, "BILL": None}, "as_of": day, "data_version": "v1"}
+
+    store.upsert_online_features(
+        [
+            {"customer_id": "c1", "record": {"PAY_0": 2}, "as_of": day + timedelta(days=1),
+             "data_version": "v2"},
+            {"customer_id": "c2", "record": {"PAY_0": 5}, "as_of": day - timedelta(days=3),
+             "data_version": "v0"},  # a late backfill must not roll c2 back
+            {"customer_id": "c3", "record": {"PAY_0": -1}, "as_of": day, "data_version": "v2"},
+        ]
+    )  # fmt: skip
+    got = store.get_online_features(["c1", "c2", "c3"])
+    assert got["c1"]["record"] == {"PAY_0": 2} and got["c1"]["data_version"] == "v2"
+    assert got["c2"]["record"] == {"PAY_0": 1, "BILL": None}
+    assert got["c3"]["as_of"] == day
+    assert store.get_online_features([]) == {}
+    assert store.upsert_online_features([]) == 0
+
+
+def test_ping_and_count(store):
+    assert store.ping()
+    assert store.count_predictions() == 0
+    add_predictions(store, prediction("p1", None), prediction("p2", "c1"))
+    assert store.count_predictions() == 2
+
+
+def test_ping_is_false_fast_when_postgres_is_unreachable():
+    engine = make_engine("postgresql://postgres@127.0.0.1:1/none")
+    started = time.monotonic()
+    try:
+        assert not PredictionStore(engine).ping()
+    finally:
+        engine.dispose()
+    assert time.monotonic() - started < 5
