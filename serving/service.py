@@ -126,7 +126,7 @@ class RiskService:
         url = ENV.store_url()
         try:
             upgrade(url)
-        except Exception as exc:  # noqa: BLE001 - a dead store must not stop scoring
+        except Exception as exc:
             log.warning(
                 "prediction store not migrated at start (%s); scoring continues", type(exc).__name__
             )
@@ -194,7 +194,7 @@ class RiskService:
                                                       r["risk_band"], action, cooldown_s):  # fmt: skip
                         metrics.INTERVENTIONS.labels(action).inc()
                         r["intervention"] = action
-                except Exception as exc:  # noqa: BLE001 - an intervention must not fail the score
+                except Exception as exc:
                     log.warning("intervention not recorded: %s", type(exc).__name__)
 
     async def _run(self, records: list[dict], explain: str, request_id: str | None) -> list[dict]:
@@ -218,7 +218,7 @@ class RiskService:
         ids = list(dict.fromkeys(body.customer_ids))
         try:
             found = await anyio.to_thread.run_sync(self.store.get_online_features, ids)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             metrics.REQUESTS.labels("predict_customer", "503").inc()
             return ORJSONResponse(
                 {"detail": f"feature store unavailable ({type(exc).__name__})"}, status_code=503
@@ -239,7 +239,7 @@ class RiskService:
         items = [o.model_dump(exclude_none=True) for o in body.outcomes]
         try:
             results = await anyio.to_thread.run_sync(self.store.record_outcomes, items)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             metrics.REQUESTS.labels("outcomes", "503").inc()
             return ORJSONResponse(
                 {"detail": f"store unavailable ({type(exc).__name__}); retry"}, status_code=503
