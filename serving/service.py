@@ -223,7 +223,7 @@ class RiskService:
             return ORJSONResponse(
                 {"detail": f"feature store unavailable ({type(exc).__name__})"}, status_code=503
             )
-        records = [{**found[c], "customer_id": c} for c in ids if c in found]
+        records = [{**found[c]["record"], "customer_id": c} for c in ids if c in found]
         scored = await self._run(records, body.explain, body.request_id) if records else []
         by_id = {r["customer_id"]: r for r in scored}
         results = [

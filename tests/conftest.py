@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -39,10 +40,9 @@ def stratified_sample(raw: pd.DataFrame, target: str, n: int, seed: int = 0) -> 
     return raw.groupby(target, group_keys=False).sample(frac=frac, random_state=seed).sort_index()
 
 
-@pytest.fixture
-def pg_db():
-    """Factory of fresh PostgreSQL databases, dropped afterwards. Skips (with the reason)
-    when no server answers, unless RISKLOOP_REQUIRE_POSTGRES=1 (CI), where it fails."""
+def _pg_admin() -> sa.Engine:
+    """An autocommit engine on the test server; skips (or fails under
+    RISKLOOP_REQUIRE_POSTGRES=1, as in CI) with the reason when no server answers."""
     admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect():
@@ -53,6 +53,13 @@ def pg_db():
         if os.environ.get("RISKLOOP_REQUIRE_POSTGRES") == "1":
             pytest.fail(msg)
         pytest.skip(msg)
+    return admin
+
+
+@contextlib.contextmanager
+def pg_databases():
+    """Factory of fresh PostgreSQL databases, all dropped on exit."""
+    admin = _pg_admin()
     created: list[str] = []
 
     def create() -> str:
@@ -62,11 +69,19 @@ def pg_db():
         created.append(name)
         return PG_URL.rsplit("/", 1)[0] + f"/{name}"
 
-    yield create
-    with admin.connect() as conn:
-        for name in created:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    try:
+        yield create
+    finally:
+        with admin.connect() as conn:
+            for name in created:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def pg_db():
+    with pg_databases() as create:
+        yield create
 
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str], check: bool = True, timeout: int = 900):

@@ -1,0 +1,146 @@
+"""A real champion, a real bento and a real `bentoml serve` process for the HTTP tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+
+from features.contract import validate_raw
+from features.transform import FeatureBuilder
+from pipelines.materialize import online_rows
+from pipelines.prepare import split
+from riskloop.settings import Params
+from serving.store import PredictionStore, make_engine, upgrade
+from tests.conftest import ROOT, stratified_sample
+from training import fit, search
+from training.model import CreditRiskModel
+from training.registry import Registry
+
+KEYS = {
+    "main": "k-main-0123456789",
+    "old": "k-old-abcdef",
+    "rate": "k-rate-xyz",
+    "fuzz": "k-fuzz-1",
+    "outage": "k-outage-1",
+}
+RATE_LIMIT = 400
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_champion(
+    state: Path, raw: pd.DataFrame, params: Params
+) -> tuple[CreditRiskModel, pd.DataFrame]:
+    """A small monotone model on a sample, registered and promoted in a fresh MLflow store."""
+    sample = stratified_sample(raw, params.data.target, 4000)
+    parts = split(validate_raw(sample, params.data), params)
+    builder = FeatureBuilder(params.data, params.features).fit(parts["train"])
+    mono = fit.monotone_vector(params.train, builder.feature_names_)
+    xgb_params = {
+        **search.base_xgb_params(params.train, mono, 0),
+        "max_depth": 3,
+        "learning_rate": 0.1,
+        "nthread": 1,
+    }
+    booster = fit.fit_booster(builder.transform(parts["train"]), parts["train"][params.data.target].to_numpy(),
+                              xgb_params, 60)  # fmt: skip
+    model = CreditRiskModel(builder, booster)
+    uri = f"sqlite:///{state / 'mlflow.db'}"
+    state.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(uri, uri)
+    exp = client.create_experiment(
+        "credit-risk", artifact_location=(state / "mlartifacts").as_uri()
+    )
+    with mlflow.start_run(experiment_id=exp):
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=model, code_paths=["features", "training", "riskloop"]
+        )
+    registry = Registry(params.registry, client)
+    mv = registry.register_challenger(info.model_uri, {"data_hash": "test"})
+    registry.move_champion(mv.version, "http tests", None)
+    return model, pd.concat([parts["valid"], parts["test"]], ignore_index=True)
+
+
+def build_bento(state: Path, bento_home: Path) -> None:
+    env = {**os.environ, "RISKLOOP_STATE_DIR": str(state), "BENTOML_HOME": str(bento_home),
+           "BENTOML_DO_NOT_TRACK": "true", "PYTHONWARNINGS": "ignore"}  # fmt: skip
+    env.pop("MLFLOW_TRACKING_URI", None)
+    subprocess.run(
+        [sys.executable, "-m", "pipelines.bento"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+
+
+def load_online_features(db_url: str, customers: pd.DataFrame, params: Params) -> None:
+    upgrade(db_url)
+    PredictionStore(make_engine(db_url)).upsert_online_features(
+        online_rows(customers, params, "test")
+    )
+
+
+class Server:
+    def __init__(
+        self, bento_home: Path, state: Path, db_url: str, extra_env: dict[str, str] | None = None
+    ):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.db_url = db_url
+        self.env = {**os.environ, "BENTOML_HOME": str(bento_home), "BENTOML_DO_NOT_TRACK": "true",
+                    "RISKLOOP_STATE_DIR": str(state), "DATABASE_URL": db_url, "SPOOL_DIR": str(state / "spool"),
+                    "API_KEYS": ",".join(KEYS.values()), "RATE_LIMIT_MAX": str(RATE_LIMIT),
+                    "RATE_LIMIT_WINDOW": "60", "ENABLE_INTERVENTIONS": "true", "AUTO_TRIGGER_THRESHOLD": "50",
+                    "PYTHONWARNINGS": "ignore", **(extra_env or {})}  # fmt: skip
+        self.log = open(state / f"serve-{self.port}.log", "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "bentoml"), "serve", "riskloop:latest", "--port", str(self.port),
+             "--host", "127.0.0.1"], env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True)  # fmt: skip
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"bentoml serve exited: {Path(self.log.name).read_text()[-3000:]}"
+                )
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(Path(self.log.name).read_text()[-3000:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)  # graceful: the writer flushes on shutdown
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.log.close()
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    return np.log(p / (1 - p))

@@ -1,0 +1,315 @@
+"""The real service over HTTP: a bento built from a registered champion, served by
+`bentoml serve`, against SQLite and (same suite) PostgreSQL behind a proxy we can cut."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import pg_databases
+from tests.proxy import TcpProxy
+from tests.serving.server import (
+    KEYS,
+    RATE_LIMIT,
+    Server,
+    build_bento,
+    load_online_features,
+    logit,
+    train_champion,
+)
+
+pytestmark = pytest.mark.slow
+MAIN = {"X-API-Key": KEYS["main"]}
+
+
+@pytest.fixture(scope="session")
+def champion(tmp_path_factory, raw, params):
+    state = tmp_path_factory.mktemp("serving-state")
+    model, customers = train_champion(state, raw, params)
+    bento_home = tmp_path_factory.mktemp("bentoml")
+    build_bento(state, bento_home)
+    return {"state": state, "bento_home": bento_home, "model": model, "customers": customers}
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def served(request, champion, params, tmp_path_factory):
+    state = champion["state"]
+    if request.param == "sqlite":
+        db_url = f"sqlite:///{tmp_path_factory.mktemp('store') / 'predictions.db'}"
+        load_online_features(db_url, champion["customers"], params)
+        server = Server(champion["bento_home"], state, db_url)
+        yield {"server": server, "db_url": db_url, "proxy": None, **champion}
+        server.stop()
+        return
+    with pg_databases() as create:
+        direct = create()
+        load_online_features(direct, champion["customers"], params)
+        proxy = TcpProxy(("127.0.0.1", 5432))
+        proxy.restore()
+        via_proxy = direct.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        server = Server(champion["bento_home"], state, via_proxy)
+        yield {"server": server, "db_url": direct, "proxy": proxy, **champion}
+        server.stop()
+        proxy.cut()
+
+
+def records(customers: pd.DataFrame, params, n: int, start: int = 0) -> list[dict]:
+    cols = params.data.feature_columns
+    return [{k: (int(v) if float(v).is_integer() else float(v)) for k, v in row.items()}
+            for row in customers[cols].iloc[start : start + n].to_dict(orient="records")]  # fmt: skip
+
+
+def post(served, path: str, body, headers=MAIN, **kw) -> httpx.Response:
+    return httpx.post(served["server"].url + path, json=body, headers=headers, timeout=30, **kw)
+
+
+def stored_ids(db_url: str) -> list[str]:
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            return [r[0] for r in conn.execute(sa.text("select prediction_id from predictions"))]
+    finally:
+        engine.dispose()
+
+
+def wait_until(cond, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_predict_by_record(served, params):
+    recs = records(served["customers"], params, 5)
+    resp = post(served, "/predict", {"records": recs})
+    assert resp.status_code == 200, resp.text
+    preds = resp.json()["predictions"]
+    expected = served["model"].predict_proba(pd.DataFrame(recs))
+    for pred, p in zip(preds, expected, strict=True):
+        assert pred["probability_of_default"] == pytest.approx(float(p), rel=1e-6)
+        assert pred["risk_score"] == round(100 * pred["probability_of_default"])
+        assert pred["decision"] in {"approve", "review", "decline"}
+        assert len(pred["reasons"]) == params.serving.top_reasons
+        assert pred["model_name"] == "credit-risk" and pred["model_version"] == "1"
+        assert len(pred["prediction_id"]) == 32
+
+
+def test_reasons_sum_with_base_value_to_margin(served, params):
+    recs = records(served["customers"], params, 20, start=5)
+    preds = post(served, "/predict", {"records": recs, "explain": "all"}).json()["predictions"]
+    for pred in preds:
+        total = sum(pred["contributions"].values()) + pred["base_value"]
+        assert total == pytest.approx(
+            float(logit(np.array(pred["probability_of_default"]))), abs=1e-4
+        )
+        top = sorted(pred["contributions"].items(), key=lambda kv: -kv[1])[
+            : params.serving.top_reasons
+        ]
+        assert [r["feature"] for r in pred["reasons"]] == [k for k, _ in top]
+
+
+def test_predict_customer_scores_known_and_flags_unknown(served, params):
+    customers = served["customers"]
+    ids = [str(customers[params.data.id_column].iloc[i]) for i in (0, 1)]
+    resp = post(served, "/predict_customer", {"customer_ids": [ids[0], "no-such-customer", ids[1]]})
+    assert resp.status_code == 200, resp.text
+    out = resp.json()["predictions"]
+    assert [o["customer_id"] for o in out] == [ids[0], "no-such-customer", ids[1]]
+    assert out[1] == {"customer_id": "no-such-customer", "error": "unknown customer"}
+    direct = post(served, "/predict", {"records": records(customers, params, 1)}).json()[
+        "predictions"
+    ][0]
+    assert out[0]["probability_of_default"] == pytest.approx(direct["probability_of_default"])
+
+
+def test_auth(served, params):
+    body = {"records": records(served["customers"], params, 1)}
+    url = served["server"].url
+    assert post(served, "/predict", body, headers={}).status_code == 401
+    assert post(served, "/predict", body, headers={"X-API-Key": "wrong"}).status_code == 401
+    assert (
+        post(
+            served, "/predict", body, headers={"Authorization": f"Bearer {KEYS['old']}"}
+        ).status_code
+        == 200
+    )
+    for path in ("/livez", "/readyz", "/metrics"):
+        assert httpx.get(url + path, timeout=5).status_code == 200, path
+
+
+def test_rate_limit_answers_429_with_retry_after(served, params):
+    body = {"records": records(served["customers"], params, 1)}
+    headers = {"X-API-Key": KEYS["rate"]}
+    codes = [post(served, "/predict", body, headers=headers).status_code for _ in range(RATE_LIMIT)]
+    assert set(codes) == {200}
+    limited = post(served, "/predict", body, headers=headers)
+    assert limited.status_code == 429 and 1 <= int(limited.headers["retry-after"]) <= 60
+    assert post(served, "/predict", body).status_code == 200  # other keys are not affected
+
+
+@pytest.mark.parametrize(("mutate", "field"), [
+    (lambda r: r.pop("PAY_0"), "records.0.PAY_0"),
+    (lambda r: r.update(LIMIT_BAL="lots"), "records.0.LIMIT_BAL"),
+    (lambda r: r.update(AGE=400), "records.0.AGE"),
+    (lambda r: r.update(PAY_2=1.5), "records.0.PAY_2"),
+    (lambda r: r.update(INCOME=1), "records.0.INCOME"),
+    (lambda r: r.update(EDUCATION_1=3), "records.0.EDUCATION_1"),
+])  # fmt: skip
+def test_validation_names_the_field(served, params, mutate, field):
+    rec = records(served["customers"], params, 1)[0]
+    mutate(rec)
+    resp = post(served, "/predict", {"records": [rec]})
+    assert resp.status_code == 422
+    assert field in [e["field"] for e in resp.json()["detail"]]
+
+
+def test_malformed_bodies_are_4xx(served, params):
+    url = served["server"].url + "/predict"
+    rec = records(served["customers"], params, 1)[0]
+    assert (
+        httpx.post(
+            url, content=b"{not json", headers={**MAIN, "content-type": "application/json"}
+        ).status_code
+        == 422
+    )
+    assert post(served, "/predict", [rec]).status_code == 422
+    assert post(served, "/predict", {"records": []}).status_code == 422
+    too_many = {"records": [rec] * (params.serving.max_records + 1)}
+    assert post(served, "/predict", too_many).status_code == 422
+    assert (
+        post(served, "/predict_customer", {"customer_ids": ["bad id with spaces"]}).status_code
+        == 422
+    )
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(body=st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
+                         lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=12), c, max_size=4),
+                         max_leaves=12),
+       path=st.sampled_from(["/predict", "/predict_customer", "/outcomes"]))  # fmt: skip
+def test_fuzzed_bodies_never_5xx(served, body, path):
+    resp = post(served, path, body, headers={"X-API-Key": KEYS["fuzz"]})
+    assert resp.status_code < 500, resp.text
+
+
+def test_outcomes_are_idempotent(served, params):
+    recs = records(served["customers"], params, 2, start=30)
+    recs[1]["customer_id"] = "cust-outcome-1"
+    preds = post(served, "/predict", {"records": recs}).json()["predictions"]
+    pid = preds[0]["prediction_id"]
+    wait_until(lambda: pid in stored_ids(served["db_url"]), "the prediction row")
+    first = post(
+        served, "/outcomes", {"outcomes": [{"prediction_id": pid, "defaulted": 1}]}
+    ).json()["results"][0]
+    again = post(
+        served, "/outcomes", {"outcomes": [{"prediction_id": pid, "defaulted": 1}]}
+    ).json()["results"][0]
+    clash = post(
+        served, "/outcomes", {"outcomes": [{"prediction_id": pid, "defaulted": 0}]}
+    ).json()["results"][0]
+    assert (first["status"], again["status"], clash["status"]) == (
+        "recorded",
+        "duplicate",
+        "conflict",
+    )
+    by_customer = post(
+        served, "/outcomes", {"outcomes": [{"customer_id": "cust-outcome-1", "defaulted": 0}]}
+    )
+    assert by_customer.json()["results"][0]["prediction_id"] == preds[1]["prediction_id"]
+    unknown = post(served, "/outcomes", {"outcomes": [{"prediction_id": "f" * 32, "defaulted": 1}]})
+    assert unknown.json()["results"][0]["status"] == "unknown_prediction"
+
+
+def test_interventions_once_per_cooldown(served, params):
+    rec = records(served["customers"], params, 1)[0]
+    rec.update(
+        {
+            "PAY_0": 8,
+            "PAY_2": 7,
+            "PAY_3": 6,
+            "PAY_4": 5,
+            "PAY_5": 4,
+            "PAY_6": 3,
+            "customer_id": "risky-1",
+        }
+    )
+    first = post(served, "/predict", {"records": [rec]}).json()["predictions"][0]
+    assert first["risk_score"] >= 50 and first.get("intervention") == "restructuring_offer"
+    second = post(served, "/predict", {"records": [rec]}).json()["predictions"][0]
+    assert "intervention" not in second  # cooldown
+    listed = httpx.get(
+        served["server"].url + "/interventions", params={"customer_id": "risky-1"}, headers=MAIN
+    )
+    rows = listed.json()["interventions"]
+    assert len(rows) == 1 and rows[0]["prediction_id"] == first["prediction_id"]
+
+
+def test_every_prediction_is_logged_once(served, params):
+    before = set(stored_ids(served["db_url"]))
+    recs = records(served["customers"], params, 50, start=40)
+    got = [
+        p["prediction_id"]
+        for p in post(served, "/predict", {"records": recs}).json()["predictions"]
+    ]
+    wait_until(lambda: set(got) <= set(stored_ids(served["db_url"])), "all rows")
+    after = stored_ids(served["db_url"])
+    assert len(after) == len(set(after)) and len(set(after) - before) >= len(got)
+
+
+def test_store_outage_loses_nothing(served, params):
+    if served["proxy"] is None:
+        pytest.skip("SQLite is a local file: there is no network store to cut")
+    proxy, url = served["proxy"], served["server"].url
+    recs = records(served["customers"], params, 3, start=100)
+    returned: list[str] = []
+    failures: list[int | str] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        try:
+            _traffic()
+        except Exception as exc:  # surface it: a silent thread would make the test pass vacuously
+            failures.append(repr(exc))
+
+    def _traffic() -> None:
+        with httpx.Client(headers={"X-API-Key": KEYS["outage"]}, timeout=30) as client:
+            while not stop.is_set():
+                r = client.post(url + "/predict", json={"records": recs})
+                if r.status_code == 200:
+                    returned.extend(p["prediction_id"] for p in r.json()["predictions"])
+                else:
+                    failures.append(r.status_code)
+                time.sleep(0.02)
+
+    worker = threading.Thread(target=traffic)
+    worker.start()
+    time.sleep(1.5)
+    proxy.cut()
+    time.sleep(3)
+    degraded = httpx.get(url + "/readyz").json()
+    proxy.restore()
+    time.sleep(1.5)
+    stop.set()
+    worker.join()
+    assert not failures, failures  # every request answered while the store was down
+    assert len(returned) > 100  # traffic really flowed before, during and after the cut
+    assert degraded["status"] == "degraded"
+    wait_until(
+        lambda: set(returned) <= set(stored_ids(served["db_url"])), "replay after the outage", 60
+    )
+    rows = stored_ids(served["db_url"])
+    assert len(rows) == len(set(rows))  # none duplicated
+    metrics = httpx.get(url + "/metrics").text
+    assert "riskloop_log_rows_dropped" in metrics
+    assert not [ln for ln in metrics.splitlines() if ln.startswith("riskloop_log_rows_dropped") and
+                not ln.rstrip().endswith(" 0.0")]  # fmt: skip
