@@ -8,15 +8,19 @@ export RISKLOOP_STATE_DIR ?= $(CURDIR)/state
 export PATH := $(BIN):$(PATH)
 # the pinned stack warns loudly about its own deprecations; keep the pipeline output readable
 export PYTHONWARNINGS ?= ignore::DeprecationWarning,ignore::FutureWarning
+export BENTOML_HOME ?= $(RISKLOOP_STATE_DIR)/bentoml
+export BENTOML_DO_NOT_TRACK ?= true
 MLFLOW_DB := $(RISKLOOP_STATE_DIR)/mlflow.db
-PORT ?= 5000
+UI_PORT ?= 5000
+PORT ?= 3000
 
-.PHONY: help install data repro run promote rollback tune-worker ui lint test bench clean
+.PHONY: help install data repro run promote rollback tune-worker ui bento serve lint test bench bench-serving clean
 
 help:
 	@echo "make run          install, fetch data, dvc repro, promote the first model, say where to look"
 	@echo "make test         install, ruff, pytest (PostgreSQL tests skip if no server)"
-	@echo "make ui           MLflow UI on the embedded store (PORT=$(PORT))"
+	@echo "make ui           MLflow UI on the embedded store (UI_PORT=$(UI_PORT))"
+	@echo "make bento        import @champion into BentoML and build the bento | make serve (PORT=$(PORT))"
 	@echo "make promote      gated: @champion <- @challenger   | make rollback"
 	@echo "make tune-worker  join the running Optuna study (needs shared OPTUNA_STORAGE)"
 	@echo "make bench        measure quality bars and timings -> bench/RESULTS.md"
@@ -40,12 +44,16 @@ repro: data
 
 run: repro
 	$(BIN)/python -m pipelines.promote --if-no-champion --reason "first model (make run)"
+	$(BIN)/python -m pipelines.bento
 	@echo
 	@echo "Done. Where to look:"
 	@echo "  dvc metrics show            test-split metrics (metrics.json)"
 	@echo "  dvc plots show              ROC, PR, calibration, score distribution -> dvc_plots/index.html"
-	@echo "  make ui                     MLflow UI at http://127.0.0.1:$(PORT) (runs, trials, registry)"
+	@echo "  make ui                     MLflow UI at http://127.0.0.1:$(UI_PORT) (runs, trials, registry)"
 	@echo "  reports/evaluate/           fairness, importance, challenger vs champion"
+	@echo "Serve the champion:  API_KEYS=change-me make serve      (http://127.0.0.1:$(PORT), docs at /docs)"
+	@echo "Score an applicant:  curl -s -XPOST localhost:$(PORT)/predict -H 'X-API-Key: change-me' \\"
+	@echo "                       -H 'content-type: application/json' -d '{\"records\": [$$(tr -d ' \n' < serving/example_record.json)]}'"
 
 promote: install
 	$(BIN)/python -m pipelines.promote $(if $(REASON),--reason "$(REASON)")
@@ -59,7 +67,13 @@ tune-worker: install
 ui: install
 	@mkdir -p $(RISKLOOP_STATE_DIR)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(MLFLOW_DB) \
-		--default-artifact-root file://$(RISKLOOP_STATE_DIR)/mlartifacts --host 127.0.0.1 --port $(PORT)
+		--default-artifact-root file://$(RISKLOOP_STATE_DIR)/mlartifacts --host 127.0.0.1 --port $(UI_PORT)
+
+bento: install
+	$(BIN)/python -m pipelines.bento
+
+serve: install
+	$(BIN)/bentoml serve riskloop:latest --host 0.0.0.0 --port $(PORT)
 
 lint: install
 	$(BIN)/ruff check .
@@ -70,6 +84,10 @@ test: lint data
 
 bench: install
 	$(BIN)/python -m bench.quality $(BENCH_ARGS)
+
+bench-serving: install
+	@command -v hey >/dev/null || apt-get install -y -q hey >/dev/null || { echo "install hey (Debian package)"; exit 1; }
+	$(BIN)/python -m bench.serving $(BENCH_ARGS)
 
 clean:
 	rm -rf state data/prepared data/features reports metrics.json dvc_plots

@@ -19,6 +19,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.results import RESULTS, write_section
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -69,9 +71,9 @@ def main() -> None:
                          f"{run_s / 60:.1f} min", "< 15 min"))  # fmt: skip
     cmd = "make bench" + (" BENCH_ARGS=--fresh-clone" if args.fresh_clone else "")
     table = "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows)
-    (ROOT / "bench/RESULTS.md").write_text(f"""# riskloop benchmarks
-
-## Experiment loop (issue 2)
+    write_section(
+        "experiment-loop",
+        f"""## Experiment loop (issue 2)
 
 Command: `{cmd}` (runs `python -m bench.quality`), {datetime.now(UTC):%Y-%m-%d %H:%M} UTC,
 {platform.machine()} with {os.cpu_count()} cores, Python {platform.python_version()}.
@@ -83,8 +85,9 @@ Command: `{cmd}` (runs `python -m bench.quality`), {datetime.now(UTC):%Y-%m-%d %
 The test split is scored only by the evaluate stage; seeds, features and the search space
 were chosen on train/valid and CV only. The CV figure is the guard against a lucky (or
 unlucky) split: compare the two before reading anything into the test number.
-""")
-    print((ROOT / "bench/RESULTS.md").read_text())
+""",
+    )
+    print(RESULTS.read_text())
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def test_experiment_loop_on_sqlite(tmp_path, sample):
     uri = f"sqlite:///{tmp_path / 'state' / 'mlflow.db'}"
 
     first = repo.dvc("repro")
-    assert ran_stages(first) == {"prepare", "features", "train", "evaluate"}
+    assert ran_stages(first) == {"prepare", "features", "online_features", "train", "evaluate"}
     assert versions(uri) == [1]
     client = client_for(uri)
     v1 = client.get_model_version_by_alias("credit-risk", "challenger")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -313,3 +314,43 @@ def test_store_outage_loses_nothing(served, params):
     assert "riskloop_log_rows_dropped" in metrics
     assert not [ln for ln in metrics.splitlines() if ln.startswith("riskloop_log_rows_dropped") and
                 not ln.rstrip().endswith(" 0.0")]  # fmt: skip
+
+
+def test_openapi_has_real_examples(served):
+    spec = httpx.get(served["server"].url + "/openapi.json").json()
+    assert {"/predict", "/predict_customer", "/outcomes", "/interventions"} <= set(spec["paths"])
+    example = spec["components"]["schemas"]["PredictRequest"]["examples"][0]["records"][0]
+    assert example["PAY_0"] == -1 and example["LIMIT_BAL"] == 120000  # a real row of the dataset
+
+
+def test_cors_from_env(served):
+    resp = httpx.options(served["server"].url + "/predict", headers={
+        "Origin": "https://app.example.com", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type,x-api-key"})  # fmt: skip
+    assert resp.headers.get("access-control-allow-origin") == "https://app.example.com"
+
+
+def test_metrics_cover_requests_bands_and_log(served, params):
+    post(served, "/predict", {"records": records(served["customers"], params, 3)})
+    url = served["server"].url + "/metrics"
+    httpx.get(url)  # gauges refresh on scrape
+    text = httpx.get(url).text
+    for name in ("riskloop_requests_total", "riskloop_request_latency_seconds_bucket", "riskloop_predictions_total",
+                 "riskloop_log_queue_depth", "riskloop_log_rows_spooled", "riskloop_log_rows_dropped"):  # fmt: skip
+        assert name in text, name
+    assert 'riskloop_requests_total{endpoint="predict",status="200"}' in text
+
+
+def test_customer_ids_never_in_application_logs(served):
+    log = Path(served["server"].log.name).read_text()
+    for cid in ("risky-1", "cust-outcome-1"):
+        assert cid not in log
+
+
+def test_production_refuses_to_start_unsafe(champion, tmp_path):
+    for extra, reason in (({"API_KEYS": ""}, "needs API_KEYS"), ({"DEBUG": "true"}, "DEBUG on")):
+        env = {"ENVIRONMENT": "production", **extra}
+        with pytest.raises(RuntimeError, match=reason):
+            Server(
+                champion["bento_home"], champion["state"], f"sqlite:///{tmp_path / 'p.db'}", env
+            ).stop()

@@ -1,0 +1,211 @@
+"""`make bench-serving`: the bento against `mlflow models serve` of the same registered
+champion, and raw in-process XGBoost as the ceiling, in one run with the same payloads.
+Load from `hey` (Debian package) at 32 concurrent clients. Needs `make run` first.
+Writes the "serving" section of bench/RESULTS.md."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import psutil
+
+from bench.results import write_section
+from riskloop.settings import load_params
+from riskloop.stores import tracking_uri
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "bench-key"
+
+
+def start(cmd: list[str], env: dict, ready_url: str, log: Path) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{cmd[0]} exited: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(ready_url, timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(log.read_text()[-2000:])
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def rss_mb(proc: subprocess.Popen) -> float:
+    root = psutil.Process(proc.pid)
+    return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**20
+
+
+def hey(url: str, body: bytes, n: int, c: int, headers: dict[str, str], tmp: Path) -> dict:
+    payload = tmp / "body.json"
+    payload.write_bytes(body)
+    cmd = [
+        "hey",
+        "-n",
+        str(n),
+        "-c",
+        str(c),
+        "-m",
+        "POST",
+        "-T",
+        "application/json",
+        "-D",
+        str(payload),
+    ]
+    for k, v in headers.items():
+        cmd += ["-H", f"{k}: {v}"]
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    pct = {
+        int(m.group(1)): float(m.group(2)) * 1000
+        for m in re.finditer(r"(\d+)%+ in ([\d.]+) secs", out)
+    }
+    codes = {
+        int(m.group(1)): int(m.group(2)) for m in re.finditer(r"\[(\d{3})\]\s+(\d+) responses", out)
+    }
+    errors = sum(v for k, v in codes.items() if k != 200) + len(
+        re.findall(r"Error distribution", out)
+    )
+    return {"rps": rps, "p50": pct.get(50), "p99": pct.get(99), "errors": errors, "codes": codes}
+
+
+def raw_ceiling(model, rows: pd.DataFrame) -> tuple[float, float]:
+    """In-process: µs for one row (features + inplace_predict), rows/s batched (10k rows)."""
+    model.booster.set_param({"nthread": 1})
+    one = rows.head(1)
+    for _ in range(20):
+        model.booster.inplace_predict(model.builder.transform(one))
+    t = time.perf_counter()
+    for _ in range(500):
+        model.booster.inplace_predict(model.builder.transform(one))
+    single_us = (time.perf_counter() - t) / 500 * 1e6
+    big = pd.concat([rows] * (10_000 // len(rows) + 1), ignore_index=True).head(10_000)
+    t = time.perf_counter()
+    for _ in range(5):
+        model.booster.inplace_predict(model.builder.transform(big))
+    return single_us, 5 * 10_000 / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--requests", type=int, default=6000, help="single-row requests per run")
+    ap.add_argument("--workers", type=int, default=int(os.environ.get("SERVING_WORKERS", "1")))
+    args = ap.parse_args()
+    if not shutil.which("hey"):
+        sys.exit("bench needs `hey`: apt-get install -y hey")
+    params = load_params()
+    test = pd.read_parquet(ROOT / "data/prepared/test.parquet")
+    recs = test[params.data.feature_columns].head(10_000).astype(object).to_dict(orient="records")
+    cols = params.data.model_input_columns
+    env = {**os.environ, "API_KEYS": KEY, "RATE_LIMIT_MAX": "100000000", "SERVING_WORKERS": str(args.workers),
+           "PYTHONWARNINGS": "ignore"}  # fmt: skip
+    rows, results = [], {}
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        env["DATABASE_URL"] = f"sqlite:///{tmp / 'predictions.db'}"
+        bento = start([sys.executable, "-m", "bentoml", "serve", "riskloop:latest", "--port", "3901"], env,
+                      "http://127.0.0.1:3901/readyz", tmp / "bento.log")  # fmt: skip
+        mlf = start([sys.executable, "-m", "mlflow", "models", "serve", "-m",
+                     f"models:/{params.registry.model_name}@{params.registry.champion_alias}",
+                     "--env-manager", "local", "-p", "3902", "-h", "127.0.0.1"],
+                    {**env, "MLFLOW_TRACKING_URI": tracking_uri()}, "http://127.0.0.1:3902/ping",
+                    tmp / "mlflow.log")  # fmt: skip
+        try:
+            for explain in ("top", "none"):
+                body = json.dumps({"records": recs[:1], "explain": explain}).encode()
+                results[f"bento-1-{explain}"] = hey("http://127.0.0.1:3901/predict", body, args.requests, 32,
+                                                    {"X-API-Key": KEY}, tmp)  # fmt: skip
+            mbody = json.dumps(
+                {"dataframe_split": {"columns": cols, "data": [[recs[0][c] for c in cols]]}}
+            ).encode()
+            results["mlflow-1"] = hey("http://127.0.0.1:3902/invocations", mbody, max(args.requests // 4, 500), 32,
+                                      {}, tmp)  # fmt: skip
+            for explain in ("none", "top"):
+                body = json.dumps({"records": recs, "explain": explain}).encode()
+                results[f"bento-10k-{explain}"] = hey("http://127.0.0.1:3901/predict", body, 24, 2,
+                                                      {"X-API-Key": KEY}, tmp)  # fmt: skip
+            mbody = json.dumps(
+                {"dataframe_split": {"columns": cols, "data": [[r[c] for c in cols] for r in recs]}}
+            )
+            results["mlflow-10k"] = hey(
+                "http://127.0.0.1:3902/invocations", mbody.encode(), 24, 2, {}, tmp
+            )
+            rss = {"bento": rss_mb(bento), "mlflow": rss_mb(mlf)}
+        finally:
+            stop(bento)
+            stop(mlf)
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    model = mlflow.pyfunc.load_model(
+        f"models:/{params.registry.model_name}@champion"
+    ).unwrap_python_model()
+    single_us, batch_rps = raw_ceiling(model, test[cols])
+
+    def line(name: str, key: str, rows_per_req: int, goal: str, mem: str = "") -> str:
+        r = results[key]
+        return (f"| {name} | {r['rps']:.0f} | {r['rps'] * rows_per_req:,.0f} | {r['p50']:.1f} | {r['p99']:.1f} | "
+                f"{r['errors']} | {mem} | {goal} |")  # fmt: skip
+
+    rows = [
+        line(
+            "bento, 1 row, reasons (top-3)",
+            "bento-1-top",
+            1,
+            "≥ 2,000 req/s, p99 ≤ 30 ms",
+            f"{rss['bento']:.0f}",
+        ),
+        line("bento, 1 row, no reasons", "bento-1-none", 1, ""),
+        line("`mlflow models serve`, 1 row", "mlflow-1", 1, "peer", f"{rss['mlflow']:.0f}"),
+        line("bento, 10k rows, no reasons", "bento-10k-none", 10_000, "≥ 150k rows/s"),
+        line("bento, 10k rows, reasons (top-3)", "bento-10k-top", 10_000, ""),
+        line("`mlflow models serve`, 10k rows", "mlflow-10k", 10_000, "peer"),
+    ]
+    b1, m1 = results["bento-1-top"]["rps"], results["mlflow-1"]["rps"]
+    write_section(
+        "serving",
+        f"""## Serving (issue 3)
+
+Command: `make bench-serving` (`python -m bench.serving --requests {args.requests} --workers {args.workers}`),
+{time.strftime("%Y-%m-%d %H:%M", time.gmtime())} UTC, {platform.machine()}, {os.cpu_count()} cores; `hey` and both
+servers share the machine. Same champion, same payloads; auth and prediction logging on for the bento
+(SQLite store). 32 concurrent clients for single rows, 2 for 10k-row requests.
+
+| server / payload | req/s | rows/s | p50 ms | p99 ms | non-200 | RSS MB | goal |
+|---|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+Ratio bento / `mlflow models serve`, single row with reasons: **{b1 / m1:.1f}x**.
+Raw in-process ceiling (features + `inplace_predict`, 1 thread): {single_us:.0f} µs for one row,
+{batch_rps:,.0f} rows/s on 10k-row batches.
+""",
+    )
+
+
+if __name__ == "__main__":
+    main()
