@@ -10,6 +10,8 @@ monotone constraint on them makes risk non-decreasing in months past due.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 
@@ -45,8 +47,17 @@ def _row_nanmax(a: np.ndarray) -> np.ndarray:
 
 def repayment_features(x: pd.DataFrame, settings: FeatureSettings) -> pd.DataFrame:
     """Repayment-history features (unclipped). Columns are listed latest month first."""
+    arrays = repayment_arrays(lambda cols: x[cols].to_numpy(dtype="float64"), settings)
+    return pd.DataFrame(arrays, index=x.index)
+
+
+def repayment_arrays(
+    columns: Callable[[list[str]], np.ndarray], settings: FeatureSettings
+) -> dict[str, np.ndarray]:
+    """The feature arithmetic on plain arrays; `columns(names)` returns those columns as a
+    float 2-D array. Shared by the DataFrame path (training) and the array path (serving)."""
     rep = settings.repayment
-    status = x[rep.status_columns].to_numpy(dtype="float64")
+    status = columns(rep.status_columns)
     late = status >= rep.delinquent_from
     out: dict[str, np.ndarray] = {
         "months_delinquent": late.sum(axis=1),
@@ -58,16 +69,16 @@ def repayment_features(x: pd.DataFrame, settings: FeatureSettings) -> pd.DataFra
         "delinquency_load": np.clip(status, 0, None).sum(axis=1),
     }
     if rep.bill_columns and rep.limit_column:
-        bills = x[rep.bill_columns].to_numpy(dtype="float64")
-        limit = x[rep.limit_column].to_numpy(dtype="float64")[:, None]
+        bills = columns(rep.bill_columns)
+        limit = columns([rep.limit_column])
         util = _safe_div(bills, np.broadcast_to(limit, bills.shape))
         out["utilization_latest"] = util[:, 0]
         out["utilization_mean"] = _row_nanmean(util)
         out["utilization_max"] = _row_nanmax(util)
         out["bill_growth"] = _safe_div(bills[:, 0] - bills[:, -1], limit[:, 0])
     if rep.payment_columns and rep.bill_columns:
-        pays = x[rep.payment_columns].to_numpy(dtype="float64")
-        bills = x[rep.bill_columns].to_numpy(dtype="float64")
+        pays = columns(rep.payment_columns)
+        bills = columns(rep.bill_columns)
         lag = rep.payment_lag
         n = bills.shape[1] - lag
         ratios = _safe_div(pays[:, :n], bills[:, lag : lag + n])
@@ -80,10 +91,10 @@ def repayment_features(x: pd.DataFrame, settings: FeatureSettings) -> pd.DataFra
             (pays[:, :n] >= bills[:, lag : lag + n]) & (bills[:, lag : lag + n] > 0)
         ).sum(axis=1)
         if rep.limit_column:
-            limit = x[rep.limit_column].to_numpy(dtype="float64")
+            limit = columns([rep.limit_column])[:, 0]
             out["payment_to_limit"] = _safe_div(pays.mean(axis=1), limit)
             out["outstanding_to_limit"] = _safe_div(bills[:, 0] - pays[:, 0], limit)
-    return pd.DataFrame(out, index=x.index)
+    return out
 
 
 class FeatureBuilder:
@@ -130,6 +141,30 @@ class FeatureBuilder:
         for col, (low, high) in self.caps_.items():
             frame[col] = frame[col].clip(lower=low, upper=high)
         return frame[self.feature_names_]
+
+    def transform_array(self, values: np.ndarray) -> np.ndarray:
+        """Serving's fast path (no pandas): `values` holds `input_columns` in order as
+        floats (categoricals already coded); returns features in `feature_names_` order.
+        Same arithmetic as `transform` (repayment_arrays), ~100x less overhead per row."""
+        if not self.feature_names_:
+            raise RuntimeError("FeatureBuilder.transform_array called before fit")
+        index = {c: i for i, c in enumerate(self.input_columns)}
+        derived = repayment_arrays(lambda cols: values[:, [index[c] for c in cols]], self.features)
+        n_in = len(self.input_columns)
+        out = np.empty((len(values), len(self.feature_names_)))
+        out[:, :n_in] = values
+        position = {name: i for i, name in enumerate(self.feature_names_)}
+        for name, column in derived.items():
+            out[:, position[name]] = column
+        for name, (low, high) in self.caps_.items():
+            j = position[name]
+            np.clip(out[:, j], low, high, out=out[:, j])
+        return out
+
+    def encode(self, column: str, value: object) -> float:
+        """A raw value as the model sees it (categorical levels become their index)."""
+        levels = self.data.categorical.get(column)
+        return float(levels.index(value)) if levels is not None else float(value)
 
     def fit_transform(self, x: pd.DataFrame) -> pd.DataFrame:
         return self.fit(x).transform(x)

@@ -7,25 +7,35 @@ the probability and reads directly as "expected defaults per 100 such customers"
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import xgboost as xgb
 
 from riskloop.settings import ServingSettings
 
 
+def inputs_matrix(builder, records: list) -> np.ndarray:
+    """Validated records (pydantic models) -> the builder's input columns as floats."""
+    cols = builder.input_columns
+    if any(c in builder.data.categorical for c in cols):
+        rows = [[builder.encode(c, getattr(r, c)) for c in cols] for r in records]
+    else:
+        rows = [[getattr(r, c) for c in cols] for r in records]
+    return np.array(
+        rows, dtype="float64"
+    )  # a None (nullable column) becomes NaN: XGBoost's missing
+
+
 def predict(
-    model, raw: pd.DataFrame, explain: bool
-) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame | None]:
-    """Features, probabilities and (when asked) exact contributions, computing features once.
-    Uses only the model's `builder` and `booster`: a model carries the code it was logged
-    with (MLflow code_paths), so serving must not rely on methods added since."""
-    feats = model.builder.transform(raw)
-    p = model.booster.inplace_predict(feats, predict_type="value")
+    model, values: np.ndarray, explain: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Features, probabilities and (when asked) exact TreeSHAP contributions (last column:
+    the base value), on arrays end to end. Uses only the model's `builder` and `booster`
+    with riskloop's current feature code (features/ is shared by training and serving)."""
+    feats = model.builder.transform_array(values)
+    p = model.booster.inplace_predict(feats, predict_type="value", validate_features=False)
     if not explain:
         return feats, p, None
-    names = list(model.builder.feature_names_)
-    contrib = model.booster.predict(xgb.DMatrix(feats, feature_names=names), pred_contribs=True)
-    return feats, p, pd.DataFrame(contrib, columns=[*names, "bias"], index=raw.index)
+    contrib = model.booster.predict(xgb.DMatrix(feats), pred_contribs=True, validate_features=False)
+    return feats, p, contrib
 
 
 def risk_scores(p: np.ndarray) -> np.ndarray:
@@ -47,22 +57,17 @@ def decisions(scores: np.ndarray, settings: ServingSettings) -> list[str]:
     ]
 
 
-def reasons(contrib: pd.DataFrame, features: pd.DataFrame, top_k: int) -> list[list[dict]]:
+def reasons(
+    contrib: np.ndarray, feats: np.ndarray, names: list[str], top_k: int
+) -> list[list[dict]]:
     """Top-k features that raise each row's risk the most (exact TreeSHAP, log-odds).
-    Contributions with the base value (`bias`) sum to the row's margin."""
+    All contributions plus the base value (last column) sum to the row's margin."""
     if top_k == 0:
         return [[] for _ in range(len(contrib))]
-    values = contrib.drop(columns="bias").to_numpy()
-    names = np.array(contrib.columns[:-1])
-    order = np.argsort(-values, axis=1)[:, :top_k]
-    feats = features.to_numpy()
-    col_index = {n: i for i, n in enumerate(features.columns)}
+    values = contrib[:, :-1]
+    order = np.argsort(-values, axis=1, kind="stable")[:, :top_k]
     out = []
     for r, cols in enumerate(order):
-        row = []
-        for c in cols:
-            value = feats[r, col_index[names[c]]]
-            row.append({"feature": str(names[c]), "value": None if np.isnan(value) else float(value),
-                        "contribution": float(values[r, c])})  # fmt: skip
-        out.append(row)
+        out.append([{"feature": names[c], "value": None if np.isnan(feats[r, c]) else float(feats[r, c]),
+                     "contribution": float(values[r, c])} for c in cols])  # fmt: skip
     return out

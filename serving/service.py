@@ -18,11 +18,11 @@ from pathlib import Path
 
 import anyio
 import bentoml
-import pandas as pd
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, ORJSONResponse
 
+import features.transform  # noqa: F401 - current feature code wins over a model's bundled copy
 from riskloop.settings import load_params
 from serving import metrics, scoring
 from serving.config import load_env
@@ -31,6 +31,7 @@ from serving.schemas import (
     Prediction,
     customer_request_model,
     predict_request_model,
+    record_model,
 )
 from serving.security import AuthRateLimitMiddleware, FixedWindowLimiter
 
@@ -43,6 +44,7 @@ EXAMPLE = json.loads((HERE / "example_record.json").read_text())
 OFFLOAD_ROWS = 64  # bigger requests are scored in a worker thread so the event loop stays free
 
 PredictRequest = predict_request_model(PARAMS.data, PARAMS.serving)
+RecordModel = record_model(PARAMS.data)
 PredictCustomerRequest = customer_request_model(PARAMS.serving)
 PredictRequest.model_config["json_schema_extra"] = {"examples": [{"records": [EXAMPLE]}]}
 PredictCustomerRequest.model_config["json_schema_extra"] = {
@@ -121,6 +123,7 @@ class RiskService:
         self.model = pyfunc.unwrap_python_model()
         # one thread per prediction: on 2 cores, more threads make single rows ~10x slower
         self.model.booster.set_param({"nthread": 1})
+        self.feature_names = list(self.model.builder.feature_names_)
         self.model_name = PARAMS.registry.model_name
         self.model_version = str(self.bento_model.info.labels.get("registry_version", "unknown"))
         url = ENV.store_url()
@@ -148,35 +151,38 @@ class RiskService:
         return content
 
     # ------------------------------------------------------------------ scoring
-    def _score(self, records: list[dict], explain: str, request_id: str | None) -> list[dict]:
-        frame = pd.DataFrame.from_records(records)
-        feats, p, contrib = scoring.predict(self.model, frame, explain != "none")
+    def _score(self, records: list, explain: str, request_id: str | None) -> list[dict]:
+        """`records`: validated pydantic records (attribute access, no dict round trip)."""
+        values = scoring.inputs_matrix(self.model.builder, records)
+        feats, p, contrib = scoring.predict(self.model, values, explain != "none")
         scores = scoring.risk_scores(p)
         bands = scoring.risk_bands(scores, PARAMS.serving.bands)
         decisions = scoring.decisions(scores, PARAMS.serving)
+        names = self.feature_names
         top = (
-            scoring.reasons(contrib, feats, PARAMS.serving.top_reasons)
-            if contrib is not None
-            else None
+            None
+            if contrib is None
+            else scoring.reasons(contrib, feats, names, PARAMS.serving.top_reasons)
         )
         now = datetime.now(UTC)
         out = []
-        for i, rec in enumerate(records):
+        for i, record in enumerate(records):
+            rec = {k: v for k, v in record.__dict__.items() if v is not None}
+            customer = rec.pop("customer_id", None)
             pid = uuid.uuid4().hex
-            result = {"prediction_id": pid, "customer_id": rec.get("customer_id"),
+            result = {"prediction_id": pid, "customer_id": customer,
                       "probability_of_default": float(p[i]), "risk_score": int(scores[i]), "risk_band": bands[i],
                       "decision": decisions[i], "reasons": top[i] if top else [],
                       "model_name": self.model_name, "model_version": self.model_version}  # fmt: skip
             if explain == "all":
-                row = contrib.iloc[i]
-                result["base_value"] = float(row["bias"])
-                result["contributions"] = {k: float(v) for k, v in row.drop("bias").items()}
+                result["base_value"] = float(contrib[i, -1])
+                result["contributions"] = dict(zip(names, contrib[i, :-1].tolist(), strict=True))
             out.append(result)
             metrics.PREDICTIONS.labels(bands[i]).inc()
             self.writer.submit({
                 "prediction_id": pid, "created_at": now, "request_id": request_id,
                 "model_name": self.model_name, "model_version": self.model_version,
-                "customer_id": rec.get("customer_id"), "inputs": {k: v for k, v in rec.items() if k != "customer_id"},
+                "customer_id": customer, "inputs": rec,
                 "probability": float(p[i]), "risk_score": int(scores[i]), "risk_band": bands[i],
                 "decision": decisions[i], "reasons": result["reasons"],
             })  # fmt: skip
@@ -206,8 +212,7 @@ class RiskService:
     @app.post("/predict", responses={200: {"model": list[Prediction]}})
     async def predict(self, body: PredictRequest) -> ORJSONResponse:  # type: ignore[valid-type]
         start = time.perf_counter()
-        records = [r.model_dump(exclude_none=True) for r in body.records]
-        results = await self._run(records, body.explain, body.request_id)
+        results = await self._run(body.records, body.explain, body.request_id)
         metrics.LATENCY.labels("predict").observe(time.perf_counter() - start)
         metrics.REQUESTS.labels("predict", "200").inc()
         return ORJSONResponse({"predictions": results})
@@ -223,7 +228,12 @@ class RiskService:
             return ORJSONResponse(
                 {"detail": f"feature store unavailable ({type(exc).__name__})"}, status_code=503
             )
-        records = [{**found[c]["record"], "customer_id": c} for c in ids if c in found]
+        # stored records were validated when materialized: construct without re-validating
+        records = [
+            RecordModel.model_construct(**found[c]["record"], customer_id=c)
+            for c in ids
+            if c in found
+        ]
         scored = await self._run(records, body.explain, body.request_id) if records else []
         by_id = {r["customer_id"]: r for r in scored}
         results = [

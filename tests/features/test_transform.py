@@ -57,3 +57,12 @@ def test_builder_drops_protected_and_checks_inputs(raw, params):
         builder.transform(raw.head(5).drop(columns="PAY_0"))
     with pytest.raises(RuntimeError, match="before fit"):
         FeatureBuilder(params.data, params.features).transform(raw.head(5))
+
+
+def test_array_fast_path_equals_dataframe_path(raw, params):
+    builder = FeatureBuilder(params.data, params.features).fit(raw.head(5000))
+    rows = raw.iloc[5000:8000]
+    values = rows[builder.input_columns].to_numpy(dtype="float64")
+    np.testing.assert_array_equal(
+        builder.transform_array(values), builder.transform(rows).to_numpy()
+    )
