@@ -13,8 +13,10 @@ import logging
 import os
 import time
 import uuid
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import anyio
 import bentoml
@@ -178,7 +180,6 @@ class RiskService:
                 result["base_value"] = float(contrib[i, -1])
                 result["contributions"] = dict(zip(names, contrib[i, :-1].tolist(), strict=True))
             out.append(result)
-            metrics.PREDICTIONS.labels(bands[i]).inc()
             self.writer.submit({
                 "prediction_id": pid, "created_at": now, "request_id": request_id,
                 "model_name": self.model_name, "model_version": self.model_version,
@@ -186,6 +187,9 @@ class RiskService:
                 "probability": float(p[i]), "risk_score": int(scores[i]), "risk_band": bands[i],
                 "decision": decisions[i], "reasons": result["reasons"],
             })  # fmt: skip
+        # one increment per band: each is a write to prometheus' multiprocess files
+        for band, n in Counter(bands).items():
+            metrics.PREDICTIONS.labels(band).inc(n)
         if ENV.enable_interventions:
             self._intervene(out)
         return out
@@ -208,6 +212,15 @@ class RiskService:
             return await anyio.to_thread.run_sync(self._score, records, explain, request_id)
         return self._score(records, explain, request_id)
 
+    async def _from_store(self, endpoint: str, call, *args) -> tuple[Any, ORJSONResponse | None]:
+        """A store call off the event loop; a dead store answers 503 (retry later), never 500."""
+        try:
+            return await anyio.to_thread.run_sync(call, *args), None
+        except Exception as exc:
+            metrics.REQUESTS.labels(endpoint, "503").inc()
+            detail = f"prediction store unavailable ({type(exc).__name__}); retry later"
+            return None, ORJSONResponse({"detail": detail}, status_code=503)
+
     # ------------------------------------------------------------------ routes
     @app.post("/predict", responses={200: {"model": list[Prediction]}})
     async def predict(self, body: PredictRequest) -> ORJSONResponse:  # type: ignore[valid-type]
@@ -221,13 +234,11 @@ class RiskService:
     async def predict_customer(self, body: PredictCustomerRequest) -> ORJSONResponse:  # type: ignore[valid-type]
         start = time.perf_counter()
         ids = list(dict.fromkeys(body.customer_ids))
-        try:
-            found = await anyio.to_thread.run_sync(self.store.get_online_features, ids)
-        except Exception as exc:
-            metrics.REQUESTS.labels("predict_customer", "503").inc()
-            return ORJSONResponse(
-                {"detail": f"feature store unavailable ({type(exc).__name__})"}, status_code=503
-            )
+        found, unavailable = await self._from_store(
+            "predict_customer", self.store.get_online_features, ids
+        )
+        if unavailable:
+            return unavailable
         # stored records were validated when materialized: construct without re-validating
         records = [
             RecordModel.model_construct(**found[c]["record"], customer_id=c)
@@ -247,22 +258,20 @@ class RiskService:
     @app.post("/outcomes")
     async def outcomes(self, body: OutcomesRequest) -> ORJSONResponse:
         items = [o.model_dump(exclude_none=True) for o in body.outcomes]
-        try:
-            results = await anyio.to_thread.run_sync(self.store.record_outcomes, items)
-        except Exception as exc:
-            metrics.REQUESTS.labels("outcomes", "503").inc()
-            return ORJSONResponse(
-                {"detail": f"store unavailable ({type(exc).__name__}); retry"}, status_code=503
-            )
+        results, unavailable = await self._from_store("outcomes", self.store.record_outcomes, items)
+        if unavailable:
+            return unavailable
         metrics.REQUESTS.labels("outcomes", "200").inc()
         return ORJSONResponse({"results": results})
 
     @app.get("/interventions")
     async def interventions(self, limit: int = Query(100, ge=1, le=1000),
                             customer_id: str | None = Query(None, max_length=64)) -> ORJSONResponse:  # fmt: skip
-        rows = await anyio.to_thread.run_sync(
-            lambda: self.store.list_interventions(limit, customer_id)
+        rows, unavailable = await self._from_store(
+            "interventions", self.store.list_interventions, limit, customer_id
         )
+        if unavailable:
+            return unavailable
         return ORJSONResponse({"interventions": rows})  # orjson writes datetimes as ISO 8601
 
 

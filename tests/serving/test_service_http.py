@@ -298,7 +298,11 @@ def test_store_outage_loses_nothing(served, params):
     proxy.cut()
     time.sleep(3)
     degraded = httpx.get(url + "/readyz").json()
+    outcome = post(served, "/outcomes", {"outcomes": [{"customer_id": "c-x", "defaulted": 1}]})
+    listed = httpx.get(url + "/interventions", headers=MAIN, timeout=30)
     proxy.restore()
+    assert outcome.status_code == 503 and "retry" in outcome.json()["detail"]  # never a 500
+    assert listed.status_code == 503
     time.sleep(1.5)
     stop.set()
     worker.join()
