@@ -220,7 +220,7 @@ class ServingSettings(Frozen):
     max_records: Annotated[int, Field(ge=1, le=100_000)] = 10_000
     max_customer_ids: Annotated[int, Field(ge=1, le=100_000)] = 1_000
     top_reasons: Annotated[int, Field(ge=0, le=20)] = 3
-    # band name -> lowest risk_score in the band; ascending, the first must start at 0
+    # band name -> lowest risk_score in the band (order in the file does not matter; one starts at 0)
     bands: dict[str, Annotated[int, Field(ge=0, le=100)]] = {
         "low": 0,
         "medium": 20,
@@ -232,9 +232,9 @@ class ServingSettings(Frozen):
 
     @model_validator(mode="after")
     def _bands(self) -> ServingSettings:
-        lows = list(self.bands.values())
-        if not lows or lows[0] != 0 or lows != sorted(set(lows)):
-            raise ValueError("bands must start at 0 and strictly increase")
+        lows = sorted(self.bands.values())
+        if not lows or lows[0] != 0 or len(set(lows)) != len(lows):
+            raise ValueError("bands need distinct lower bounds, one of them 0")
         unknown = sorted(set(self.interventions.actions) - set(self.bands))
         if unknown:
             raise ValueError(f"interventions.actions names unknown band(s) {unknown}")

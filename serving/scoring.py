@@ -43,8 +43,9 @@ def risk_scores(p: np.ndarray) -> np.ndarray:
 
 
 def risk_bands(scores: np.ndarray, bands: dict[str, int]) -> list[str]:
-    names = list(bands)
-    lows = np.array(list(bands.values()))
+    ordered = sorted(bands.items(), key=lambda kv: kv[1])  # YAML mappings carry no order
+    names = [name for name, _ in ordered]
+    lows = np.array([low for _, low in ordered])
     idx = np.searchsorted(lows, scores, side="right") - 1
     return [names[i] for i in idx]
 

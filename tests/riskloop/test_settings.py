@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -101,3 +102,15 @@ def test_dvc_temp_experiment_resolves_to_real_repo(tmp_path):
     temp.mkdir(parents=True)
     assert stores.project_root(temp) == tmp_path / "repo"
     assert stores.project_root(tmp_path) == tmp_path
+
+
+def test_bands_are_ordered_by_threshold_not_by_mapping_order(tmp_path):
+    from serving.scoring import risk_bands
+
+    shuffled = {"very_high": 60, "high": 40, "low": 0, "medium": 20}
+    path = write_params(tmp_path, lambda d: d["serving"].update(bands=shuffled))
+    got = risk_bands(np.array([0, 19, 20, 39, 40, 100]), load_params(path).serving.bands)
+    assert got == ["low", "low", "medium", "medium", "high", "very_high"]
+    no_zero = {"low": 10, "medium": 20, "high": 40, "very_high": 60}
+    with pytest.raises(SettingsError, match="one of them 0"):
+        load_params(write_params(tmp_path, lambda d: d["serving"].update(bands=no_zero)))
