@@ -28,9 +28,8 @@ def versions(uri: str, name: str = "credit-risk"):
 
 def ran_stages(proc) -> set[str]:
     text = proc.stdout + proc.stderr
-    return {
-        s for s in ("prepare", "features", "train", "evaluate") if f"Running stage '{s}'" in text
-    }
+    stages = ("prepare", "features", "online_features", "train", "evaluate")
+    return {s for s in stages if f"Running stage '{s}'" in text}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +42,8 @@ def test_experiment_loop_on_sqlite(tmp_path, sample):
     uri = f"sqlite:///{tmp_path / 'state' / 'mlflow.db'}"
 
     first = repo.dvc("repro")
-    assert ran_stages(first) == {"prepare", "features", "online_features", "train", "evaluate"}
+    ran = ran_stages(first)
+    assert ran == {"prepare", "features", "online_features", "train", "evaluate"}, first.stdout
     assert versions(uri) == [1]
     client = client_for(uri)
     v1 = client.get_model_version_by_alias("credit-risk", "challenger")
