@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -15,7 +17,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import pg_databases
+from tests.conftest import ROOT, pg_databases
 from tests.proxy import TcpProxy
 from tests.serving.server import (
     KEYS,
@@ -35,9 +37,13 @@ MAIN = {"X-API-Key": KEYS["main"]}
 def champion(tmp_path_factory, raw, params):
     state = tmp_path_factory.mktemp("serving-state")
     model, customers = train_champion(state, raw, params)
-    bento_home = tmp_path_factory.mktemp("bentoml")
+    # the default layout keeps the BentoML store under the repo's state/: build twice there so
+    # a bentofile pattern that matches earlier bentos (recursive copies) fails here
+    bento_home = ROOT / "state" / f"bentoml-test-{uuid.uuid4().hex[:8]}"
     build_bento(state, bento_home)
-    return {"state": state, "bento_home": bento_home, "model": model, "customers": customers}
+    build_bento(state, bento_home)
+    yield {"state": state, "bento_home": bento_home, "model": model, "customers": customers}
+    shutil.rmtree(bento_home, ignore_errors=True)
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
