@@ -11,8 +11,9 @@ import sys
 import bentoml
 
 from riskloop.cli import run_main
-from riskloop.errors import RegistryError
+from riskloop.errors import RegistryError, RiskloopError
 from riskloop.settings import load_params
+from serving.model_tag import MODEL_TAG_FILE
 from training.registry import alias_uri
 from training.tracking import connect
 
@@ -38,13 +39,18 @@ def import_champion() -> bentoml.Model:
 
 def main() -> None:
     model = import_champion()
-    # the service module resolves its model by this tag at build time and in the bento
-    env = {**os.environ, "RISKLOOP_BENTO_MODEL": str(model.tag)}
-    subprocess.run(
-        [sys.executable, "-m", "bentoml", "build", "--bentofile", "bentofile.yaml"],
-        check=True,
-        env=env,
-    )
+    # Pin the exact model in the bento: "latest" would follow later imports at serve time.
+    # The file exists only during the build, so the working tree never points at a stale model.
+    MODEL_TAG_FILE.write_text(f"{model.tag}\n")
+    cmd = [sys.executable, "-m", "bentoml", "build", "--bentofile", "bentofile.yaml"]
+    try:
+        proc = subprocess.run(cmd, env={**os.environ, "RISKLOOP_BENTO_MODEL": str(model.tag)})
+    finally:
+        MODEL_TAG_FILE.unlink(missing_ok=True)
+    if proc.returncode != 0:
+        raise RiskloopError(
+            f"`bentoml build` failed (exit {proc.returncode}); see its output above"
+        )
 
 
 if __name__ == "__main__":

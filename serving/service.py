@@ -28,6 +28,7 @@ import features.transform  # noqa: F401 - current feature code wins over a model
 from riskloop.settings import load_params
 from serving import metrics, scoring
 from serving.config import load_env
+from serving.model_tag import model_tag
 from serving.schemas import (
     OutcomesRequest,
     Prediction,
@@ -41,7 +42,7 @@ log = logging.getLogger("riskloop.serving")
 HERE = Path(__file__).resolve().parent
 PARAMS = load_params(os.environ.get("RISKLOOP_PARAMS", HERE.parent / "params.yaml"))
 ENV = load_env()
-MODEL_TAG = os.environ.get("RISKLOOP_BENTO_MODEL", f"{PARAMS.registry.model_name}:latest")
+MODEL_TAG = model_tag(PARAMS.registry.model_name)
 EXAMPLE = json.loads((HERE / "example_record.json").read_text())
 OFFLOAD_ROWS = 64  # bigger requests are scored in a worker thread so the event loop stays free
 

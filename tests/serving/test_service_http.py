@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -364,3 +368,19 @@ def test_production_refuses_to_start_unsafe(champion, tmp_path):
             Server(
                 champion["bento_home"], champion["state"], f"sqlite:///{tmp_path / 'p.db'}", env
             ).stop()
+
+
+def test_bento_pins_the_model_it_was_built_with(champion):
+    """Serving `<name>:latest` would follow later imports; the bento names its own model."""
+    env = {
+        **os.environ,
+        "BENTOML_HOME": str(champion["bento_home"]),
+        "BENTOML_DO_NOT_TRACK": "true",
+    }
+    bentoml_cli = str(Path(sys.executable).parent / "bentoml")
+    info = json.loads(subprocess.run([bentoml_cli, "get", "riskloop:latest", "-o", "json"], env=env,
+                                     capture_output=True, text=True, check=True).stdout)  # fmt: skip
+    bento_dir = champion["bento_home"] / "bentos" / "riskloop" / info["tag"].split(":")[1]
+    pinned = (bento_dir / "src" / "serving" / "bento_model_tag.txt").read_text().strip()
+    assert pinned in [m["tag"] for m in info["models"]]
+    assert not (ROOT / "serving" / "bento_model_tag.txt").exists()  # only present during a build
