@@ -380,7 +380,8 @@ def test_bento_pins_the_model_it_was_built_with(champion):
     bentoml_cli = str(Path(sys.executable).parent / "bentoml")
     info = json.loads(subprocess.run([bentoml_cli, "get", "riskloop:latest", "-o", "json"], env=env,
                                      capture_output=True, text=True, check=True).stdout)  # fmt: skip
-    bento_dir = champion["bento_home"] / "bentos" / "riskloop" / info["tag"].split(":")[1]
+    bento_dir = champion["bento_home"] / "bentos" / "riskloop" / info["version"]
     pinned = (bento_dir / "src" / "serving" / "bento_model_tag.txt").read_text().strip()
-    assert pinned in [m["tag"] for m in info["models"]]
+    packed = [m["tag"] for svc in info["services"] for m in svc["models"]]
+    assert packed == [pinned]
     assert not (ROOT / "serving" / "bento_model_tag.txt").exists()  # only present during a build
