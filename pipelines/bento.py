@@ -4,7 +4,6 @@ bentofile.yaml. The bento then carries the model: serving never calls the regist
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -44,7 +43,7 @@ def main() -> None:
     MODEL_TAG_FILE.write_text(f"{model.tag}\n")
     cmd = [sys.executable, "-m", "bentoml", "build", "--bentofile", "bentofile.yaml"]
     try:
-        proc = subprocess.run(cmd, env={**os.environ, "RISKLOOP_BENTO_MODEL": str(model.tag)})
+        proc = subprocess.run(cmd)
     finally:
         MODEL_TAG_FILE.unlink(missing_ok=True)
     if proc.returncode != 0:

@@ -24,29 +24,28 @@ def online_rows(frame: pd.DataFrame, params: Params, data_version: str) -> list[
     data = params.data
     if data.time_column:  # keep the latest record of each customer
         frame = frame.sort_values(data.time_column).drop_duplicates(data.id_column, keep="last")
-    now = datetime.now(UTC)
+    as_of = (pd.to_datetime(frame[data.time_column]).dt.to_pydatetime() if data.time_column
+             else [datetime.now(UTC)] * len(frame))  # fmt: skip
     records = frame[data.feature_columns].to_dict(orient="records")
-    return [{"customer_id": str(cid), "record": rec, "data_version": data_version,
-             "as_of": now if not data.time_column else pd.Timestamp(t).to_pydatetime()}
-            for cid, rec, t in zip(frame[data.id_column], records,
-                                   frame[data.time_column] if data.time_column else [None] * len(frame),
-                                   strict=True)]  # fmt: skip
+    return [{"customer_id": str(cid), "record": rec, "as_of": at, "data_version": data_version}
+            for cid, rec, at in zip(frame[data.id_column], records, as_of, strict=True)]  # fmt: skip
 
 
-def materialize(url: str, params: Params) -> int:
+def materialize(url: str, params: Params, data_version: str) -> int:
     frame = pd.concat(
         [pd.read_parquet(paths.PREPARED / f"{n}.parquet") for n in paths.SPLITS], ignore_index=True
     )
     upgrade(url)
     store = PredictionStore(make_engine(url))
-    return store.upsert_online_features(online_rows(frame, params, dvc_data_hash()))
+    return store.upsert_online_features(online_rows(frame, params, data_version))
 
 
 def main() -> None:
     params = load_params()
-    n = materialize(load_env().store_url(), params)
+    data_hash = dvc_data_hash()
+    n = materialize(load_env().store_url(), params, data_hash)
     paths.write_json(
-        paths.REPORTS / "online_features.json", {"customers": n, "data_hash": dvc_data_hash()}
+        paths.REPORTS / "online_features.json", {"customers": n, "data_hash": data_hash}
     )
     log.info("materialized %d customers into the online feature table", n)
 

@@ -41,11 +41,15 @@ def record_model(data: DataSettings) -> type[BaseModel]:
     )
 
 
-def predict_request_model(data: DataSettings, serving: ServingSettings) -> type[BaseModel]:
-    record = record_model(data)
+def predict_request_model(
+    record: type[BaseModel], serving: ServingSettings, example: dict
+) -> type[BaseModel]:
+    """`record` from record_model(); `example` is a real record shown in the OpenAPI."""
     return create_model(
         "PredictRequest",
-        __config__=ConfigDict(extra="forbid"),
+        __config__=ConfigDict(
+            extra="forbid", json_schema_extra={"examples": [{"records": [example]}]}
+        ),
         records=(list[record], Field(min_length=1, max_length=serving.max_records)),  # type: ignore[valid-type]
         request_id=(Annotated[str, Field(max_length=64)] | None, None),
         explain=(Literal["top", "all", "none"], "top"),
@@ -55,7 +59,9 @@ def predict_request_model(data: DataSettings, serving: ServingSettings) -> type[
 def customer_request_model(serving: ServingSettings) -> type[BaseModel]:
     return create_model(
         "PredictCustomerRequest",
-        __config__=ConfigDict(extra="forbid"),
+        __config__=ConfigDict(
+            extra="forbid", json_schema_extra={"examples": [{"customer_ids": ["1", "2"]}]}
+        ),
         customer_ids=(list[CUSTOMER_ID], Field(min_length=1, max_length=serving.max_customer_ids)),
         request_id=(Annotated[str, Field(max_length=64)] | None, None),
         explain=(Literal["top", "all", "none"], "top"),

@@ -46,15 +46,9 @@ MODEL_TAG = model_tag(PARAMS.registry.model_name)
 EXAMPLE = json.loads((HERE / "example_record.json").read_text())
 OFFLOAD_ROWS = 64  # bigger requests are scored in a worker thread so the event loop stays free
 
-PredictRequest = predict_request_model(PARAMS.data, PARAMS.serving)
 RecordModel = record_model(PARAMS.data)
+PredictRequest = predict_request_model(RecordModel, PARAMS.serving, EXAMPLE)
 PredictCustomerRequest = customer_request_model(PARAMS.serving)
-PredictRequest.model_config["json_schema_extra"] = {"examples": [{"records": [EXAMPLE]}]}
-PredictCustomerRequest.model_config["json_schema_extra"] = {
-    "examples": [{"customer_ids": ["1", "2"]}]
-}
-PredictRequest.model_rebuild(force=True)
-PredictCustomerRequest.model_rebuild(force=True)
 
 app = FastAPI(
     title="riskloop scoring", version="1", description="Probability of default with reason codes."

@@ -3,31 +3,17 @@ fitted through the project's own code (the Optuna search itself is exercised by 
 integration tests), then the credit-specific properties the model must have."""
 
 import numpy as np
-import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from features.contract import validate_raw
-from features.transform import FeatureBuilder
-from pipelines.prepare import split
-from training import fit, search
-from training.model import CreditRiskModel
+from tests.modelling import fit_small_model
 
 
 @pytest.fixture(scope="module")
 def trained(raw, params):
-    parts = split(validate_raw(raw, params.data), params)
-    builder = FeatureBuilder(params.data, params.features).fit(parts["train"])
-    names = builder.feature_names_
-    tr = params.train
-    mono = fit.monotone_vector(tr, names)
-    y = {k: v[params.data.target].to_numpy() for k, v in parts.items()}
-    feats = {k: builder.transform(v) for k, v in parts.items()}
-    xgb_params = {**search.base_xgb_params(tr, mono, tr.seed), "learning_rate": 0.05, "max_depth": 4,
-                  "min_child_weight": 10, "subsample": 0.8, "colsample_bytree": 0.6, "nthread": 1}  # fmt: skip
-    both = pd.concat([feats["train"], feats["valid"]])
-    booster = fit.fit_booster(both, np.concatenate([y["train"], y["valid"]]), xgb_params, 300)
-    return CreditRiskModel(builder, booster), parts["test"], y["test"]
+    model, parts = fit_small_model(raw, params, 300, ("train", "valid"), learning_rate=0.05, max_depth=4,
+                                   min_child_weight=10, subsample=0.8, colsample_bytree=0.6)  # fmt: skip
+    return model, parts["test"], parts["test"][params.data.target].to_numpy()
 
 
 def test_auc_floor_on_real_test_split(trained, params):

@@ -16,14 +16,11 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
-from features.contract import validate_raw
-from features.transform import FeatureBuilder
 from pipelines.materialize import online_rows
-from pipelines.prepare import split
 from riskloop.settings import Params
 from serving.store import PredictionStore, make_engine, upgrade
 from tests.conftest import ROOT, stratified_sample
-from training import fit, search
+from tests.modelling import fit_small_model
 from training.model import CreditRiskModel
 from training.registry import Registry
 
@@ -48,18 +45,7 @@ def train_champion(
 ) -> tuple[CreditRiskModel, pd.DataFrame]:
     """A small monotone model on a sample, registered and promoted in a fresh MLflow store."""
     sample = stratified_sample(raw, params.data.target, 4000)
-    parts = split(validate_raw(sample, params.data), params)
-    builder = FeatureBuilder(params.data, params.features).fit(parts["train"])
-    mono = fit.monotone_vector(params.train, builder.feature_names_)
-    xgb_params = {
-        **search.base_xgb_params(params.train, mono, 0),
-        "max_depth": 3,
-        "learning_rate": 0.1,
-        "nthread": 1,
-    }
-    booster = fit.fit_booster(builder.transform(parts["train"]), parts["train"][params.data.target].to_numpy(),
-                              xgb_params, 60)  # fmt: skip
-    model = CreditRiskModel(builder, booster)
+    model, parts = fit_small_model(sample, params, 60, ("train",), max_depth=3, learning_rate=0.1)
     uri = f"sqlite:///{state / 'mlflow.db'}"
     state.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
