@@ -23,3 +23,7 @@ class RegistryError(RiskloopError):
 
 class PromotionRefused(RiskloopError):
     """A promotion gate failed; the message names the gate."""
+
+
+class MonitoringError(RiskloopError):
+    """The monitoring job cannot take a decision (no reference, dead store, bad logged data)."""

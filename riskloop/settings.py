@@ -241,6 +241,54 @@ class ServingSettings(Frozen):
         return self
 
 
+class WindowSettings(Frozen):
+    """The current window: the last `last_n` logged predictions, or those since `since_hours`
+    ago (both set: whichever is smaller). Below `min_rows` no decision is taken."""
+
+    last_n: Annotated[int, Field(ge=1)] | None = 5000
+    since_hours: Annotated[float, Field(gt=0)] | None = None
+    min_rows: Annotated[int, Field(ge=1)] = 500
+
+    @model_validator(mode="after")
+    def _bounded(self) -> WindowSettings:
+        if self.last_n is None and self.since_hours is None:
+            raise ValueError("set last_n or since_hours (an unbounded window grows forever)")
+        return self
+
+
+class PsiSettings(Frozen):
+    warn: Annotated[float, Field(gt=0)] = 0.1
+    alert: Annotated[float, Field(gt=0)] = 0.25
+    key_features: list[str] = []  # PSI >= alert on one of these triggers a retrain
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PsiSettings:
+        if self.warn > self.alert:
+            raise ValueError("warn must not exceed alert")
+        return self
+
+
+class RetrainSettings(Frozen):
+    """What a retrain decision does: labelled production rows become a new raw data version."""
+
+    act: bool = True  # `make monitor` runs the retrain when it decides one
+    min_labelled_rows: Annotated[int, Field(ge=1)] = 500
+    holdout_share: Annotated[float, Field(gt=0, lt=1)] = 0.3  # newest rows: the recent window
+    auto_promote: bool = False  # promotion stays gated and manual unless this is true
+
+
+class MonitoringSettings(Frozen):
+    window: WindowSettings = WindowSettings()
+    drift_share: Annotated[float, Field(gt=0, le=1)] = 0.3
+    psi: PsiSettings = PsiSettings()
+    psi_bins: Annotated[int, Field(ge=2)] = 10
+    auc_floor: Annotated[float, Field(ge=0.5, le=1)] = 0.75
+    min_labelled: Annotated[int, Field(ge=2)] = 200  # realized metrics need this many outcomes
+    max_model_age_days: Annotated[float, Field(gt=0)] = 90
+    cooldown_hours: Annotated[float, Field(ge=0)] = 24
+    retrain: RetrainSettings = RetrainSettings()
+
+
 class Params(Frozen):
     data: DataSettings
     split: SplitSettings = SplitSettings()
@@ -250,6 +298,7 @@ class Params(Frozen):
     promotion: PromotionSettings = PromotionSettings()
     registry: RegistrySettings = RegistrySettings()
     serving: ServingSettings = ServingSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
 
     @model_validator(mode="after")
     def _columns_exist(self) -> Params:

@@ -94,6 +94,32 @@ online_features = sa.Table(
     sa.Column("data_version", sa.String(64), nullable=False),
 )
 
+# One row per monitoring run: the decision (retrain or not), why, and what was done about it.
+monitoring_runs = sa.Table(
+    "monitoring_runs",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),  # retrain | no_retrain | ...
+    sa.Column("retrain", sa.Boolean, nullable=False),
+    sa.Column("reasons", sa.JSON, nullable=False),
+    sa.Column("model_version", sa.String(64)),
+    sa.Column("window_start", TS),
+    sa.Column("window_end", TS),
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("labelled_rows", sa.Integer, nullable=False),
+    sa.Column("report", sa.String(1024)),
+    sa.Column("summary", sa.JSON, nullable=False),
+    sa.Column("acted_at", TS),  # when the retrain it decided ran
+    sa.Column("action", sa.JSON(none_as_null=True)),  # what the retrain produced
+    sa.Index("ix_monitoring_runs_created_at", "created_at"),
+)
+
 _PREDICTION_COLUMNS = tuple(c.name for c in predictions.columns)
 
 
