@@ -12,7 +12,7 @@ from riskloop.errors import RiskloopError
 def run_main(main: Callable[[], None]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # MLflow and alembic are chatty at INFO; keep riskloop's own messages readable.
-    for noisy in ("alembic", "mlflow", "urllib3", "git"):
+    for noisy in ("alembic", "mlflow", "urllib3", "git", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         main()

@@ -281,7 +281,6 @@ class MonitoringSettings(Frozen):
     window: WindowSettings = WindowSettings()
     drift_share: Annotated[float, Field(gt=0, le=1)] = 0.3
     psi: PsiSettings = PsiSettings()
-    psi_bins: Annotated[int, Field(ge=2)] = 10
     auc_floor: Annotated[float, Field(ge=0.5, le=1)] = 0.75
     min_labelled: Annotated[int, Field(ge=2)] = 200  # realized metrics need this many outcomes
     max_model_age_days: Annotated[float, Field(gt=0)] = 90

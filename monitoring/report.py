@@ -1,0 +1,179 @@
+"""The Evidently reports of one monitoring run and the numbers the decision reads from them.
+
+Two runs of the current Evidently API (not evidently.legacy):
+- drift: the window against the training reference: per-column drift (Evidently's default
+  test per column, which sets the drifted share), PSI per column and of the score
+  (monitoring/psi.py), drift of the predicted default rate, score quantiles, interventions;
+- performance (only when enough outcomes arrived): realized ROC AUC on the labelled part of
+  the window, against the reference scored by the same model.
+`summarize_*` read a snapshot's JSON; nothing here touches the store or the filesystem."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from evidently import BinaryClassification, DataDefinition, Dataset, Report
+from evidently.core.report import Snapshot
+from evidently.metrics import (
+    LogLoss,
+    MeanValue,
+    QuantileValue,
+    RocAuc,
+    RowCount,
+    SumValue,
+    ValueDrift,
+)
+from evidently.presets import DataDriftPreset
+
+from monitoring import psi as _psi  # registers the stat test
+from training import metrics as m
+
+SCORE = "probability"
+PREDICTED_DEFAULT = "predicted_default"
+TARGET = "defaulted"
+INTERVENED = "intervened"
+
+
+@dataclass(frozen=True)
+class Frames:
+    """Both sides of a comparison: monitored columns plus score, predicted default flag,
+    outcome (NaN when unknown) and intervention flag."""
+
+    current: pd.DataFrame
+    reference: pd.DataFrame
+    columns: tuple[str, ...]  # the monitored input/feature columns
+
+
+def _dataset(frame: pd.DataFrame, columns: Sequence[str], labelled: bool = False) -> Dataset:
+    numeric = [*columns, SCORE, INTERVENED]
+    definition = DataDefinition(
+        numerical_columns=numeric,
+        categorical_columns=[PREDICTED_DEFAULT, *([TARGET] if labelled else [])],
+        classification=[BinaryClassification(target=TARGET, prediction_probas=SCORE)]
+        if labelled
+        else None,
+    )
+    keep = [*numeric, PREDICTED_DEFAULT, *([TARGET] if labelled else [])]
+    return Dataset.from_pandas(frame[keep], data_definition=definition)
+
+
+def drift_report(frames: Frames, drift_share: float, psi_alert: float) -> Snapshot:
+    cols = list(frames.columns)
+    report = Report(
+        [
+            RowCount(),
+            DataDriftPreset(columns=cols, drift_share=drift_share),
+            *[ValueDrift(column=c, method=_psi.NAME, threshold=psi_alert) for c in [*cols, SCORE]],
+            ValueDrift(column=SCORE),
+            ValueDrift(column=PREDICTED_DEFAULT),
+            MeanValue(column=SCORE),
+            MeanValue(column=PREDICTED_DEFAULT),
+            *[QuantileValue(column=SCORE, quantile=q) for q in (0.1, 0.5, 0.9)],
+            SumValue(column=INTERVENED),
+        ]
+    )
+    return report.run(_dataset(frames.current, cols), _dataset(frames.reference, cols))
+
+
+def performance_report(frames: Frames) -> Snapshot:
+    """Realized performance of the labelled rows of the window (reference: the training set
+    scored by the same model, which is labelled by construction)."""
+    current = frames.current[frames.current[TARGET].notna()].copy()
+    current[TARGET] = current[TARGET].astype(int)
+    reference = frames.reference.copy()
+    reference[TARGET] = reference[TARGET].astype(int)
+    report = Report([RowCount(), RocAuc(), LogLoss(), MeanValue(column=SCORE)])
+    return report.run(
+        _dataset(current, frames.columns, labelled=True),
+        _dataset(reference, frames.columns, labelled=True),
+    )
+
+
+# --- reading snapshots -------------------------------------------------------------------
+
+
+def _metrics(snapshot: Snapshot) -> list[tuple[dict[str, Any], Any]]:
+    return [(item["config"], item["value"]) for item in snapshot.dict()["metrics"]]
+
+
+def _is_p_value(method: str) -> bool:
+    # Statistical tests report a p-value (drift when below the threshold); distances report a
+    # distance (drift when at or above it).
+    return "p_value" in method.lower()
+
+
+def summarize_drift(
+    snapshot: Snapshot, frames: Frames, psi_warn: float, psi_alert: float
+) -> dict[str, Any]:
+    cols = set(frames.columns)
+    per_column: dict[str, dict[str, Any]] = {c: {} for c in frames.columns}
+    out: dict[str, Any] = {"score": {}, "predicted_default_rate": {}}
+    for config, value in _metrics(snapshot):
+        kind = config["type"].rsplit(":", 1)[-1]
+        column = config.get("column")
+        if kind == "DriftedColumnsCount":
+            out["drifted_columns"] = int(value["count"])
+            out["drift_share"] = float(value["share"])
+        elif kind == "RowCount":
+            out["rows"] = int(value)
+        elif kind == "ValueDrift" and config.get("method") == _psi.NAME:
+            target = per_column[column] if column in cols else out["score"]
+            target["psi"] = float(value)
+        elif kind == "ValueDrift":
+            method, threshold = str(config.get("method")), float(config.get("threshold"))
+            drifted = value < threshold if _is_p_value(method) else value >= threshold
+            entry = {"method": method, "drift_score": float(value), "threshold": threshold,
+                     "drifted": bool(drifted)}  # fmt: skip
+            if column in cols:
+                per_column[column].update(entry)
+            elif column == SCORE:
+                out["score"].update(entry)
+            else:
+                out["predicted_default_rate"].update(entry)
+        elif kind == "MeanValue" and column == SCORE:
+            out["score"]["mean_current"] = float(value)
+        elif kind == "MeanValue" and column == PREDICTED_DEFAULT:
+            out["predicted_default_rate"]["current"] = float(value)
+        elif kind == "QuantileValue":
+            out["score"][f"q{round(float(config['quantile']) * 100)}_current"] = float(value)
+        elif kind == "SumValue" and column == INTERVENED:
+            out["interventions"] = int(value)
+    ref = frames.reference
+    out["score"]["mean_reference"] = float(ref[SCORE].mean())
+    out["predicted_default_rate"]["reference"] = float(ref[PREDICTED_DEFAULT].mean())
+    for c, entry in per_column.items():
+        p = entry.get("psi", float("nan"))
+        entry["psi_level"] = "shifted" if p >= psi_alert else "watch" if p >= psi_warn else "stable"
+    out["columns"] = per_column
+    return out
+
+
+def realized_metrics(frames: Frames, bins: int, threshold: float) -> dict[str, float] | None:
+    """Gini, KS, Brier, ECE and default rates of the labelled rows (pure, scikit-learn);
+    None when they are all one class."""
+    labelled = frames.current[frames.current[TARGET].notna()]
+    y = labelled[TARGET].to_numpy(dtype=int)
+    p = labelled[SCORE].to_numpy(dtype=float)
+    if len(np.unique(y)) < 2:
+        return None
+    full = m.classification_metrics(y, p, threshold, bins)
+    keep = ("roc_auc", "gini", "ks", "brier", "ece", "log_loss")
+    return {**{k: float(full[k]) for k in keep}, "observed_default_rate": float(y.mean()),
+            "mean_predicted": float(p.mean()), "labelled_rows": len(y)}  # fmt: skip
+
+
+def summarize_performance(snapshot: Snapshot) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for config, value in _metrics(snapshot):
+        kind = config["type"].rsplit(":", 1)[-1]
+        if kind == "RocAuc":
+            out["roc_auc"] = float(value)
+        elif kind == "LogLoss":
+            out["log_loss"] = float(value)
+        elif kind == "RowCount":
+            out["rows"] = int(value)
+    return out

@@ -1,0 +1,251 @@
+"""`make monitor`: compare a window of logged production traffic with the training reference
+(Evidently), score realized performance where outcomes arrived, decide whether to retrain,
+record the decision in the prediction store, write reports/monitoring/<timestamp>.{html,json},
+add the run to the Evidently workspace and, when the decision is retrain and params allow it,
+run the retrain.
+
+Exit codes: 0 a decision was taken (retrain or not: read the JSON), 1 an error (missing
+reference, dead store, bad logged data, no champion), 2 no decision (window too small)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import pickle
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.transform import FeatureBuilder
+from monitoring import records
+from monitoring import report as rep
+from monitoring.frames import build_frames, monitored_columns
+from monitoring.policy import Decision, Evidence, decide
+from pipelines import paths
+from riskloop import stores
+from riskloop.cli import run_main
+from riskloop.errors import MonitoringError
+from riskloop.settings import Params, load_params
+from serving.config import ServingEnv
+
+log = logging.getLogger("monitor")
+REPORTS = paths.REPORTS / "monitoring"
+EXIT_NO_DECISION = 2
+
+
+def workspace_dir() -> Path:
+    return stores.state_dir() / "evidently"
+
+
+def parse_since(text: str | None) -> datetime | None:
+    """An ISO time, or a duration back from now: 90m, 6h, 2d."""
+    if not text:
+        return None
+    units = {"m": "minutes", "h": "hours", "d": "days"}
+    if text[-1] in units and text[:-1].replace(".", "", 1).isdigit():
+        return datetime.now(UTC) - timedelta(**{units[text[-1]]: float(text[:-1])})
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise MonitoringError(f"--since {text!r}: expected an ISO time or 90m / 6h / 2d") from exc
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def load_reference(params: Params) -> tuple[pd.DataFrame, FeatureBuilder]:
+    if not paths.REFERENCE.exists() or not paths.BUILDER.exists():
+        raise MonitoringError(
+            f"reference set {paths.REFERENCE} (or {paths.BUILDER}) not found: run `dvc repro` "
+            "(or `dvc pull`) so the training baseline exists"
+        )
+    reference = pd.read_parquet(paths.REFERENCE)
+    with open(paths.BUILDER, "rb") as fh:
+        builder = pickle.load(fh)
+    unknown = [c for c in params.monitoring.psi.key_features
+               if c not in monitored_columns(builder, params.data)]  # fmt: skip
+    if unknown:
+        raise MonitoringError(f"monitoring.psi.key_features names unknown column(s) {unknown}")
+    return reference, builder
+
+
+def champion_info(params: Params) -> dict[str, Any]:
+    from training.registry import alias_uri
+    from training.tracking import connect
+
+    _, _, registry = connect(params.registry)
+    champ = registry.champion()
+    if champ is None:
+        raise MonitoringError(
+            f"{registry.name} has no @champion: nothing is being served to monitor"
+        )
+    age = (datetime.now(UTC).timestamp() * 1000 - champ.creation_timestamp) / 86_400_000
+    tests = {
+        k.removeprefix("test_"): float(v) for k, v in champ.tags.items() if k.startswith("test_")
+    }
+    info = {"name": registry.name, "version": str(champ.version), "age_days": round(age, 3),
+            "test_metrics": tests, "uri": alias_uri(registry.name, params.registry.champion_alias)}  # fmt: skip
+    return info
+
+
+def output_stem(now: datetime) -> Path:
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    stem = REPORTS / now.strftime("%Y%m%dT%H%M%SZ")
+    n = 1
+    while stem.with_suffix(".json").exists():
+        stem = REPORTS / f"{now.strftime('%Y%m%dT%H%M%SZ')}-{n}"
+        n += 1
+    return stem
+
+
+def write_decision(stem: Path, payload: dict[str, Any]) -> Path:
+    path = stem.with_suffix(".json")
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    return path
+
+
+def record(
+    engine, now: datetime, decision: Decision, payload: dict[str, Any], window: pd.DataFrame
+) -> int:
+    created = window["created_at"] if len(window) else pd.Series(dtype="datetime64[ns, UTC]")
+    return records.record_run(engine, {
+        "created_at": now, "status": decision.status, "retrain": decision.retrain,
+        "reasons": decision.reasons, "model_version": payload.get("champion", {}).get("version"),
+        "window_start": created.min().to_pydatetime() if len(created) else None,
+        "window_end": created.max().to_pydatetime() if len(created) else None,
+        "rows": len(window), "labelled_rows": int(window["defaulted"].notna().sum()) if len(window) else 0,
+        "report": payload.get("json"), "summary": payload,
+    })  # fmt: skip
+
+
+def run(params: Params, last_n: int | None, since: datetime | None, act: bool) -> int:
+    mon = params.monitoring
+    now = datetime.now(UTC)
+    reference, builder = load_reference(params)
+    engine = records.open_store(ServingEnv().store_url())
+    try:
+        window = records.load_window(engine, last_n, since)
+        stem = output_stem(now)
+        base = {"created_at": now.isoformat(), "json": str(stem.with_suffix(".json")),
+                "window": {"rows": len(window), "last_n": last_n,
+                           "since": since.isoformat() if since else None}}  # fmt: skip
+        if len(window) < mon.window.min_rows:
+            decision = decide(Evidence(len(window), 0.0, {}, 0, None, None), mon, None, now)
+            payload = {**base, **decision.as_dict()}
+            write_decision(stem, payload)
+            record(engine, now, decision, payload, window)
+            print(f"no decision: {decision.reasons[0]}", file=sys.stderr)
+            print(f"decision: {stem.with_suffix('.json')}")
+            return EXIT_NO_DECISION
+        records.require_columns(window, params.data.feature_columns)
+        champion = champion_info(params)
+        from pipelines.evaluate import score
+
+        ref_scores, _ = score(champion["uri"], reference)
+        frames = build_frames(window, reference, np.asarray(ref_scores, dtype=float), builder,
+                              params.data.target, params.serving.decisions.decline_from)  # fmt: skip
+        drift_snap = rep.drift_report(frames, mon.drift_share, mon.psi.alert)
+        drift = rep.summarize_drift(drift_snap, frames, mon.psi.warn, mon.psi.alert)
+        labelled = int(frames.current[rep.TARGET].notna().sum())
+        realized, perf_snap = None, None
+        ev = params.evaluate
+        if labelled >= mon.min_labelled:
+            realized = rep.realized_metrics(frames, ev.calibration_bins, ev.decision_threshold)
+            if realized is not None:
+                perf_snap = rep.performance_report(frames)
+                realized["evidently_roc_auc"] = rep.summarize_performance(perf_snap)["roc_auc"]
+        evidence = Evidence(
+            rows=len(window), drift_share=drift["drift_share"],
+            psi={c: v["psi"] for c, v in drift["columns"].items() if "psi" in v},
+            labelled_rows=labelled,
+            realized_auc=realized["evidently_roc_auc"] if realized else None,
+            model_age_days=champion["age_days"],
+        )  # fmt: skip
+        last = records.last_retrain_decision(engine, timedelta(hours=mon.cooldown_hours))
+        decision = decide(evidence, mon, last["created_at"] if last else None, now)
+        html = stem.with_suffix(".html")
+        drift_snap.save_html(str(html))
+        reports = {"drift_html": str(html)}
+        if perf_snap is not None:
+            perf_html = stem.parent / f"{stem.name}-performance.html"
+            perf_snap.save_html(str(perf_html))
+            reports["performance_html"] = str(perf_html)
+        served = sorted(window["model_version"].astype(str).unique())
+        payload = {
+            **base, **decision.as_dict(), "reports": reports, "champion": champion,
+            "window": {**base["window"], "labelled_rows": labelled, "served_by_versions": served,
+                       "start": window["created_at"].min().isoformat(),
+                       "end": window["created_at"].max().isoformat()},
+            "drift": drift, "realized": realized,
+        }  # fmt: skip
+        write_decision(stem, payload)
+        run_id = record(engine, now, decision, payload, window)
+        try:
+            from monitoring.workspace import add_runs
+
+            runs = [(f"{stem.name} drift", drift_snap)]
+            if perf_snap is not None:
+                runs.append((f"{stem.name} performance", perf_snap))
+            add_runs(workspace_dir(), params.registry.model_name, mon.psi.key_features, runs)
+        except Exception as exc:  # the dashboard is a view; the decision is already recorded
+            log.warning("could not add the run to the Evidently workspace: %s", exc)
+        _print(decision, payload, stem)
+    finally:
+        engine.dispose()
+    if decision.retrain and act:
+        from pipelines.retrain import retrain
+
+        retrain(params, run_id)
+    elif decision.retrain:
+        print("retrain decided; run `make retrain` to act on it (monitoring.retrain.act is false)")
+    return 0
+
+
+def _print(decision: Decision, payload: dict[str, Any], stem: Path) -> None:
+    drift = payload["drift"]
+    print(f"window: {payload['window']['rows']} predictions, {payload['window']['labelled_rows']} labelled; "
+          f"drifted share {drift['drift_share']:.0%}; score PSI {drift['score'].get('psi', float('nan')):.3f}")  # fmt: skip
+    if payload["realized"]:
+        r = payload["realized"]
+        print(f"realized: AUC {r['evidently_roc_auc']:.4f} (champion test "
+              f"{payload['champion']['test_metrics'].get('roc_auc', float('nan')):.4f}), "
+              f"Gini {r['gini']:.4f}, KS {r['ks']:.4f}, ECE {r['ece']:.4f}")  # fmt: skip
+    print(f"decision: {decision.status} (retrain: {str(decision.retrain).lower()})")
+    for reason in decision.reasons:
+        print(f"  - {reason}")
+    for key, path in payload["reports"].items():
+        print(f"{key}: {path}")
+    print(f"json: {stem.with_suffix('.json')}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--last", type=int, help="the newest N predictions (default: monitoring.window.last_n)"
+    )
+    ap.add_argument("--since", help="predictions since an ISO time or 90m / 6h / 2d ago")
+    ap.add_argument("--act", action=argparse.BooleanOptionalAction, default=None,
+                    help="run the retrain when decided (default: monitoring.retrain.act)")  # fmt: skip
+    args = ap.parse_args()
+    params = load_params()
+    window = params.monitoring.window
+    last_n = args.last if args.last is not None else (None if args.since else window.last_n)
+    if last_n is not None and last_n < 1:
+        raise MonitoringError(f"--last {last_n}: must be at least 1")
+    since = parse_since(args.since) or (
+        None if args.last is not None or not window.since_hours
+        else datetime.now(UTC) - timedelta(hours=window.since_hours)
+    )  # fmt: skip
+    act = params.monitoring.retrain.act if args.act is None else args.act
+    code = run(params, last_n, since, act)
+    if code:
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    run_main(main)
