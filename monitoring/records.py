@@ -54,7 +54,7 @@ def _window_query(last_n: int | None, since: datetime | None) -> sa.Select:
             predictions.c.customer_id, predictions.c.inputs, predictions.c.probability,
             predictions.c.risk_score, predictions.c.risk_band, outcomes.c.defaulted,
             outcomes.c.observed_at, intervened.label("intervened"),
-        )  # fmt: skip
+        )
         .select_from(predictions.outerjoin(outcomes, outcomes.c.prediction_id == predictions.c.prediction_id))
         .order_by(predictions.c.created_at.desc(), predictions.c.prediction_id.desc())
     )  # fmt: skip
@@ -93,7 +93,7 @@ def labelled_rows(engine: sa.Engine, exclude: set[str]) -> pd.DataFrame:
             predictions.c.inputs,
             outcomes.c.defaulted,
             outcomes.c.observed_at,
-        )  # fmt: skip
+        )
         .join(outcomes, outcomes.c.prediction_id == predictions.c.prediction_id)
         .order_by(predictions.c.created_at, predictions.c.prediction_id)
     )
@@ -114,7 +114,7 @@ def labelled_rows(engine: sa.Engine, exclude: set[str]) -> pd.DataFrame:
                 )
             }
             for r in rows
-        ],  # fmt: skip
+        ],
         columns=[
             "prediction_id",
             "created_at",
@@ -122,7 +122,7 @@ def labelled_rows(engine: sa.Engine, exclude: set[str]) -> pd.DataFrame:
             "model_version",
             "defaulted",
             "observed_at",
-        ],  # fmt: skip
+        ],
     )
     return pd.concat([inputs, meta], axis=1)
 

@@ -145,7 +145,7 @@ def summarize_drift(
     ref = frames.reference
     out["score"]["mean_reference"] = float(ref[SCORE].mean())
     out["predicted_default_rate"]["reference"] = float(ref[PREDICTED_DEFAULT].mean())
-    for c, entry in per_column.items():
+    for _c, entry in per_column.items():
         p = entry.get("psi", float("nan"))
         entry["psi_level"] = "shifted" if p >= psi_alert else "watch" if p >= psi_warn else "stable"
     out["columns"] = per_column

@@ -24,7 +24,7 @@ def _panels(key_features: Sequence[str]) -> list:
             [PanelMetric(legend="rows", metric=f"{_V2}RowCount")],
             size="half",
             aggregation="last",
-        ),  # fmt: skip
+        ),
         counter_panel(
             "Drifted share (last run)",
             [
@@ -36,7 +36,7 @@ def _panels(key_features: Sequence[str]) -> list:
             ],
             size="half",
             aggregation="last",
-        ),  # fmt: skip
+        ),
         line_plot_panel(
             "Drifted share of monitored columns",
             [
@@ -47,7 +47,7 @@ def _panels(key_features: Sequence[str]) -> list:
                 )
             ],
             size="half",
-        ),  # fmt: skip
+        ),
         line_plot_panel(
             "PSI of key features (retrain at 0.25)",
             [
@@ -59,7 +59,7 @@ def _panels(key_features: Sequence[str]) -> list:
                 for c in key_features
             ],
             size="half",
-        ),  # fmt: skip
+        ),
         line_plot_panel(
             "Score distribution: PD quantiles and mean",
             [
@@ -76,7 +76,7 @@ def _panels(key_features: Sequence[str]) -> list:
                 ),
             ],
             size="half",
-        ),  # fmt: skip
+        ),
         line_plot_panel(
             "Score PSI",
             [
@@ -87,12 +87,12 @@ def _panels(key_features: Sequence[str]) -> list:
                 )
             ],
             size="half",
-        ),  # fmt: skip
+        ),
         line_plot_panel(
             "Realized ROC AUC (labelled rows of the window)",
             [PanelMetric(legend="AUC", metric=f"{_V2}RocAuc")],
             size="half",
-        ),  # fmt: skip
+        ),
         line_plot_panel(
             "Interventions in the window",
             [
@@ -103,7 +103,7 @@ def _panels(key_features: Sequence[str]) -> list:
                 )
             ],
             size="half",
-        ),  # fmt: skip
+        ),
     ]
 
 
