@@ -13,8 +13,13 @@ export BENTOML_DO_NOT_TRACK ?= true
 MLFLOW_DB := $(RISKLOOP_STATE_DIR)/mlflow.db
 UI_PORT ?= 5000
 PORT ?= 3000
+MONITOR_UI_PORT ?= 8000
+SCENARIO ?= stable
+ROWS ?= 2000
+RATE ?= 500
 
-.PHONY: help install data repro run promote rollback tune-worker ui bento serve lint test bench bench-serving clean
+.PHONY: help install data repro run promote rollback tune-worker ui bento serve traffic monitor \
+	retrain monitor-ui demo lint test bench bench-serving bench-monitoring clean
 
 help:
 	@echo "make run          install, fetch data, dvc repro, promote the first model, say where to look"
@@ -23,6 +28,10 @@ help:
 	@echo "make bento        import @champion into BentoML and build the bento | make serve (PORT=$(PORT))"
 	@echo "make promote      gated: @champion <- @challenger   | make rollback"
 	@echo "make tune-worker  join the running Optuna study (needs shared OPTUNA_STORAGE)"
+	@echo "make traffic      SCENARIO=stable|recession|new_segment ROWS= RATE= against the served bento"
+	@echo "make monitor      Evidently drift + realized performance -> retrain or not (reports/monitoring/)"
+	@echo "make monitor-ui   Evidently dashboard (MONITOR_UI_PORT=$(MONITOR_UI_PORT)) | make retrain"
+	@echo "make demo         the whole loop: train, serve, stable + recession traffic, monitor, retrain"
 	@echo "make bench        measure quality bars and timings -> bench/RESULTS.md"
 
 # Locked install: a venv with uv, then `uv sync --frozen` against uv.lock.
@@ -75,6 +84,23 @@ bento: install
 serve: install
 	$(BIN)/bentoml serve riskloop:latest --host 0.0.0.0 --port $(PORT)
 
+traffic: install
+	$(BIN)/python -m pipelines.traffic --scenario $(SCENARIO) --rows $(ROWS) --rate $(RATE) \
+		--url http://127.0.0.1:$(PORT) $(TRAFFIC_ARGS)
+
+monitor: install
+	$(BIN)/python -m pipelines.monitor $(MONITOR_ARGS)
+
+retrain: install
+	$(BIN)/python -m pipelines.retrain
+
+monitor-ui: install
+	@mkdir -p $(RISKLOOP_STATE_DIR)/evidently
+	$(BIN)/evidently ui --workspace $(RISKLOOP_STATE_DIR)/evidently --host 127.0.0.1 --port $(MONITOR_UI_PORT)
+
+demo: run
+	$(BIN)/python -m pipelines.demo --port $(PORT)
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -84,6 +110,9 @@ test: lint data
 
 bench: install
 	$(BIN)/python -m bench.quality $(BENCH_ARGS)
+
+bench-monitoring: install
+	$(BIN)/python -m bench.monitoring $(BENCH_ARGS)
 
 bench-serving: install
 	@command -v hey >/dev/null || apt-get install -y -q hey >/dev/null || { echo "install hey (Debian package)"; exit 1; }

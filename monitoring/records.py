@@ -78,6 +78,11 @@ def load_window(engine: sa.Engine, last_n: int | None, since: datetime | None) -
     meta["created_at"] = pd.to_datetime(meta["created_at"], utc=True)
     meta["defaulted"] = pd.to_numeric(meta["defaulted"], errors="coerce")
     meta["intervened"] = meta["intervened"].fillna(False).astype(int)
+    return _join(inputs, meta)
+
+
+def _join(inputs: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
+    """Logged inputs beside the store's columns; the store's win where both have one."""
     overlap = [c for c in inputs.columns if c in meta.columns]
     return pd.concat([inputs.drop(columns=overlap), meta], axis=1)
 
@@ -124,7 +129,7 @@ def labelled_rows(engine: sa.Engine, exclude: set[str]) -> pd.DataFrame:
             "observed_at",
         ],
     )
-    return pd.concat([inputs, meta], axis=1)
+    return _join(inputs, meta)
 
 
 def record_run(engine: sa.Engine, row: Mapping[str, Any]) -> int:

@@ -27,6 +27,29 @@ def score(uri: str, raw: pd.DataFrame):
     return model.predict(raw[inner.input_columns].astype("float64")), inner
 
 
+def recent_comparison(version: str, champ, registry, target: str, ev) -> dict | None:
+    """Challenger vs champion on the recent labelled production window a retrain held out
+    (data/prepared/recent.parquet); None when there is none or it holds one class only."""
+    if not paths.RECENT.exists():
+        return None
+    recent = pd.read_parquet(paths.RECENT)
+    if len(recent) == 0 or recent[target].nunique() < 2:
+        return None
+    y = recent[target].to_numpy()
+    out = {"rows": len(recent), "challenger": m.classification_metrics(
+        y, score(version_uri(registry.name, version), recent)[0], ev.decision_threshold, ev.calibration_bins)}  # fmt: skip
+    if champ:
+        out["champion"] = m.classification_metrics(
+            y, score(version_uri(registry.name, champ.version), recent)[0],
+            ev.decision_threshold, ev.calibration_bins)  # fmt: skip
+    table = report.comparison(out["challenger"], out.get("champion"))
+    paths.EVAL_DIR.mkdir(parents=True, exist_ok=True)
+    table.to_csv(paths.EVAL_DIR / "champion_vs_challenger_recent.csv", index=False)
+    print("recent production window:")
+    print(table.to_string(index=False))
+    return out
+
+
 def main() -> None:
     params = load_params()
     ev, data = params.evaluate, params.data
@@ -46,6 +69,9 @@ def main() -> None:
             y, p_champ, ev.decision_threshold, ev.calibration_bins
         )
     table = report.comparison(test_metrics, champ_metrics)
+    recent = recent_comparison(
+        version, champ_metrics is not None and champ, registry, data.target, ev
+    )
 
     paths.PLOTS.mkdir(parents=True, exist_ok=True)
     roc, pr = m.roc_points(y, p), m.pr_points(y, p)
@@ -70,6 +96,7 @@ def main() -> None:
         "cv": {"roc_auc_mean": trained["cv_auc_mean"], "roc_auc_std": trained["cv_auc_std"]},
         "valid": {"roc_auc": trained["best_valid_auc"]},
         "model": {"version": int(version), "champion_version": int(champ.version) if champ else None},
+        **({"recent": recent} if recent else {}),
     })  # fmt: skip
 
     run_id = trained["run_id"]
@@ -83,6 +110,9 @@ def main() -> None:
         f"test_{k}": f"{test_metrics[k]:.6g}" for k in ("roc_auc", "gini", "ks", "brier", "ece")
     }
     tags["evaluated_against_champion"] = champ.version if champ_metrics else "none"
+    if recent:
+        tags["recent_roc_auc"] = f"{recent['challenger']['roc_auc']:.6g}"
+        tags["recent_rows"] = str(recent["rows"])
     registry.set_tags(version, tags)
     log.info("v%s test: auc %.4f gini %.4f ks %.4f brier %.4f ece %.4f", version, test_metrics["roc_auc"],
              test_metrics["gini"], test_metrics["ks"], test_metrics["brier"], test_metrics["ece"])  # fmt: skip

@@ -13,6 +13,8 @@ EVAL_DIR = REPORTS / "evaluate"
 PLOTS = REPORTS / "plots"
 METRICS = Path("metrics.json")
 SPLITS = ("train", "valid", "test")
+RECENT = PREPARED / "recent.parquet"  # newest labelled production rows (after a retrain)
+PRODUCTION_SUBDIR = "production"  # data/raw/production/<batch>/{records,lineage}.csv
 
 
 def write_json(path: Path, payload: dict) -> None:

@@ -71,6 +71,28 @@ def split(df: pd.DataFrame, params: Params) -> dict[str, pd.DataFrame]:
     return {"train": train, "valid": valid, "test": test}
 
 
+def read_production(raw_dir: Path, params: Params) -> pd.DataFrame | None:
+    """Labelled production batches a retrain added (data/raw/production/<batch>/records.csv,
+    oldest batch first, rows in prediction order), checked against the same contract."""
+    files = sorted((raw_dir / paths.PRODUCTION_SUBDIR).glob("*/records.csv"))
+    frames = [validate_raw(read_raw(f), params.data, source=str(f)) for f in files]
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
+def split_production(prod: pd.DataFrame, params: Params) -> dict[str, pd.DataFrame]:
+    """The newest `holdout_share` of production rows is the recent window (never trained on,
+    so challenger and champion are compared on it); the rest joins train and valid in the
+    base split's proportion. The original test split is untouched."""
+    n_recent = round(len(prod) * params.monitoring.retrain.holdout_share)
+    older, recent = prod.iloc[: len(prod) - n_recent], prod.iloc[len(prod) - n_recent :]
+    s, target = params.split, params.data.target
+    valid_share = s.valid_size / (1 - s.test_size)
+    stratify = older[target] if older[target].value_counts().min() >= 2 else None
+    train, valid = train_test_split(older, test_size=valid_share, stratify=stratify,
+                                    random_state=s.seed)  # fmt: skip
+    return {"train": train, "valid": valid, "recent": recent}
+
+
 def main() -> None:
     params = load_params()
     raw_dir = Path(params.data.raw_dir)
@@ -79,6 +101,18 @@ def main() -> None:
         read_raw(params.data.raw_path), params.data, source=str(params.data.raw_path)
     )
     parts = split(clean, params)
+    prod = read_production(raw_dir, params)
+    parts["recent"] = clean.iloc[:0]
+    if prod is not None:
+        duplicated = set(prod[params.data.id_column]) & set(clean[params.data.id_column])
+        if duplicated:
+            raise DataContractError(f"production batches reuse ids of {params.data.raw_file}: "
+                                    f"{sorted(duplicated)[:5]}")  # fmt: skip
+        extra = split_production(prod, params)
+        parts = {"train": pd.concat([parts["train"], extra["train"]]),
+                 "valid": pd.concat([parts["valid"], extra["valid"]]),
+                 "test": parts["test"], "recent": extra["recent"]}  # fmt: skip
+        clean = pd.concat([clean, prod], ignore_index=True)
     paths.PREPARED.mkdir(parents=True, exist_ok=True)
     for name, frame in parts.items():
         frame.reset_index(drop=True).to_parquet(paths.PREPARED / f"{name}.parquet", index=False)
@@ -86,7 +120,7 @@ def main() -> None:
     paths.write_json(paths.PREPARE_REPORT, {
         "rows": len(clean), "raw_md5": file_md5(params.data.raw_path), "data_hash": dvc_data_hash(),
         **{f"{k}_rows": len(v) for k, v in parts.items()},
-        **{f"{k}_default_rate": round(float(v[target].mean()), 5) for k, v in parts.items()},
+        **{f"{k}_default_rate": round(float(v[target].mean()), 5) for k, v in parts.items() if len(v)},
     })  # fmt: skip
     log.info("prepared %d rows: %s", len(clean), {k: len(v) for k, v in parts.items()})
 

@@ -83,15 +83,27 @@ def send(client: httpx.Client, batches: list[list[dict]], labels: list[int], rat
     return out
 
 
-def feed_outcomes(
-    client: httpx.Client, items: list[dict[str, Any]], batch: int = 1000
-) -> dict[str, int]:
+def feed_outcomes(client: httpx.Client, items: list[dict[str, Any]], batch: int = 1000,
+                  retries: int = 10) -> dict[str, int]:  # fmt: skip
+    """POST the labels; a prediction the service has not flushed to the store yet answers
+    unknown_prediction, so those are retried for a while (the log writer batches)."""
     counts: dict[str, int] = {}
-    for i in range(0, len(items), batch):
-        chunk = [{"prediction_id": it["prediction_id"], "defaulted": it["defaulted"]}
-                 for it in items[i : i + batch]]  # fmt: skip
-        for res in _post(client, "/outcomes", {"outcomes": chunk})["results"]:
-            counts[res["status"]] = counts.get(res["status"], 0) + 1
+    pending = [{"prediction_id": it["prediction_id"], "defaulted": it["defaulted"]} for it in items]
+    for attempt in range(retries + 1):
+        unknown = []
+        for i in range(0, len(pending), batch):
+            chunk = pending[i : i + batch]
+            for item, res in zip(
+                chunk, _post(client, "/outcomes", {"outcomes": chunk})["results"], strict=True
+            ):
+                if res["status"] == "unknown_prediction" and attempt < retries:
+                    unknown.append(item)
+                else:
+                    counts[res["status"]] = counts.get(res["status"], 0) + 1
+        if not unknown:
+            break
+        pending = unknown
+        time.sleep(1.0)
     return counts
 
 

@@ -1,0 +1,131 @@
+"""`make retrain`: act on the newest retrain decision `make monitor` recorded (the monitor runs
+this itself when monitoring.retrain.act is true).
+
+Labelled production records (predictions joined with outcomes, not collected before) become
+data/raw/production/<batch>/records.csv, with lineage.csv mapping each row back to its
+prediction id; `dvc add data/raw` makes that a new data version; `dvc repro` trains and
+registers a challenger evaluated against the champion on the original test split and on the
+recent labelled window. Promotion stays gated (`make promote`) unless auto_promote is on."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from features.contract import validate_raw
+from monitoring import records
+from pipelines import paths
+from riskloop.cli import run_main
+from riskloop.errors import MonitoringError
+from riskloop.settings import Params, load_params
+from serving.config import ServingEnv
+from training.tracking import dvc_data_hash
+
+LINEAGE_COLUMNS = ["prediction_id", "customer_id", "model_version", "created_at", "observed_at"]
+
+
+def production_dir(params: Params) -> Path:
+    return Path(params.data.raw_dir) / paths.PRODUCTION_SUBDIR
+
+
+def collected_ids(params: Params) -> set[str]:
+    """Prediction ids already in a data version (from every batch's lineage)."""
+    ids: set[str] = set()
+    for f in production_dir(params).glob("*/lineage.csv"):
+        ids.update(pd.read_csv(f, usecols=["prediction_id"], dtype=str)["prediction_id"])
+    return ids
+
+
+def next_ids(params: Params, n: int) -> range:
+    """Fresh integer ids after every id in the raw data (base file and earlier batches)."""
+    idc = params.data.id_column
+    frames = [pd.read_csv(params.data.raw_path, usecols=[idc])]
+    frames += [pd.read_csv(f, usecols=[idc]) for f in production_dir(params).glob("*/records.csv")]
+    start = int(max(int(f[idc].max()) for f in frames if len(f))) + 1
+    return range(start, start + n)
+
+
+def build_batch(labelled: pd.DataFrame, params: Params) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(records in the raw file's layout, lineage), both in prediction order. Pure."""
+    data = params.data
+    records.require_columns(labelled, data.feature_columns)
+    ids = list(next_ids(params, len(labelled)))
+    raw = labelled[data.feature_columns].copy()
+    raw.insert(0, data.id_column, ids)
+    raw[data.target] = labelled["defaulted"].astype(int).to_numpy()
+    lineage = labelled[LINEAGE_COLUMNS].copy()
+    lineage.insert(0, data.id_column, ids)
+    return raw, lineage
+
+
+def _dvc(*args: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], text=True)
+    if proc.returncode:
+        raise MonitoringError(f"`dvc {' '.join(args)}` failed (exit {proc.returncode})")
+
+
+def retrain(params: Params, run_id: int | None = None) -> dict[str, Any]:
+    engine = records.open_store(ServingEnv().store_url())
+    try:
+        if run_id is None:
+            pending = records.pending_retrain(engine)
+            if pending is None:
+                raise MonitoringError("no retrain decision is waiting: run `make monitor` first")
+            run_id = int(pending["id"])
+        labelled = records.labelled_rows(engine, exclude=collected_ids(params))
+        need = params.monitoring.retrain.min_labelled_rows
+        if len(labelled) < need:
+            raise MonitoringError(
+                f"only {len(labelled)} new labelled production rows; a retrain needs {need} "
+                "(monitoring.retrain.min_labelled_rows): post outcomes, then `make retrain`"
+            )
+        raw, lineage = build_batch(labelled, params)
+        validate_raw(raw, params.data, source="labelled production records")
+        batch = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        out = production_dir(params) / batch
+        out.mkdir(parents=True, exist_ok=False)
+        raw.to_csv(out / "records.csv", index=False)
+        lineage.to_csv(out / "lineage.csv", index=False)
+        print(f"retrain: {len(raw)} labelled production rows -> {out} (monitoring run {run_id})")
+        _dvc("add", "-q", params.data.raw_dir)
+        data_hash = dvc_data_hash()
+        # The default remote is local; a push failure must not lose the retrain itself.
+        subprocess.run([sys.executable, "-m", "dvc", "push", "-q", "data.dvc"], check=False)
+        _dvc("repro")
+        trained = paths.read_json(paths.TRAIN_REPORT)
+        metrics = paths.read_json(paths.METRICS)
+        action = {"batch": str(out), "rows": len(raw), "data_hash": data_hash,
+                  "challenger_version": str(trained["version"]),
+                  "test_roc_auc": metrics["test"]["roc_auc"],
+                  "recent": metrics.get("recent"), "promoted": False}  # fmt: skip
+        if params.monitoring.retrain.auto_promote:
+            reason = f"automatic: monitoring run {run_id} (monitoring.retrain.auto_promote)"
+            promoted = subprocess.run(
+                [sys.executable, "-m", "pipelines.promote", "--reason", reason]
+            )
+            action["promoted"] = promoted.returncode == 0
+        records.mark_acted(engine, run_id, action)
+    finally:
+        engine.dispose()
+    print(f"challenger v{action['challenger_version']} registered from data version {data_hash}"
+          + ("; promoted" if action["promoted"] else "; review it, then `make promote`"))  # fmt: skip
+    return action
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--run", type=int, help="monitoring run id (default: newest pending retrain)")
+    args = ap.parse_args()
+    retrain(load_params(), args.run)
+
+
+if __name__ == "__main__":
+    run_main(main)
