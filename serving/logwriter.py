@@ -72,6 +72,15 @@ def _read_spool_file(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     return rows, corrupt
 
 
+class _Many:
+    """Several rows queued as one item; `clean`: JSON-safe and timestamped (submit_many)."""
+
+    __slots__ = ("clean", "rows")
+
+    def __init__(self, rows: list[dict[str, Any]], clean: bool) -> None:
+        self.rows, self.clean = rows, clean
+
+
 def _summary(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
 
@@ -102,6 +111,7 @@ class PredictionLogWriter:
         self._counts = dict.fromkeys(
             ("rows_written", "rows_spooled", "rows_replayed", "rows_rejected", "rows_dropped"), 0
         )
+        self._queued = 0  # rows waiting in the queue (an item may hold many)
         self._closed = False
         self._store_up = False
         self._warned = False
@@ -115,8 +125,24 @@ class PredictionLogWriter:
         with self._submit_lock:
             if not self._closed:
                 self._queue.put(row)
+                with self._count_lock:
+                    self._queued += 1
                 return
         self._spool([self._clean(row)])  # after close(): straight to disk, still not lost
+
+    def submit_many(self, rows: list[dict[str, Any]], clean: bool = False) -> None:
+        """Queue several rows as one item. `clean=True` promises JSON-safe rows that already
+        carry `created_at` (as the service builds them): the writer thread skips `_clean`."""
+        if not rows:
+            return
+        item = _Many(rows, clean)
+        with self._submit_lock:
+            if not self._closed:
+                self._queue.put(item)
+                with self._count_lock:
+                    self._queued += len(rows)
+                return
+        self._spool(list(rows) if clean else [self._clean(r) for r in rows])
 
     def stats(self) -> dict[str, Any]:
         """Row counters since start: written (live batches committed, resent duplicates
@@ -124,7 +150,8 @@ class PredictionLogWriter:
         rejected.jsonl) and dropped (only when the spool disk itself fails)."""
         with self._count_lock:
             counts = dict(self._counts)
-        return {"queue_depth": self._queue.qsize(), **counts, "store_up": self._store_up}
+            queued = self._queued
+        return {"queue_depth": queued, **counts, "store_up": self._store_up}
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Write out everything submitted so far (to the store, or to the spool if it is down)."""
@@ -142,7 +169,7 @@ class PredictionLogWriter:
             while not self._queue.empty():
                 item = self._queue.get()
                 if item is not _STOP:
-                    leftover.append(self._clean(item))
+                    leftover.extend(self._rows_of(item))
             self._spool(leftover)
             self._queue.put(_STOP)  # so the thread still stops once the store answers
         elif self._owns_engine:
@@ -160,9 +187,10 @@ class PredictionLogWriter:
             if not self._store_up and not stopping and time.monotonic() >= self._next_retry:
                 self._recover()
 
-    def _take_batch(self, linger_s: float) -> tuple[list[Any], bool]:
-        """Up to batch_size rows arriving within linger_s; True once close() was called."""
-        batch: list[Any] = []
+    def _take_batch(self, linger_s: float) -> tuple[list[dict[str, Any]], bool]:
+        """About batch_size clean rows (a multi-row item is taken whole) arriving within
+        linger_s; True once close() was called."""
+        batch: list[dict[str, Any]] = []
         deadline = time.monotonic() + linger_s
         while len(batch) < self._batch_size:
             try:
@@ -171,11 +199,20 @@ class PredictionLogWriter:
                 break
             if item is _STOP:
                 return batch, True
-            batch.append(item)
+            batch.extend(self._rows_of(item))
         return batch, False
 
-    def _write(self, batch: list[Any]) -> None:
-        rows = self._inflight = [self._clean(row) for row in batch]
+    def _rows_of(self, item: Any) -> list[dict[str, Any]]:
+        """Clean rows of one queued item: a row (submit) or _Many rows (submit_many)."""
+        rows = item.rows if isinstance(item, _Many) else [item]
+        with self._count_lock:
+            self._queued -= len(rows)
+        if isinstance(item, _Many) and item.clean:
+            return rows
+        return [self._clean(row) for row in rows]
+
+    def _write(self, batch: list[dict[str, Any]]) -> None:
+        rows = self._inflight = batch
         try:
             if self._store_up:
                 try:
@@ -220,7 +257,7 @@ class PredictionLogWriter:
         prepared, bad = [], []
         for row in rows:
             try:
-                prepared.append((row, prediction_row(row)))
+                prepared.append((row, prediction_row(row, json_safe=True)))
             except (KeyError, TypeError, ValueError):
                 bad.append(row)
         try:

@@ -8,11 +8,11 @@ writer that spools to disk when the store is down (serving/logwriter.py).
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
 import time
-import uuid
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,14 +20,28 @@ from typing import Any
 
 import anyio
 import bentoml
+import msgspec
+import numpy as np
+import orjson
+import xgboost as xgb
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, ORJSONResponse
+from msgspec.structs import astuple
 
 import features.transform  # noqa: F401 - current feature code wins over a model's bundled copy
 from riskloop.settings import load_params
 from serving import metrics, scoring
 from serving.config import load_env
+from serving.fastpath import (
+    Gateway,
+    Job,
+    MicroBatcher,
+    new_ids,
+    record_inputs,
+    record_struct,
+    request_struct,
+)
 from serving.model_tag import model_tag
 from serving.schemas import (
     OutcomesRequest,
@@ -36,7 +50,7 @@ from serving.schemas import (
     predict_request_model,
     record_model,
 )
-from serving.security import AuthRateLimitMiddleware, FixedWindowLimiter
+from serving.security import FixedWindowLimiter
 
 log = logging.getLogger("riskloop.serving")
 HERE = Path(__file__).resolve().parent
@@ -44,11 +58,14 @@ PARAMS = load_params(os.environ.get("RISKLOOP_PARAMS", HERE.parent / "params.yam
 ENV = load_env()
 MODEL_TAG = model_tag(PARAMS.registry.model_name)
 EXAMPLE = json.loads((HERE / "example_record.json").read_text())
-OFFLOAD_ROWS = 64  # bigger requests are scored in a worker thread so the event loop stays free
 
 RecordModel = record_model(PARAMS.data)
 PredictRequest = predict_request_model(RecordModel, PARAMS.serving, EXAMPLE)
 PredictCustomerRequest = customer_request_model(PARAMS.serving)
+# the strict twin for the fast path: model input columns first (see serving/fastpath.py)
+RecordStrict = record_struct(PARAMS.data, PARAMS.data.model_input_columns)
+PREDICT_DECODER = msgspec.json.Decoder(request_struct(RecordStrict, PARAMS.serving))
+N_INPUTS = len(PARAMS.data.model_input_columns)
 
 app = FastAPI(
     title="riskloop scoring", version="1", description="Probability of default with reason codes."
@@ -64,39 +81,15 @@ async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
     return JSONResponse({"detail": errors}, status_code=422)
 
 
+def _offsets(jobs: list[Job]) -> list[int]:
+    """Where each job's rows start in the batch matrix."""
+    return np.cumsum([0] + [len(j.records) for j in jobs[:-1]]).tolist()
+
+
 class _State:
-    """What the middlewares need from the running service instance."""
+    """What the gateway needs from the running service instance."""
 
     service: RiskService | None = None
-
-
-class ReadinessMiddleware:
-    """Answers /readyz itself so that a degraded state is explicit: 503 until the model is
-    loaded; 200 `ready`, or 200 `degraded` while the store is down and rows are spooled."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/readyz":
-            await self.app(scope, receive, send)
-            return
-        svc = _State.service
-        if svc is None:
-            status, body = 503, {"status": "not_ready", "model_loaded": False}
-        else:
-            store_up = svc.writer.stats()["store_up"]
-            body = {"status": "ready" if store_up else "degraded", "model_loaded": True, "store_up": store_up,
-                    "model_version": svc.model_version}  # fmt: skip
-            if not store_up:
-                body["detail"] = (
-                    "prediction store unreachable: scoring continues, rows spool to disk"
-                )
-            status = 200
-        payload = json.dumps(body).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json")]})  # fmt: skip
-        await send({"type": "http.response.body", "body": payload})
 
 
 @bentoml.service(
@@ -107,6 +100,10 @@ class ReadinessMiddleware:
                    "access_control_allow_methods": ["GET", "POST", "OPTIONS"],
                    "access_control_allow_headers": ["content-type", "x-api-key", "authorization"]}},
     logging={"access": {"enabled": ENV.debug}},
+    # BentoML wraps every request in an OpenTelemetry span (~25% of a scored request's CPU
+    # here) even with no exporter configured; the hot routes skip it unless TRACE_SCORING=true.
+    tracing={"excluded_urls": None if os.environ.get("TRACE_SCORING", "").lower() == "true"
+             else ["/predict", "/livez", "/readyz", "/metrics"]},
 )  # fmt: skip
 @bentoml.asgi_app(app, path="/")
 class RiskService:
@@ -132,12 +129,19 @@ class RiskService:
             )
         self.store = PredictionStore(make_engine(url))
         self.writer = PredictionLogWriter(url, ENV.spool_path())
+        self.batcher = MicroBatcher(self._compute)
         _State.service = self
+        # Everything loaded so far (MLflow, pandas, the model...) lives as long as the worker:
+        # move it out of the collector's reach, or each full collection walks millions of
+        # objects and stalls every in-flight request for hundreds of milliseconds.
+        gc.collect()
+        gc.freeze()
 
     @bentoml.on_shutdown
     def shutdown(self) -> None:
-        self.writer.close()
         _State.service = None
+        self.batcher.close()
+        self.writer.close()
 
     def __is_ready__(self) -> bool:
         return True
@@ -148,46 +152,82 @@ class RiskService:
         return content
 
     # ------------------------------------------------------------------ scoring
-    def _score(self, records: list, explain: str, request_id: str | None) -> list[dict]:
-        """`records`: validated pydantic records (attribute access, no dict round trip)."""
-        values = scoring.inputs_matrix(self.model.builder, records)
-        feats, p, contrib = scoring.predict(self.model, values, explain != "none")
+    def _compute(self, jobs: list[Job]) -> list[list[dict]]:
+        """One batch, in the scoring thread: every job's rows as one matrix; exact TreeSHAP
+        only for the rows whose request asked for reasons. Returns each job's results and
+        queues their prediction-log rows (one submit for the whole batch)."""
+        values = jobs[0].values if len(jobs) == 1 else np.concatenate([j.values for j in jobs])
+        feats = self.model.builder.transform_array(values)
+        p = self.model.booster.inplace_predict(feats, predict_type="value", validate_features=False)
+        explain_rows = [np.arange(len(j.records)) + off for j, off in zip(jobs, _offsets(jobs), strict=True)
+                        if j.explain != "none"]  # fmt: skip
+        contrib = top = None
+        if explain_rows:
+            rows = np.concatenate(explain_rows)
+            dm = xgb.DMatrix(feats[rows], nthread=1)
+            c = self.model.booster.predict(dm, pred_contribs=True, validate_features=False)
+            contrib = np.full((len(p), c.shape[1]), np.nan)
+            contrib[rows] = c
+            top = scoring.reasons(
+                contrib[rows], feats[rows], self.feature_names, PARAMS.serving.top_reasons
+            )
+            top_at = dict(zip(rows.tolist(), top, strict=True))
         scores = scoring.risk_scores(p)
         bands = scoring.risk_bands(scores, PARAMS.serving.bands)
         decisions = scoring.decisions(scores, PARAMS.serving)
-        names = self.feature_names
-        top = (
-            None
-            if contrib is None
-            else scoring.reasons(contrib, feats, names, PARAMS.serving.top_reasons)
-        )
-        now = datetime.now(UTC)
-        out = []
-        for i, record in enumerate(records):
-            rec = {k: v for k, v in record.__dict__.items() if v is not None}
-            customer = rec.pop("customer_id", None)
-            pid = uuid.uuid4().hex
-            result = {"prediction_id": pid, "customer_id": customer,
-                      "probability_of_default": float(p[i]), "risk_score": int(scores[i]), "risk_band": bands[i],
-                      "decision": decisions[i], "reasons": top[i] if top else [],
-                      "model_name": self.model_name, "model_version": self.model_version}  # fmt: skip
-            if explain == "all":
-                result["base_value"] = float(contrib[i, -1])
-                result["contributions"] = dict(zip(names, contrib[i, :-1].tolist(), strict=True))
-            out.append(result)
-            self.writer.submit({
-                "prediction_id": pid, "created_at": now, "request_id": request_id,
-                "model_name": self.model_name, "model_version": self.model_version,
-                "customer_id": customer, "inputs": rec,
-                "probability": float(p[i]), "risk_score": int(scores[i]), "risk_band": bands[i],
-                "decision": decisions[i], "reasons": result["reasons"],
-            })  # fmt: skip
+        probs, score_list = p.tolist(), scores.tolist()
+        ids = new_ids(len(p))
+        now = datetime.now(UTC).isoformat()
+        names, model_name, model_version = self.feature_names, self.model_name, self.model_version
+        out, log_rows, i = [], [], 0
+        for job in jobs:
+            results = []
+            for record in job.records:
+                customer = record.customer_id
+                reasons = top_at[i] if job.explain != "none" else []
+                result = {"prediction_id": ids[i], "customer_id": customer, "probability_of_default": probs[i],
+                          "risk_score": score_list[i], "risk_band": bands[i], "decision": decisions[i],
+                          "reasons": reasons, "model_name": model_name, "model_version": model_version}  # fmt: skip
+                if job.explain == "all":
+                    result["base_value"] = float(contrib[i, -1])
+                    result["contributions"] = dict(
+                        zip(names, contrib[i, :-1].tolist(), strict=True)
+                    )
+                results.append(result)
+                log_rows.append({"prediction_id": ids[i], "created_at": now, "request_id": job.request_id,
+                                 "model_name": model_name, "model_version": model_version, "customer_id": customer,
+                                 "inputs": record_inputs(record), "probability": probs[i],
+                                 "risk_score": score_list[i], "risk_band": bands[i], "decision": decisions[i],
+                                 "reasons": reasons})  # fmt: skip
+                i += 1
+            out.append(results)
+        self.writer.submit_many(log_rows, clean=True)
         # one increment per band: each is a write to prometheus' multiprocess files
         for band, n in Counter(bands).items():
             metrics.PREDICTIONS.labels(band).inc(n)
-        if ENV.enable_interventions:
-            self._intervene(out)
         return out
+
+    async def score(
+        self, records: list, values: np.ndarray, explain: str, request_id: str | None
+    ) -> list[dict]:
+        """Validated records (pydantic or strict msgspec) and their model-input matrix."""
+        jobs = self.batcher.jobs(values, records, explain, request_id)
+        parts = await self.batcher.submit(jobs)
+        out = parts[0] if len(parts) == 1 else [r for part in parts for r in part]
+        if ENV.enable_interventions and any(r["customer_id"] for r in out):
+            await anyio.to_thread.run_sync(self._intervene, out)
+        return out
+
+    async def predict_fast(self, request: Any) -> bytes:
+        """`POST /predict` decoded by the strict decoder (the Gateway's fast path)."""
+        start = time.perf_counter()
+        records = request.records
+        values = np.array([astuple(r)[:N_INPUTS] for r in records], dtype="float64")
+        results = await self.score(records, values, request.explain, request.request_id)
+        body = orjson.dumps({"predictions": results})
+        metrics.LATENCY.labels("predict").observe(time.perf_counter() - start)
+        metrics.REQUESTS.labels("predict", "200").inc()
+        return body
 
     def _intervene(self, results: list[dict]) -> None:
         cooldown_s = PARAMS.serving.interventions.cooldown_hours * 3600
@@ -202,10 +242,10 @@ class RiskService:
                 except Exception as exc:
                     log.warning("intervention not recorded: %s", type(exc).__name__)
 
-    async def _run(self, records: list[dict], explain: str, request_id: str | None) -> list[dict]:
-        if len(records) > OFFLOAD_ROWS:
-            return await anyio.to_thread.run_sync(self._score, records, explain, request_id)
-        return self._score(records, explain, request_id)
+    async def _run(self, records: list, explain: str, request_id: str | None) -> list[dict]:
+        """Pydantic-validated records (the FastAPI routes)."""
+        values = scoring.inputs_matrix(self.model.builder, records)
+        return await self.score(records, values, explain, request_id)
 
     async def _from_store(self, endpoint: str, call, *args) -> tuple[Any, ORJSONResponse | None]:
         """A store call off the event loop; a dead store answers 503 (retry later), never 500."""
@@ -270,9 +310,9 @@ class RiskService:
         return ORJSONResponse({"interventions": rows})  # orjson writes datetimes as ISO 8601
 
 
-RiskService.add_asgi_middleware(ReadinessMiddleware)
 RiskService.add_asgi_middleware(
-    AuthRateLimitMiddleware, keys=ENV.api_keys,
-    limiter=FixedWindowLimiter(ENV.rate_limit_max, ENV.rate_limit_window),
+    Gateway, keys=ENV.api_keys, limiter=FixedWindowLimiter(ENV.rate_limit_max, ENV.rate_limit_window),
+    state=lambda: _State.service, decoder=PREDICT_DECODER,
+    predict=lambda svc, request: svc.predict_fast(request),
     on_reject=lambda status: metrics.REQUESTS.labels("auth", str(status)).inc(),
 )  # fmt: skip

@@ -7,12 +7,14 @@ must be idempotent uses the dialect's own INSERT … ON CONFLICT."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -158,19 +160,24 @@ def to_jsonable(value: Any) -> Any:
     return str(value)
 
 
-def prediction_row(raw: Mapping[str, Any]) -> dict[str, Any]:
+def prediction_row(raw: Mapping[str, Any], json_safe: bool = False) -> dict[str, Any]:
     """One predictions row from what the service submits (or a spool file holds): every column
     present (an executemany needs uniform keys), unknown keys left out, and types coerced so
     SQLite and PostgreSQL store the same thing. Raises KeyError/TypeError/ValueError for a row
-    no retry can fix."""
+    no retry can fix. `json_safe`: `inputs` and `reasons` are already JSON-safe (the log
+    writer cleans every row before it gets here), so they are not copied again."""
     row = {name: raw.get(name) for name in _PREDICTION_COLUMNS}
     if not row["prediction_id"]:
         raise KeyError("prediction_id")
     row["created_at"] = as_utc(raw["created_at"])
     row["probability"] = float(raw["probability"])
     row["risk_score"] = int(raw["risk_score"])
-    row["inputs"] = to_jsonable(raw["inputs"])
-    row["reasons"] = to_jsonable(row["reasons"])
+    if json_safe:
+        if not isinstance(raw["inputs"], Mapping):
+            raise TypeError("inputs must be a mapping")
+    else:
+        row["inputs"] = to_jsonable(raw["inputs"])
+        row["reasons"] = to_jsonable(row["reasons"])
     return row
 
 
@@ -187,6 +194,15 @@ def _aware(row: Mapping[str, Any]) -> dict[str, Any]:
 # --- engine and migrations ----------------------------------------------------------------
 
 
+def _json_text(value: Any) -> str:
+    """JSON columns through orjson (~10x faster than json.dumps on a prediction's inputs);
+    json.dumps for what orjson refuses (e.g. non-string keys), so nothing new fails."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value)
+
+
 def make_engine(url: str) -> sa.Engine:
     """An engine for the prediction store (SQLite or PostgreSQL) tuned to fail fast."""
     parsed = sa.make_url(normalize_db_url(url, "DATABASE_URL"))
@@ -198,13 +214,15 @@ def make_engine(url: str) -> sa.Engine:
             f"DATABASE_URL: the prediction store needs SQLite or PostgreSQL, not {backend}"
         )
     args = {"connect_timeout": PG_CONNECT_TIMEOUT_S, "tcp_user_timeout": PG_TCP_USER_TIMEOUT_MS}
-    return sa.create_engine(parsed, pool_pre_ping=True, connect_args=args)
+    return sa.create_engine(
+        parsed, pool_pre_ping=True, connect_args=args, json_serializer=_json_text
+    )
 
 
 def _sqlite_engine(url: sa.URL) -> sa.Engine:
     if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
         Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url)
+    engine = sa.create_engine(url, json_serializer=_json_text)
 
     @sa.event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn: Any, _record: Any) -> None:

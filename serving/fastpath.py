@@ -1,0 +1,305 @@
+"""The hot path for `POST /predict`, inside BentoML's server: strict msgspec decoding, an
+in-process micro-batcher, and one pure-ASGI gateway middleware.
+
+- `record_struct` / `request_struct`: msgspec twins of the pydantic request models built from
+  the same data contract, but strict (an int column takes only JSON integers, no strings for
+  numbers). Whatever they accept, pydantic accepts with the same values (tested); whatever
+  they refuse goes to the FastAPI route, whose pydantic validation answers (422 naming each
+  field, or the lax coercions pydantic allows). Decoding a record costs ~1 µs instead of ~15.
+- `MicroBatcher`: concurrent requests enqueue their rows; one task scores everything pending
+  as one matrix in one worker thread (XGBoost releases the GIL, so the event loop keeps
+  parsing requests meanwhile). Large requests are queued in chunks so they never stall small
+  ones for long.
+- `Gateway`: readiness, API-key auth, rate limit and the /predict fast path in one ASGI
+  middleware, so a scored request never enters Starlette's router or FastAPI's machinery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections import deque
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+import msgspec
+import numpy as np
+
+from riskloop.settings import DataSettings, NumericColumn, ServingSettings
+from serving.security import EXEMPT, FixedWindowLimiter, match_key
+
+# pydantic's pattern (regex crate) anchors `$` at the very end; Python's `$` also matches
+# before a final newline, so the strict twin uses `\Z`.
+_CUSTOMER_ID = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+\Z")
+]
+MAX_BODY_BYTES = 64 * 2**20
+
+
+def _numeric(rule: NumericColumn) -> Any:
+    if rule.integer:  # msgspec wants integer bounds for an int: the same set of values
+        low = None if rule.min is None else math.ceil(rule.min)
+        high = None if rule.max is None else math.floor(rule.max)
+        typ = Annotated[int, msgspec.Meta(ge=low, le=high)]
+    else:
+        typ = Annotated[float, msgspec.Meta(ge=rule.min, le=rule.max)]
+    return typ | None if rule.nullable else typ
+
+
+def record_struct(data: DataSettings, first: list[str]) -> type[msgspec.Struct]:
+    """Strict twin of schemas.record_model. Fields `first` (the model's input columns) come
+    first and in that order, so `astuple(record)[:len(first)]` is a model input row."""
+    protected = set(data.protected_columns)
+    types: dict[str, Any] = {col: _numeric(rule) for col, rule in data.numeric.items()}
+    types.update({col: Literal[tuple(levels)] for col, levels in data.categorical.items()})  # type: ignore[misc]
+    for members in data.onehot.values():
+        types.update(dict.fromkeys(members, Literal[0, 1]))
+    names = [*first, *(c for c in types if c not in first)]
+    required = [(n, types[n]) for n in names if n not in protected]
+    optional = [(n, types[n] | None, None) for n in names if n in protected]
+    # msgspec wants required fields before defaulted ones; `first` holds no protected column
+    if any(n in protected for n in first):
+        raise ValueError("a model input column is protected: the fast path cannot order it first")
+    return msgspec.defstruct("ApplicantRecordStrict", [*required, *optional, ("customer_id", _CUSTOMER_ID | None, None)],
+                             forbid_unknown_fields=True, frozen=True)  # fmt: skip
+
+
+def request_struct(record: type[msgspec.Struct], serving: ServingSettings) -> type[msgspec.Struct]:
+    return msgspec.defstruct("PredictRequestStrict", [
+        ("records", Annotated[list[record], msgspec.Meta(min_length=1, max_length=serving.max_records)]),  # type: ignore[valid-type]
+        ("request_id", Annotated[str, msgspec.Meta(max_length=64)] | None, None),
+        ("explain", Literal["top", "all", "none"], "top"),
+    ], forbid_unknown_fields=True)  # fmt: skip
+
+
+def record_inputs(record: Any) -> dict[str, Any]:
+    """What the prediction log keeps of a record: every given field except the customer id."""
+    items = (
+        msgspec.structs.asdict(record) if isinstance(record, msgspec.Struct) else record.__dict__
+    ).items()
+    return {k: v for k, v in items if v is not None and k != "customer_id"}  # fmt: skip
+
+
+def new_ids(n: int) -> list[str]:
+    """n random UUID4s as 32 hex characters, in bulk (~20x cheaper than uuid4().hex each)."""
+    raw = np.frombuffer(np.random.bytes(16 * n), dtype=np.uint8).reshape(n, 16).copy()
+    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40  # version 4
+    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
+    text = raw.tobytes().hex()
+    return [text[i : i + 32] for i in range(0, 32 * n, 32)]
+
+
+# ---------------------------------------------------------------------------- micro-batching
+@dataclass(eq=False)
+class Job:
+    """Rows of one request (or one chunk of a large one), scored together with other jobs."""
+
+    values: np.ndarray  # model input columns as float64 (NaN = missing)
+    records: list[Any]  # validated records, for the response and the prediction log
+    explain: str  # top | all | none
+    request_id: str | None
+    future: asyncio.Future = field(init=False)
+
+
+class MicroBatcher:
+    """Scores queued jobs in batches in one thread. `compute(jobs)` returns one result per job.
+    A batch takes whole jobs up to `max_rows` rows, and at most `max_explain_rows` rows that
+    need exact contributions (~1 ms a row on one core: they bound the batch's latency)."""
+
+    def __init__(self, compute: Callable[[list[Job]], list[Any]], max_rows: int = 4096,
+                 max_explain_rows: int = 64) -> None:  # fmt: skip
+        self.compute, self.max_rows, self.max_explain_rows = compute, max_rows, max_explain_rows
+        self.chunk_rows = max_rows // 2
+        self.chunk_explain_rows = max(1, max_explain_rows // 2)
+        self._queue: deque[Job] = deque()
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="scoring")
+        self.batches = 0
+        self.rows = 0
+
+    def jobs(
+        self, values: np.ndarray, records: list, explain: str, request_id: str | None
+    ) -> list[Job]:
+        step = self.chunk_explain_rows if explain != "none" else self.chunk_rows
+        return [Job(values[i : i + step], records[i : i + step], explain, request_id)
+                for i in range(0, len(records), step)]  # fmt: skip
+
+    async def submit(self, jobs: list[Job]) -> list[Any]:
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done():
+            self._wake = asyncio.Event()
+            self._task = loop.create_task(self._run())
+        for job in jobs:
+            job.future = loop.create_future()
+            self._queue.append(job)
+        self._wake.set()
+        return list(await asyncio.gather(*(job.future for job in jobs)))
+
+    def _take(self) -> list[Job]:
+        batch: list[Job] = []
+        rows = explain_rows = 0
+        while self._queue:
+            job = self._queue[0]
+            n = len(job.records)
+            e = n if job.explain != "none" else 0
+            if batch and (rows + n > self.max_rows or explain_rows + e > self.max_explain_rows):
+                break
+            batch.append(self._queue.popleft())
+            rows, explain_rows = rows + n, explain_rows + e
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+            batch = self._take()
+            try:
+                results = await loop.run_in_executor(self._pool, self.compute, batch)
+            except Exception as exc:
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+                continue
+            self.batches += 1
+            for job, result in zip(batch, results, strict=True):
+                self.rows += len(job.records)
+                if not job.future.done():  # a client that went away cancelled its future
+                    job.future.set_result(result)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=False)
+
+
+# ---------------------------------------------------------------------------------- gateway
+async def _respond(
+    send: Callable, status: int, body: bytes, extra: list[tuple[bytes, bytes]] = ()
+) -> None:
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *extra,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})  # fmt: skip
+
+
+class Gateway:
+    """One pure-ASGI middleware in front of the mounted FastAPI app:
+
+    - `/readyz`: 503 until the model is loaded; 200 `ready`, or 200 `degraded` while the store
+      is down and rows are spooled (degraded-but-serving made explicit).
+    - API keys (`X-API-Key` or `Authorization: Bearer`, constant-time comparison, several
+      valid keys for rotation) and a per-key fixed-window rate limit answering 429 with
+      Retry-After; health, metrics and docs are exempt.
+    - `POST /predict` with a body the strict decoder accepts and no `Origin` header (browser
+      requests take the FastAPI route, behind BentoML's CORS middleware): scored here.
+      Everything else goes on to the FastAPI app, the body replayed if it was read.
+
+    `state()` returns the service instance once it is initialised (else None); `predict(svc,
+    request) -> bytes` scores a decoded request."""
+
+    def __init__(self, app, keys: list[str], limiter: FixedWindowLimiter, state: Callable[[], Any],
+                 decoder: msgspec.json.Decoder, predict: Callable[[Any, Any], Awaitable[bytes]],
+                 on_reject: Callable[[int], None] | None = None) -> None:  # fmt: skip
+        self.app, self.keys, self.limiter, self.state = app, keys, limiter, state
+        self.decoder, self.predict, self.on_reject = decoder, predict, on_reject
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if path == "/readyz":
+            await self._readyz(send)
+            return
+        if path.startswith(EXEMPT) or scope["method"] == "OPTIONS":
+            await self.app(scope, receive, send)
+            return
+        presented, origin = None, False
+        for name, value in scope["headers"]:
+            if name == b"x-api-key":
+                presented = value.decode("latin-1")
+            elif name == b"authorization" and presented is None and value[:7].lower() == b"bearer ":
+                presented = value[7:].decode("latin-1").strip()
+            elif name == b"origin":
+                origin = True
+        if self.keys:
+            key = match_key(presented, self.keys)
+            if key is None:
+                await self._reject(send, 401, "missing or invalid API key (X-API-Key or Authorization: Bearer)",
+                                   [(b"www-authenticate", b"Bearer")])  # fmt: skip
+                return
+            wait = self.limiter.hit(key)
+            if wait is not None:
+                await self._reject(send, 429, "rate limit exceeded",
+                                   [(b"retry-after", str(max(1, math.ceil(wait))).encode())])  # fmt: skip
+                return
+        svc = self.state()
+        if path != "/predict" or scope["method"] != "POST" or origin or svc is None:
+            await self.app(scope, receive, send)
+            return
+        body = await self._body(receive, send)
+        if body is None:
+            return
+        try:
+            request = self.decoder.decode(body)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            await self.app(scope, _replay(body, receive), send)  # pydantic answers
+            return
+        await _respond(send, 200, await self.predict(svc, request))
+
+    async def _body(self, receive, send) -> bytes | None:
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                await _respond(send, 413, b'{"detail":"request body too large"}')
+                return None
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _reject(
+        self, send, status: int, detail: str, extra: list[tuple[bytes, bytes]]
+    ) -> None:
+        if self.on_reject:
+            self.on_reject(status)
+        await _respond(send, status, json.dumps({"detail": detail}).encode(), extra)
+
+    async def _readyz(self, send) -> None:
+        svc = self.state()
+        if svc is None:
+            status, body = 503, {"status": "not_ready", "model_loaded": False}
+        else:
+            store_up = svc.writer.stats()["store_up"]
+            body = {"status": "ready" if store_up else "degraded", "model_loaded": True, "store_up": store_up,
+                    "model_version": svc.model_version}  # fmt: skip
+            if not store_up:
+                body["detail"] = (
+                    "prediction store unreachable: scoring continues, rows spool to disk"
+                )
+            status = 200
+        await _respond(send, status, json.dumps(body).encode())
+
+
+def _replay(body: bytes, receive: Callable) -> Callable:
+    sent = False
+
+    async def replayed() -> dict:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed

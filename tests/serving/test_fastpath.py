@@ -1,0 +1,108 @@
+"""The /predict fast path: the strict msgspec decoder never accepts what the pydantic request
+model refuses, and reads the same values; ids; the micro-batcher's batching and chunking."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from serving.fastpath import (
+    MicroBatcher,
+    new_ids,
+    record_inputs,
+    record_struct,
+    request_struct,
+)
+from serving.schemas import predict_request_model, record_model
+
+EXAMPLE = json.loads(
+    (Path(__file__).resolve().parents[2] / "serving/example_record.json").read_text()
+)
+
+
+@pytest.fixture(scope="module")
+def models(params):
+    record = record_model(params.data)
+    strict = record_struct(params.data, params.data.model_input_columns)
+    return (
+        predict_request_model(record, params.serving, EXAMPLE),
+        msgspec.json.Decoder(request_struct(strict, params.serving)),
+    )
+
+
+VALUES = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False)
+          | st.text(max_size=6) | st.sampled_from([0, 1, 1.0, 0.5, -2, 9, 10, 120, 121, 18, 17, "1", "a\n"]))  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@given(changes=st.dictionaries(st.sampled_from([*EXAMPLE, "customer_id", "unknown"]), VALUES, max_size=4),
+       drop=st.lists(st.sampled_from(list(EXAMPLE)), max_size=2),
+       extra=st.dictionaries(st.sampled_from(["request_id", "explain"]),
+                             st.none() | st.sampled_from(["top", "all", "none", "x" * 65, "r-1", 3]), max_size=2))  # fmt: skip
+def test_strict_decoder_accepts_only_what_pydantic_accepts(models, changes, drop, extra):
+    pydantic_model, decoder = models
+    record = {**EXAMPLE, **changes}
+    for key in drop:
+        record.pop(key, None)
+    body = json.dumps({"records": [record], **extra}).encode()
+    try:
+        fast = decoder.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return  # refused: the FastAPI route decides (and names the field)
+    slow = pydantic_model.model_validate_json(body)  # must not raise
+    assert (fast.explain, fast.request_id) == (slow.explain, slow.request_id)
+    got, want = record_inputs(fast.records[0]), record_inputs(slow.records[0])
+    assert got == want and all(type(got[k]) is type(want[k]) for k in got)
+    assert fast.records[0].customer_id == slow.records[0].customer_id
+
+
+def test_strict_decoder_reads_model_inputs_first(models, params):
+    _, decoder = models
+    rec = decoder.decode(json.dumps({"records": [EXAMPLE]}).encode()).records[0]
+    n = len(params.data.model_input_columns)
+    assert msgspec.structs.astuple(rec)[:n] == tuple(
+        EXAMPLE[c] for c in params.data.model_input_columns
+    )
+
+
+def test_new_ids_are_uuid4_hex():
+    ids = new_ids(1000)
+    assert len(set(ids)) == 1000
+    assert all(re.fullmatch(r"[0-9a-f]{12}4[0-9a-f]{3}[89ab][0-9a-f]{15}", i) for i in ids)
+
+
+def test_batcher_batches_concurrent_jobs_and_chunks_large_ones():
+    seen: list[list[int]] = []
+
+    def compute(jobs):
+        seen.append([len(j.records) for j in jobs])
+        return [[float(v) for v in j.values[:, 0]] for j in jobs]
+
+    async def main():
+        batcher = MicroBatcher(compute, max_rows=100, max_explain_rows=8)
+
+        async def one(n, explain):
+            values = np.arange(n, dtype=float).reshape(n, 1)
+            parts = await batcher.submit(batcher.jobs(values, list(range(n)), explain, None))
+            return [v for part in parts for v in part]
+
+        results = await asyncio.gather(
+            one(1, "none"), one(1, "top"), one(230, "none"), one(20, "top")
+        )
+        batcher.close()
+        return results
+
+    small, small_top, large, large_top = asyncio.run(main())
+    assert small == [0.0] and small_top == [0.0]
+    assert large == [float(i) for i in range(230)] and large_top == [float(i) for i in range(20)]
+    assert max(sum(b) for b in seen) <= 100
+    assert all(n <= 50 for b in seen for n in b)  # large requests are queued in chunks
+    assert len(seen) < 1 + 1 + 5 + 5  # concurrent jobs shared batches
