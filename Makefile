@@ -39,7 +39,9 @@ $(VENV)/.installed: pyproject.toml uv.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -c 'import sys; assert sys.version_info[:2] == (3, 11), "riskloop needs Python 3.11"'
 	@test -x $(BIN)/uv || $(BIN)/python -m pip install -q "uv==$(UV_VERSION)"
-	$(BIN)/uv sync --frozen --python $(BIN)/python
+	@# bytecode compiled once here: these machines set PYTHONDONTWRITEBYTECODE, and importing
+	@# mlflow/evidently/bentoml from source costs seconds in every process
+	$(BIN)/uv sync --frozen --compile-bytecode --python $(BIN)/python
 	@touch $@
 
 install: $(VENV)/.installed

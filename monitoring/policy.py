@@ -52,7 +52,8 @@ def checks(ev: Evidence, policy: MonitoringSettings) -> list[Check]:
         value = ev.psi.get(col)
         hit = value is not None and value >= policy.psi.alert
         out.append(Check(f"psi:{col}", value, policy.psi.alert, hit,
-                         f"PSI of {col} {value:.3f} (retrain at {policy.psi.alert})"))  # fmt: skip
+                         f"PSI of {col} {value:.3f} (retrain at {policy.psi.alert})" if value is not None
+                         else f"PSI of {col}: no values on one side"))  # fmt: skip
     if ev.realized_auc is not None and ev.labelled_rows >= policy.min_labelled:
         hit = ev.realized_auc < policy.auc_floor
         out.append(Check("realized_auc", ev.realized_auc, policy.auc_floor, hit,
