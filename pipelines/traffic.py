@@ -1,6 +1,10 @@
-"""`make traffic SCENARIO=stable|recession|new_segment`: replay held-out rows (the test split,
-never trained on) against the running service over HTTP at a chosen rate, then feed their
-realized labels to /outcomes after a delay, as a lender's collections system would.
+"""`make traffic SCENARIO=stable|recession|new_segment`: replay held-out rows against the
+running service over HTTP at a chosen rate, then feed their realized labels to /outcomes after
+a delay, as a lender's collections system would.
+
+Held-out rows come from the valid split: the booster was never fitted on them, and they are
+not the test split, so a retrain on the labelled traffic cannot leak test rows into training
+and flatter the challenger on the original test split (replaying the test split would).
 
 The ledger (state/traffic/<run>.jsonl: prediction id, label) lets `--outcomes-from` post the
 labels later, from another process."""
@@ -118,6 +122,8 @@ def main() -> None:
     )
     ap.add_argument("--batch", type=int, default=50, help="records per request")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--source", choices=("valid", "test"), default="valid",
+                    help="split to replay (test: never retrain on that traffic)")  # fmt: skip
     ap.add_argument("--url", default=os.environ.get("SERVICE_URL", "http://127.0.0.1:3000"))
     ap.add_argument("--outcomes-delay", type=float, default=1.0,
                     help="seconds before the labels are posted (negative: do not post)")  # fmt: skip
@@ -138,7 +144,7 @@ def main() -> None:
         print(f"outcomes: {feed_outcomes(client, items)}")
         return
     params = load_params()
-    held_out = paths.PREPARED / "test.parquet"
+    held_out = paths.PREPARED / f"{args.source}.parquet"
     if not held_out.exists():
         raise TrafficError(f"{held_out} not found: run `dvc repro` first")
     rows = sample(pd.read_parquet(held_out), args.rows, args.seed)

@@ -34,7 +34,7 @@ def test_monitor_retrains_into_a_new_data_version(tmp_path, raw, params):
     mlflow.set_registry_uri(uri)
     champion = mlflow.pyfunc.load_model("models:/credit-risk@champion").unwrap_python_model()
     loop = Loop(repo.path, state, f"sqlite:///{state / 'predictions.db'}", champion,
-                pd.read_parquet(repo.path / "data/prepared/test.parquet"), params)  # fmt: skip
+                pd.read_parquet(repo.path / "data/prepared/valid.parquet"), params)  # fmt: skip
     logged = loop.log_traffic("recession", 800, seed=9)
 
     proc = repo.py("-m", "pipelines.monitor", "--act", "--last", "800")
