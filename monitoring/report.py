@@ -2,7 +2,7 @@
 
 Two runs of the current Evidently API (not evidently.legacy):
 - drift: the window against the training reference: per-column drift (Evidently's default
-  test per column, which sets the drifted share), PSI per column and of the score
+  test per column; DriftedColumnsCount gives the drifted share), PSI per column and of the score
   (monitoring/psi.py), drift of the predicted default rate, score quantiles, interventions;
 - performance (only when enough outcomes arrived): realized ROC AUC on the labelled part of
   the window, against the reference scored by the same model.
@@ -19,6 +19,7 @@ import pandas as pd
 from evidently import BinaryClassification, DataDefinition, Dataset, Report
 from evidently.core.report import Snapshot
 from evidently.metrics import (
+    DriftedColumnsCount,
     LogLoss,
     MeanValue,
     QuantileValue,
@@ -27,7 +28,6 @@ from evidently.metrics import (
     SumValue,
     ValueDrift,
 )
-from evidently.presets import DataDriftPreset
 
 from monitoring import psi as _psi  # registers the stat test
 from training import metrics as m
@@ -66,7 +66,10 @@ def drift_report(frames: Frames, drift_share: float, psi_alert: float) -> Snapsh
     report = Report(
         [
             RowCount(),
-            DataDriftPreset(columns=cols, drift_share=drift_share),
+            # What DataDriftPreset computes, without its legacy-rendered summary table, which
+            # recomputes every column's drift a second time (~40% of the run at 100k rows).
+            DriftedColumnsCount(columns=cols, drift_share=drift_share),
+            *[ValueDrift(column=c) for c in cols],
             *[ValueDrift(column=c, method=_psi.NAME, threshold=psi_alert) for c in [*cols, SCORE]],
             ValueDrift(column=SCORE),
             ValueDrift(column=PREDICTED_DEFAULT),

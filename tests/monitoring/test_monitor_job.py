@@ -62,7 +62,13 @@ def test_stable_traffic_is_no_alarm_and_recession_retrains_once(loop):
     runs = loop.runs()
     assert [r["status"] for r in runs] == ["no_retrain", "retrain", "cooldown"]
     assert [bool(r["retrain"]) for r in runs] == [False, True, False]
-    assert (loop.state / "evidently").is_dir()
+    # Every run (drift + performance snapshots) is in the Evidently workspace's project.
+    from evidently.ui.workspace import Workspace
+
+    ws = Workspace(str(loop.state / "evidently"))
+    (project,) = ws.search_project("credit-risk")
+    assert len(ws.list_runs(project.id)) == 6
+    assert len(project.dashboard.model().panels) >= 8
 
 
 def test_too_few_rows_and_an_empty_window_take_no_decision(sqlite_loop):
