@@ -65,37 +65,39 @@ def _window_query(last_n: int | None, since: datetime | None) -> sa.Select:
     return query
 
 
+def _frame(rows: Sequence[sa.Row], columns: Sequence[str]) -> pd.DataFrame:
+    """Logged inputs expanded into columns beside the store's `columns` (the store's value
+    wins where an input has the same name)."""
+    inputs = pd.DataFrame.from_records([r.inputs or {} for r in rows])
+    meta = pd.DataFrame.from_records([{k: getattr(r, k) for k in columns} for r in rows],
+                                     columns=list(columns))  # fmt: skip
+    meta["created_at"] = pd.to_datetime(meta["created_at"], utc=True)
+    meta["defaulted"] = pd.to_numeric(meta["defaulted"], errors="coerce")
+    overlap = [c for c in inputs.columns if c in meta.columns]
+    return pd.concat([inputs.drop(columns=overlap), meta], axis=1)
+
+
 def load_window(engine: sa.Engine, last_n: int | None, since: datetime | None) -> pd.DataFrame:
     """The newest predictions (at most last_n, none before since), oldest first: one column per
     logged model input plus META_COLUMNS; `defaulted` is NaN where no outcome arrived yet."""
     with engine.connect() as conn:
         rows = conn.execute(_window_query(last_n, since)).all()
     rows.reverse()
-    inputs = pd.DataFrame.from_records([r.inputs or {} for r in rows])
-    meta = pd.DataFrame.from_records(
-        [{k: getattr(r, k) for k in META_COLUMNS} for r in rows], columns=list(META_COLUMNS)
-    )
-    meta["created_at"] = pd.to_datetime(meta["created_at"], utc=True)
-    meta["defaulted"] = pd.to_numeric(meta["defaulted"], errors="coerce")
-    meta["intervened"] = meta["intervened"].fillna(False).astype(int)
-    return _join(inputs, meta)
+    frame = _frame(rows, META_COLUMNS)
+    frame["intervened"] = frame["intervened"].fillna(False).astype(int)
+    return frame
 
 
-def _join(inputs: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
-    """Logged inputs beside the store's columns; the store's win where both have one."""
-    overlap = [c for c in inputs.columns if c in meta.columns]
-    return pd.concat([inputs.drop(columns=overlap), meta], axis=1)
+LABELLED_COLUMNS = ("prediction_id", "created_at", "customer_id", "model_version", "defaulted",
+                    "observed_at")  # fmt: skip
 
 
 def labelled_rows(engine: sa.Engine, exclude: set[str]) -> pd.DataFrame:
     """Every prediction that has an outcome, with its inputs, minus those already collected."""
     query = (
         sa.select(
-            predictions.c.prediction_id,
-            predictions.c.created_at,
-            predictions.c.customer_id,
-            predictions.c.model_version,
             predictions.c.inputs,
+            *(predictions.c[c] for c in LABELLED_COLUMNS if c in predictions.c),
             outcomes.c.defaulted,
             outcomes.c.observed_at,
         )
@@ -104,32 +106,7 @@ def labelled_rows(engine: sa.Engine, exclude: set[str]) -> pd.DataFrame:
     )
     with engine.connect() as conn:
         rows = [r for r in conn.execute(query) if r.prediction_id not in exclude]
-    inputs = pd.DataFrame.from_records([r.inputs or {} for r in rows])
-    meta = pd.DataFrame.from_records(
-        [
-            {
-                k: getattr(r, k)
-                for k in (
-                    "prediction_id",
-                    "created_at",
-                    "customer_id",
-                    "model_version",
-                    "defaulted",
-                    "observed_at",
-                )
-            }
-            for r in rows
-        ],
-        columns=[
-            "prediction_id",
-            "created_at",
-            "customer_id",
-            "model_version",
-            "defaulted",
-            "observed_at",
-        ],
-    )
-    return _join(inputs, meta)
+    return _frame(rows, LABELLED_COLUMNS)
 
 
 def record_run(engine: sa.Engine, row: Mapping[str, Any]) -> int:
@@ -143,30 +120,26 @@ def record_run(engine: sa.Engine, row: Mapping[str, Any]) -> int:
         return int(result.inserted_primary_key[0])
 
 
-def last_retrain_decision(engine: sa.Engine, within: timedelta) -> dict[str, Any] | None:
-    """The newest run that decided to retrain within the given past interval, if any."""
+def _latest_retrain(engine: sa.Engine, *where: sa.ColumnElement[bool]) -> dict[str, Any] | None:
     query = (
         sa.select(monitoring_runs)
-        .where(monitoring_runs.c.retrain.is_(True), monitoring_runs.c.created_at >= now_utc() - within)
-        .order_by(monitoring_runs.c.id.desc())
-        .limit(1)
-    )  # fmt: skip
-    with engine.connect() as conn:
-        row = conn.execute(query).first()
-    return None if row is None else {**row._mapping, "created_at": as_utc(row.created_at)}
-
-
-def pending_retrain(engine: sa.Engine) -> dict[str, Any] | None:
-    """The newest retrain decision not acted on yet."""
-    query = (
-        sa.select(monitoring_runs)
-        .where(monitoring_runs.c.retrain.is_(True), monitoring_runs.c.acted_at.is_(None))
+        .where(monitoring_runs.c.retrain.is_(True), *where)
         .order_by(monitoring_runs.c.id.desc())
         .limit(1)
     )
     with engine.connect() as conn:
         row = conn.execute(query).first()
-    return None if row is None else dict(row._mapping)
+    return None if row is None else {**row._mapping, "created_at": as_utc(row.created_at)}
+
+
+def last_retrain_decision(engine: sa.Engine, within: timedelta) -> dict[str, Any] | None:
+    """The newest run that decided to retrain within the given past interval, if any."""
+    return _latest_retrain(engine, monitoring_runs.c.created_at >= now_utc() - within)
+
+
+def pending_retrain(engine: sa.Engine) -> dict[str, Any] | None:
+    """The newest retrain decision not acted on yet."""
+    return _latest_retrain(engine, monitoring_runs.c.acted_at.is_(None))
 
 
 def mark_acted(engine: sa.Engine, run_id: int, action: Mapping[str, Any]) -> None:
@@ -176,12 +149,6 @@ def mark_acted(engine: sa.Engine, run_id: int, action: Mapping[str, Any]) -> Non
             .where(monitoring_runs.c.id == run_id)
             .values(acted_at=now_utc(), action=to_jsonable(dict(action)))
         )
-
-
-def list_runs(engine: sa.Engine, limit: int = 20) -> list[dict[str, Any]]:
-    query = sa.select(monitoring_runs).order_by(monitoring_runs.c.id.desc()).limit(limit)
-    with engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(query)]
 
 
 def require_columns(window: pd.DataFrame, required: Sequence[str]) -> None:

@@ -37,6 +37,17 @@ _CHUNK = 500
 TS = sa.DateTime(timezone=True)
 metadata = sa.MetaData()
 
+
+def _id_column() -> sa.Column:
+    # BIGINT on PostgreSQL; SQLite autoincrements only an INTEGER PRIMARY KEY.
+    return sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    )
+
+
 predictions = sa.Table(
     "predictions",
     metadata,
@@ -72,12 +83,7 @@ outcomes = sa.Table(
 interventions = sa.Table(
     "interventions",
     metadata,
-    sa.Column(
-        "id",
-        sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-        primary_key=True,
-        autoincrement=True,
-    ),
+    _id_column(),
     sa.Column("customer_id", sa.String(64), nullable=False),
     sa.Column("prediction_id", sa.String(32)),
     sa.Column("risk_score", sa.Integer),
@@ -100,12 +106,7 @@ online_features = sa.Table(
 monitoring_runs = sa.Table(
     "monitoring_runs",
     metadata,
-    sa.Column(
-        "id",
-        sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-        primary_key=True,
-        autoincrement=True,
-    ),
+    _id_column(),
     sa.Column("created_at", TS, nullable=False),
     sa.Column("status", sa.String(32), nullable=False),  # retrain | no_retrain | ...
     sa.Column("retrain", sa.Boolean, nullable=False),
@@ -172,13 +173,47 @@ def prediction_row(raw: Mapping[str, Any], json_safe: bool = False) -> dict[str,
     row["created_at"] = as_utc(raw["created_at"])
     row["probability"] = float(raw["probability"])
     row["risk_score"] = int(raw["risk_score"])
-    if json_safe:
-        if not isinstance(raw["inputs"], Mapping):
-            raise TypeError("inputs must be a mapping")
-    else:
+    if not json_safe:
         row["inputs"] = to_jsonable(raw["inputs"])
         row["reasons"] = to_jsonable(row["reasons"])
     return row
+
+
+_SQLITE_INSERT = (
+    f"INSERT INTO predictions ({', '.join(_PREDICTION_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(_PREDICTION_COLUMNS))}) ON CONFLICT (prediction_id) DO NOTHING"
+)
+# SQLAlchemy's own SQLite DATETIME storage format, so both insert paths store the same text
+_SQLITE_TS = predictions.c.created_at.type.dialect_impl(sqlite.dialect()).bind_processor(
+    sqlite.dialect()
+)
+
+
+def sqlite_prediction_values(raw: Mapping[str, Any], ts_cache: dict[Any, str]) -> tuple:
+    """`prediction_row` for SQLite's bulk path as one positional tuple, JSON columns already
+    text: the same coercions and the same errors, ~5x less work per row than SQLAlchemy's
+    executemany (which compiles parameters row by row). `ts_cache`: created_at -> stored text
+    (the rows of a batch share a timestamp)."""
+    pid = raw.get("prediction_id")
+    if not pid:
+        raise KeyError("prediction_id")
+    created = raw["created_at"]
+    ts = ts_cache.get(created) if isinstance(created, str) else None
+    if ts is None:
+        ts = _SQLITE_TS(as_utc(created))
+        if isinstance(created, str):
+            ts_cache[created] = ts
+    reasons = raw.get("reasons")
+    return (pid, ts, raw.get("request_id"), raw.get("model_name"), raw.get("model_version"),
+            raw.get("customer_id"), _json_text(raw["inputs"]), float(raw["probability"]),
+            int(raw["risk_score"]), raw.get("risk_band"), raw.get("decision"),
+            None if reasons is None else _json_text(reasons))  # fmt: skip
+
+
+def insert_sqlite_values(conn: sa.Connection, values: Sequence[tuple]) -> None:
+    """INSERT … ON CONFLICT (prediction_id) DO NOTHING of `sqlite_prediction_values` tuples."""
+    if values:
+        conn.exec_driver_sql(_SQLITE_INSERT, list(values))
 
 
 def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
