@@ -28,7 +28,15 @@ from typing import Any
 import sqlalchemy as sa
 
 from riskloop.stores import redact
-from serving.store import insert_predictions, make_engine, now_utc, prediction_row, to_jsonable
+from serving.store import (
+    insert_predictions,
+    insert_sqlite_values,
+    make_engine,
+    now_utc,
+    prediction_row,
+    sqlite_prediction_values,
+    to_jsonable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -255,14 +263,22 @@ class PredictionLogWriter:
         """Insert rows in one transaction. Rows that are invalid, or that the database refuses
         as data, are rejected one by one; any other failure propagates, nothing committed."""
         prepared, bad = [], []
+        fast = self._engine.dialect.name == "sqlite"  # positional bulk insert, JSON as text
+        ts_cache: dict[Any, str] = {}
         for row in rows:
             try:
-                prepared.append((row, prediction_row(row, json_safe=True)))
+                values = (
+                    sqlite_prediction_values(row, ts_cache)
+                    if fast
+                    else prediction_row(row, json_safe=True)
+                )
+                prepared.append((row, values))
             except (KeyError, TypeError, ValueError):
                 bad.append(row)
         try:
             with self._engine.begin() as conn:
-                insert_predictions(conn, [values for _, values in prepared])
+                insert = insert_sqlite_values if fast else insert_predictions
+                insert(conn, [values for _, values in prepared])
         except _BAD_DATA:
             if len(prepared) == 1:
                 bad.append(prepared[0][0])
