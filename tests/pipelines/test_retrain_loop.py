@@ -54,8 +54,8 @@ def test_monitor_retrains_into_a_new_data_version(tmp_path, raw, params):
     # A challenger, evaluated against the champion on both the test split and the recent window.
     client = MlflowClient(uri, uri)
     challenger = client.get_model_version_by_alias("credit-risk", "challenger")
-    assert challenger.version == "2"
-    assert client.get_model_version_by_alias("credit-risk", "champion").version == "1"  # gated
+    assert str(challenger.version) == "2"
+    assert str(client.get_model_version_by_alias("credit-risk", "champion").version) == "1"  # gated
     assert float(challenger.tags["recent_roc_auc"]) > 0.5
     metrics = json.loads((repo.path / "metrics.json").read_text())
     assert set(metrics["recent"]) == {"rows", "challenger", "champion"}
