@@ -11,18 +11,15 @@ import time
 from pathlib import Path
 
 import httpx
-import mlflow
 import numpy as np
 import pandas as pd
-from mlflow import MlflowClient
 
 from pipelines.materialize import online_rows
 from riskloop.settings import Params
 from serving.store import PredictionStore, make_engine, upgrade
 from tests.conftest import ROOT, stratified_sample
-from tests.modelling import fit_small_model
+from tests.modelling import fit_small_model, register_champion
 from training.model import CreditRiskModel
-from training.registry import Registry
 
 KEYS = {
     "main": "k-main-0123456789",
@@ -46,21 +43,7 @@ def train_champion(
     """A small monotone model on a sample, registered and promoted in a fresh MLflow store."""
     sample = stratified_sample(raw, params.data.target, 4000)
     model, parts = fit_small_model(sample, params, 60, ("train",), max_depth=3, learning_rate=0.1)
-    uri = f"sqlite:///{state / 'mlflow.db'}"
-    state.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    client = MlflowClient(uri, uri)
-    exp = client.create_experiment(
-        "credit-risk", artifact_location=(state / "mlartifacts").as_uri()
-    )
-    with mlflow.start_run(experiment_id=exp):
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=model, code_paths=["features", "training", "riskloop"]
-        )
-    registry = Registry(params.registry, client)
-    mv = registry.register_challenger(info.model_uri, {"data_hash": "test"})
-    registry.move_champion(mv.version, "http tests", None)
+    register_champion(state, model, params)
     return model, pd.concat([parts["valid"], parts["test"]], ignore_index=True)
 
 
