@@ -161,14 +161,15 @@ Command: `make bench-monitoring` (`python -m bench.monitoring --rows {args.rows}
 | measure | median of {args.repeat} | runs (s) |
 |---|---|---|
 | **`python -m pipelines.monitor` end to end** (process start, store read, features, reports, HTML/JSON, workspace) | **{med(walls):.1f} s** | {", ".join(f"{w:.1f}" for w in walls)} |
-| in process: our drift report (Evidently drift preset + decile PSI of every column and the score + score stats) | {med(ours):.1f} s | {", ".join(f"{w:.1f}" for w in ours)} |
+| in process: our drift report (Evidently DriftedColumnsCount + ValueDrift per column, decile PSI of every column and the score, score stats) | {med(ours):.1f} s | {", ".join(f"{w:.1f}" for w in ours)} |
 | in process: Evidently's stock `DataDriftPreset` alone on the same frames (peer) | {med(stock):.1f} s | {", ".join(f"{w:.1f}" for w in stock)} |
 | in process: read the window from the store | {load_s:.1f} s | |
 | in process: raw inputs -> monitored features | {frames_s:.1f} s | |
 | (setup, not timed above) write {args.rows:,} predictions + {args.rows // 2:,} outcomes to SQLite | {fill_s:.1f} s | |
 
-Bar: under 60 s end to end: **{"met" if med(walls) < 60 else "NOT met"}**. Decision on this window: `{last["status"]}`
-(drifted share {last["drift"]["drift_share"]:.0%}, realized AUC {last["realized"]["evidently_roc_auc"]:.4f} on
+Bar: under 60 s end to end: **{"met" if med(walls) < 60 else "NOT met"}**. Decisions of the runs, in order:
+{", ".join(f"`{d['status']}`" for d in decisions)} (one retrain per episode: the repeats fall in its cooldown;
+drifted share {last["drift"]["drift_share"]:.0%}, realized AUC {last["realized"]["evidently_roc_auc"]:.4f} on
 {last["window"]["labelled_rows"]:,} outcomes).
 """
     write_section("monitoring", body)
