@@ -51,7 +51,7 @@ def _wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 180) -> Non
 def _traffic(url: str, scenario: str, rows: int, seed: int) -> str:
     since = datetime.now(UTC).isoformat()
     _python("pipelines.traffic", "--scenario", scenario, "--rows", str(rows), "--seed", str(seed),
-            "--url", url, "--rate", "0", "--outcomes-delay", "1")  # fmt: skip
+            "--url", url, "--rate", "0", "--outcomes-delay", "1", "--customers")  # fmt: skip
     return since
 
 
@@ -61,7 +61,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=2000)
     args = ap.parse_args()
     url = f"http://127.0.0.1:{args.port}"
-    env = {**os.environ, "API_KEYS": API_KEY, "API_KEY": API_KEY}
+    # Interventions on, and customer ids sent, so the dashboard's interventions panel has data.
+    env = {**os.environ, "API_KEYS": API_KEY, "API_KEY": API_KEY, "ENABLE_INTERVENTIONS": "true"}
     os.environ.update(API_KEY=API_KEY)
     _step(f"serve the champion's bento at {url}")
     serve = subprocess.Popen(

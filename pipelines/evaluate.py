@@ -9,7 +9,7 @@ import logging
 import mlflow
 import pandas as pd
 
-from pipelines import paths
+from pipelines import lineage, paths
 from riskloop.cli import run_main
 from riskloop.settings import load_params
 from training import metrics as m
@@ -56,7 +56,7 @@ def main() -> None:
     client, _, registry = connect(params.registry)
     trained = paths.read_json(paths.TRAIN_REPORT)
     version = str(trained["version"])
-    test = pd.read_parquet(paths.PREPARED / "test.parquet")
+    test, test_excluded = lineage.test_split(params)
     y = test[data.target].to_numpy()
     p, inner = score(version_uri(registry.name, version), test)
     test_metrics = m.classification_metrics(y, p, ev.decision_threshold, ev.calibration_bins)
@@ -97,6 +97,8 @@ def main() -> None:
         "valid": {"roc_auc": trained["best_valid_auc"]},
         "model": {"version": int(version), "champion_version": int(champ.version) if champ else None},
         **({"recent": recent} if recent else {}),
+        **({"test_rows": len(test), "test_rows_excluded_as_production_customers": test_excluded}
+           if test_excluded else {}),
     })  # fmt: skip
 
     run_id = trained["run_id"]

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import argparse
 
-import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from pipelines import paths
+from pipelines import lineage
 from pipelines.evaluate import score
 from riskloop.cli import run_main
 from riskloop.errors import PromotionRefused, RegistryError
@@ -38,7 +37,7 @@ def main() -> None:
     ):
         print(f"{registry.name} @champion is v{champion.version}; nothing to do")
         return
-    test = pd.read_parquet(paths.PREPARED / "test.parquet")
+    test, _ = lineage.test_split(params)
     y = test[params.data.target].to_numpy()
 
     def auc(version: str) -> float:

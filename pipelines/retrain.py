@@ -10,43 +10,34 @@ recent labelled window. Promotion stays gated (`make promote`) unless auto_promo
 from __future__ import annotations
 
 import argparse
+import logging
 import subprocess
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from features.contract import validate_raw
 from monitoring import records
-from pipelines import paths
+from pipelines import lineage, paths
 from riskloop.cli import run_main
 from riskloop.errors import MonitoringError
 from riskloop.settings import Params, load_params
 from serving.config import ServingEnv
 from training.tracking import dvc_data_hash
 
+log = logging.getLogger("retrain")
 LINEAGE_COLUMNS = ["prediction_id", "customer_id", "model_version", "created_at", "observed_at"]
-
-
-def production_dir(params: Params) -> Path:
-    return Path(params.data.raw_dir) / paths.PRODUCTION_SUBDIR
-
-
-def collected_ids(params: Params) -> set[str]:
-    """Prediction ids already in a data version (from every batch's lineage)."""
-    ids: set[str] = set()
-    for f in production_dir(params).glob("*/lineage.csv"):
-        ids.update(pd.read_csv(f, usecols=["prediction_id"], dtype=str)["prediction_id"])
-    return ids
 
 
 def next_ids(params: Params, n: int) -> range:
     """Fresh integer ids after every id in the raw data (base file and earlier batches)."""
     idc = params.data.id_column
     frames = [pd.read_csv(params.data.raw_path, usecols=[idc])]
-    frames += [pd.read_csv(f, usecols=[idc]) for f in production_dir(params).glob("*/records.csv")]
+    frames += [
+        pd.read_csv(f, usecols=[idc]) for f in lineage.production_dir(params).glob("*/records.csv")
+    ]
     start = int(max(int(f[idc].max()) for f in frames if len(f))) + 1
     return range(start, start + n)
 
@@ -59,9 +50,9 @@ def build_batch(labelled: pd.DataFrame, params: Params) -> tuple[pd.DataFrame, p
     raw = labelled[data.feature_columns].copy()
     raw.insert(0, data.id_column, ids)
     raw[data.target] = labelled["defaulted"].astype(int).to_numpy()
-    lineage = labelled[LINEAGE_COLUMNS].copy()
-    lineage.insert(0, data.id_column, ids)
-    return raw, lineage
+    trace = labelled[LINEAGE_COLUMNS].copy()
+    trace.insert(0, data.id_column, ids)
+    return raw, trace
 
 
 def _dvc(*args: str) -> None:
@@ -78,20 +69,23 @@ def retrain(params: Params, run_id: int | None = None) -> dict[str, Any]:
             if pending is None:
                 raise MonitoringError("no retrain decision is waiting: run `make monitor` first")
             run_id = int(pending["id"])
-        labelled = records.labelled_rows(engine, exclude=collected_ids(params))
+        labelled = records.labelled_rows(engine, exclude=lineage.collected_predictions(params))
         need = params.monitoring.retrain.min_labelled_rows
         if len(labelled) < need:
             raise MonitoringError(
                 f"only {len(labelled)} new labelled production rows; a retrain needs {need} "
                 "(monitoring.retrain.min_labelled_rows): post outcomes, then `make retrain`"
             )
-        raw, lineage = build_batch(labelled, params)
+        raw, trace = build_batch(labelled, params)
         validate_raw(raw, params.data, source="labelled production records")
+        if trace["customer_id"].isna().all():
+            log.warning("production rows carry no customer ids: evaluation cannot leave their "
+                        "customers out of the test split")  # fmt: skip
         batch = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        out = production_dir(params) / batch
+        out = lineage.production_dir(params) / batch
         out.mkdir(parents=True, exist_ok=False)
         raw.to_csv(out / "records.csv", index=False)
-        lineage.to_csv(out / "lineage.csv", index=False)
+        trace.to_csv(out / "lineage.csv", index=False)
         print(f"retrain: {len(raw)} labelled production rows -> {out} (monitoring run {run_id})")
         _dvc("add", "-q", params.data.raw_dir)
         data_hash = dvc_data_hash()

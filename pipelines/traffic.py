@@ -2,9 +2,10 @@
 running service over HTTP at a chosen rate, then feed their realized labels to /outcomes after
 a delay, as a lender's collections system would.
 
-Held-out rows come from the valid split: the booster was never fitted on them, and they are
-not the test split, so a retrain on the labelled traffic cannot leak test rows into training
-and flatter the challenger on the original test split (replaying the test split would).
+Held-out rows come from the test split, the only rows the champion never fitted (the final
+model is refit on train+valid), so realized performance is honest. Each record carries its
+row id as customer_id: when a retrain trains on this traffic, evaluation and promotion leave
+those customers out of the test split (pipelines/lineage.py), so nothing leaks.
 
 The ledger (state/traffic/<run>.jsonl: prediction id, label) lets `--outcomes-from` post the
 labels later, from another process."""
@@ -122,15 +123,16 @@ def main() -> None:
     )
     ap.add_argument("--batch", type=int, default=50, help="records per request")
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--source", choices=("valid", "test"), default="valid",
-                    help="split to replay (test: never retrain on that traffic)")  # fmt: skip
+    ap.add_argument("--source", choices=("test", "valid"), default="test",
+                    help="split to replay (valid rows are in-sample for the refit champion)")  # fmt: skip
     ap.add_argument("--url", default=os.environ.get("SERVICE_URL", "http://127.0.0.1:3000"))
     ap.add_argument("--outcomes-delay", type=float, default=1.0,
                     help="seconds before the labels are posted (negative: do not post)")  # fmt: skip
     ap.add_argument(
         "--outcomes-share", type=float, default=1.0, help="share of predictions labelled"
     )
-    ap.add_argument("--customers", action="store_true", help="send the row id as customer_id")
+    ap.add_argument("--customers", action=argparse.BooleanOptionalAction, default=True,
+                    help="send the row id as customer_id (the retrain's leakage guard needs it)")  # fmt: skip
     ap.add_argument("--outcomes-from", type=Path, help="only post the labels of a ledger")
     args = ap.parse_args()
     if args.rows < 1 or args.batch < 1 or not 0 <= args.outcomes_share <= 1:

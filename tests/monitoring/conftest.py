@@ -58,11 +58,13 @@ class Loop:
         at = at or datetime.now(UTC)
         ids = [uuid.uuid4().hex for _ in range(rows)]
         records = shifted[self.params.data.feature_columns].to_dict("records")
+        customers = src[self.params.data.id_column].astype(str).tolist()
         logged = [prediction_row({
             "prediction_id": pid, "created_at": at + timedelta(milliseconds=i), "model_name": "credit-risk",
-            "model_version": "1", "inputs": rec, "probability": float(pi), "risk_score": round(100 * pi),
+            "model_version": "1", "customer_id": cid, "inputs": rec, "probability": float(pi),
+            "risk_score": round(100 * pi),
             "risk_band": "low", "decision": "approve", "reasons": None,
-        }) for i, (pid, rec, pi) in enumerate(zip(ids, records, p, strict=True))]  # fmt: skip
+        }) for i, (pid, rec, pi, cid) in enumerate(zip(ids, records, p, customers, strict=True))]  # fmt: skip
         engine = make_engine(self.db_url)
         try:
             with engine.begin() as conn:

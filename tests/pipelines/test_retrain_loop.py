@@ -34,7 +34,7 @@ def test_monitor_retrains_into_a_new_data_version(tmp_path, raw, params):
     mlflow.set_registry_uri(uri)
     champion = mlflow.pyfunc.load_model("models:/credit-risk@champion").unwrap_python_model()
     loop = Loop(repo.path, state, f"sqlite:///{state / 'predictions.db'}", champion,
-                pd.read_parquet(repo.path / "data/prepared/valid.parquet"), params)  # fmt: skip
+                pd.read_parquet(repo.path / "data/prepared/test.parquet"), params)  # fmt: skip
     logged = loop.log_traffic("recession", 800, seed=9)
 
     proc = repo.py("-m", "pipelines.monitor", "--act", "--last", "800")
@@ -60,6 +60,11 @@ def test_monitor_retrains_into_a_new_data_version(tmp_path, raw, params):
     metrics = json.loads((repo.path / "metrics.json").read_text())
     assert set(metrics["recent"]) == {"rows", "challenger", "champion"}
     assert metrics["recent"]["rows"] == round(800 * 0.3)
+    # Traffic replayed test-split customers: the challenger trained on them, so they are left
+    # out of its test evaluation (and of the champion's, on the same rows).
+    test_rows = len(pd.read_parquet(repo.path / "data/prepared/test.parquet"))
+    assert metrics["test_rows_excluded_as_production_customers"] > 0
+    assert metrics["test_rows"] + metrics["test_rows_excluded_as_production_customers"] == test_rows
 
     engine = sa.create_engine(loop.db_url)
     with engine.connect() as conn:

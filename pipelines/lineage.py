@@ -1,0 +1,51 @@
+"""Production batches a retrain added to the raw data (data/raw/production/<batch>/) and the
+customer-level guard they need: a customer of the test split who comes back as production
+traffic must not be trained on and then scored in that test split, or the challenger's test
+metrics are flattered by leakage. Evaluation and promotion drop such customers from the
+test split (both models scored on the same rows); the test split file itself never changes."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from pipelines import paths
+from riskloop.settings import Params
+
+log = logging.getLogger("lineage")
+
+
+def production_dir(params: Params) -> Path:
+    return Path(params.data.raw_dir) / paths.PRODUCTION_SUBDIR
+
+
+def _lineage(params: Params, column: str) -> set[str]:
+    values: set[str] = set()
+    for f in production_dir(params).glob("*/lineage.csv"):
+        values.update(pd.read_csv(f, usecols=[column], dtype=str)[column].dropna())
+    return values
+
+
+def collected_predictions(params: Params) -> set[str]:
+    """Prediction ids already in a data version."""
+    return _lineage(params, "prediction_id")
+
+
+def production_customers(params: Params) -> set[str]:
+    return _lineage(params, "customer_id")
+
+
+def test_split(params: Params) -> tuple[pd.DataFrame, int]:
+    """The test split without customers that production batches brought into training;
+    returns the frame and how many rows were left out."""
+    test = pd.read_parquet(paths.PREPARED / "test.parquet")
+    seen = production_customers(params)
+    if not seen:
+        return test, 0
+    keep = ~test[params.data.id_column].astype(str).isin(seen)
+    dropped = int((~keep).sum())
+    if dropped:
+        log.info("test split: %d rows of customers seen in production batches left out", dropped)
+    return test[keep].reset_index(drop=True), dropped
