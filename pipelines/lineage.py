@@ -37,6 +37,11 @@ def production_customers(params: Params) -> set[str]:
     return _lineage(params, "customer_id")
 
 
+def production_row_ids(params: Params) -> set[str]:
+    """The fresh raw-data ids a retrain gave production rows (not customer ids)."""
+    return _lineage(params, params.data.id_column)
+
+
 def test_split(params: Params) -> tuple[pd.DataFrame, int]:
     """The test split without customers that production batches brought into training;
     returns the frame and how many rows were left out."""

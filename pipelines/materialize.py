@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import pandas as pd
 
-from pipelines import paths
+from pipelines import lineage, paths
 from riskloop.cli import run_main
 from riskloop.settings import Params, load_params
 from serving.config import load_env
@@ -35,6 +35,10 @@ def materialize(url: str, params: Params, data_version: str) -> int:
     frame = pd.concat(
         [pd.read_parquet(paths.PREPARED / f"{n}.parquet") for n in paths.SPLITS], ignore_index=True
     )
+    # Production rows a retrain added carry fresh row ids, not customer ids: not customers.
+    frame = frame[
+        ~frame[params.data.id_column].astype(str).isin(lineage.production_row_ids(params))
+    ]
     upgrade(url)
     store = PredictionStore(make_engine(url))
     return store.upsert_online_features(online_rows(frame, params, data_version))

@@ -66,6 +66,10 @@ def test_monitor_retrains_into_a_new_data_version(tmp_path, raw, params):
     assert metrics["test_rows_excluded_as_production_customers"] > 0
     assert metrics["test_rows"] + metrics["test_rows_excluded_as_production_customers"] == test_rows
 
+    # Production rows have fresh row ids, not customer ids: the online table keeps customers only.
+    online = json.loads((repo.path / "reports/online_features.json").read_text())
+    assert online["customers"] == len(pd.read_csv(repo.path / "data/raw/UCI_Credit_Card.csv"))
+
     engine = sa.create_engine(loop.db_url)
     with engine.connect() as conn:
         runs = conn.execute(
