@@ -9,6 +9,7 @@ import pandas as pd
 from features.transform import FeatureBuilder
 from monitoring.report import INTERVENED, PREDICTED_DEFAULT, SCORE, TARGET, Frames
 from riskloop.settings import DataSettings
+from serving.scoring import risk_scores
 
 
 def monitored_columns(builder: FeatureBuilder, data: DataSettings) -> list[str]:
@@ -19,8 +20,8 @@ def monitored_columns(builder: FeatureBuilder, data: DataSettings) -> list[str]:
 
 
 def predicted_default(p: np.ndarray, decline_from: int) -> np.ndarray:
-    """1 where the service's decision is decline (risk_score = round(100 * PD) >= decline_from)."""
-    return (np.rint(np.clip(p, 0.0, 1.0) * 100) >= decline_from).astype(int)
+    """1 where the service's decision is decline (its risk_score >= decline_from)."""
+    return (risk_scores(p) >= decline_from).astype(int)
 
 
 def _frame(raw: pd.DataFrame, builder: FeatureBuilder, columns: list[str]) -> pd.DataFrame:

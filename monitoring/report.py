@@ -99,8 +99,10 @@ def performance_report(frames: Frames) -> Snapshot:
 # --- reading snapshots -------------------------------------------------------------------
 
 
-def _metrics(snapshot: Snapshot) -> list[tuple[dict[str, Any], Any]]:
-    return [(item["config"], item["value"]) for item in snapshot.dict()["metrics"]]
+def _metrics(snapshot: Snapshot) -> list[tuple[str, dict[str, Any], Any]]:
+    """(metric kind such as "ValueDrift", its config, its value) for each metric."""
+    return [(item["config"]["type"].rsplit(":", 1)[-1], item["config"], item["value"])
+            for item in snapshot.dict()["metrics"]]  # fmt: skip
 
 
 def _is_p_value(method: str) -> bool:
@@ -115,8 +117,7 @@ def summarize_drift(
     cols = set(frames.columns)
     per_column: dict[str, dict[str, Any]] = {c: {} for c in frames.columns}
     out: dict[str, Any] = {"score": {}, "predicted_default_rate": {}}
-    for config, value in _metrics(snapshot):
-        kind = config["type"].rsplit(":", 1)[-1]
+    for kind, config, value in _metrics(snapshot):
         column = config.get("column")
         if kind == "DriftedColumnsCount":
             out["drifted_columns"] = int(value["count"])
@@ -148,7 +149,7 @@ def summarize_drift(
     ref = frames.reference
     out["score"]["mean_reference"] = float(ref[SCORE].mean())
     out["predicted_default_rate"]["reference"] = float(ref[PREDICTED_DEFAULT].mean())
-    for _c, entry in per_column.items():
+    for entry in per_column.values():
         p = entry.get("psi", float("nan"))
         entry["psi_level"] = "shifted" if p >= psi_alert else "watch" if p >= psi_warn else "stable"
     out["columns"] = per_column
@@ -171,8 +172,7 @@ def realized_metrics(frames: Frames, bins: int, threshold: float) -> dict[str, f
 
 def summarize_performance(snapshot: Snapshot) -> dict[str, float]:
     out: dict[str, float] = {}
-    for config, value in _metrics(snapshot):
-        kind = config["type"].rsplit(":", 1)[-1]
+    for kind, _, value in _metrics(snapshot):
         if kind == "RocAuc":
             out["roc_auc"] = float(value)
         elif kind == "LogLoss":

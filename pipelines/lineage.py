@@ -21,9 +21,14 @@ def production_dir(params: Params) -> Path:
     return Path(params.data.raw_dir) / paths.PRODUCTION_SUBDIR
 
 
+def batch_files(params: Params, name: str) -> list[Path]:
+    """One file per production batch (records.csv or lineage.csv), oldest batch first."""
+    return sorted(production_dir(params).glob(f"*/{name}"))
+
+
 def _lineage(params: Params, column: str) -> set[str]:
     values: set[str] = set()
-    for f in production_dir(params).glob("*/lineage.csv"):
+    for f in batch_files(params, "lineage.csv"):
         values.update(pd.read_csv(f, usecols=[column], dtype=str)[column].dropna())
     return values
 

@@ -10,7 +10,6 @@ reference, dead store, bad logged data, no champion), 2 no decision (window too 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import pickle
 import sys
@@ -101,22 +100,16 @@ def output_stem(now: datetime) -> Path:
     return stem
 
 
-def write_decision(stem: Path, payload: dict[str, Any]) -> Path:
-    path = stem.with_suffix(".json")
-    path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
-    return path
-
-
 def record(
     engine, now: datetime, decision: Decision, payload: dict[str, Any], window: pd.DataFrame
 ) -> int:
-    created = window["created_at"] if len(window) else pd.Series(dtype="datetime64[ns, UTC]")
+    created = window["created_at"]
     return records.record_run(engine, {
         "created_at": now, "status": decision.status, "retrain": decision.retrain,
         "reasons": decision.reasons, "model_version": payload.get("champion", {}).get("version"),
-        "window_start": created.min().to_pydatetime() if len(created) else None,
-        "window_end": created.max().to_pydatetime() if len(created) else None,
-        "rows": len(window), "labelled_rows": int(window["defaulted"].notna().sum()) if len(window) else 0,
+        "window_start": created.min().to_pydatetime() if len(window) else None,
+        "window_end": created.max().to_pydatetime() if len(window) else None,
+        "rows": len(window), "labelled_rows": int(window["defaulted"].notna().sum()),
         "report": payload.get("json"), "summary": payload,
     })  # fmt: skip
 
@@ -135,7 +128,7 @@ def run(params: Params, last_n: int | None, since: datetime | None, act: bool) -
         if len(window) < mon.window.min_rows:
             decision = decide(Evidence(len(window), 0.0, {}, 0, None, None), mon, None, now)
             payload = {**base, **decision.as_dict()}
-            write_decision(stem, payload)
+            paths.write_json(stem.with_suffix(".json"), payload)
             record(engine, now, decision, payload, window)
             print(f"no decision: {decision.reasons[0]}", file=sys.stderr)
             print(f"decision: {stem.with_suffix('.json')}")
@@ -181,7 +174,7 @@ def run(params: Params, last_n: int | None, since: datetime | None, act: bool) -
                        "end": window["created_at"].max().isoformat()},
             "drift": drift, "realized": realized,
         }  # fmt: skip
-        write_decision(stem, payload)
+        paths.write_json(stem.with_suffix(".json"), payload)
         run_id = record(engine, now, decision, payload, window)
         try:
             from monitoring.workspace import add_runs

@@ -11,7 +11,7 @@ import yaml
 from sklearn.model_selection import train_test_split
 
 from features.contract import validate_raw
-from pipelines import paths
+from pipelines import lineage, paths
 from riskloop.cli import run_main
 from riskloop.errors import DataContractError, DataVersionError
 from riskloop.settings import Params, load_params
@@ -71,10 +71,10 @@ def split(df: pd.DataFrame, params: Params) -> dict[str, pd.DataFrame]:
     return {"train": train, "valid": valid, "test": test}
 
 
-def read_production(raw_dir: Path, params: Params) -> pd.DataFrame | None:
+def read_production(params: Params) -> pd.DataFrame | None:
     """Labelled production batches a retrain added (data/raw/production/<batch>/records.csv,
     oldest batch first, rows in prediction order), checked against the same contract."""
-    files = sorted((raw_dir / paths.PRODUCTION_SUBDIR).glob("*/records.csv"))
+    files = lineage.batch_files(params, "records.csv")
     frames = [validate_raw(read_raw(f), params.data, source=str(f)) for f in files]
     return pd.concat(frames, ignore_index=True) if frames else None
 
@@ -101,7 +101,7 @@ def main() -> None:
         read_raw(params.data.raw_path), params.data, source=str(params.data.raw_path)
     )
     parts = split(clean, params)
-    prod = read_production(raw_dir, params)
+    prod = read_production(params)
     parts["recent"] = clean.iloc[:0]
     if prod is not None:
         duplicated = set(prod[params.data.id_column]) & set(clean[params.data.id_column])

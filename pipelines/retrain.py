@@ -35,18 +35,17 @@ def next_ids(params: Params, n: int) -> range:
     """Fresh integer ids after every id in the raw data (base file and earlier batches)."""
     idc = params.data.id_column
     frames = [pd.read_csv(params.data.raw_path, usecols=[idc])]
-    frames += [
-        pd.read_csv(f, usecols=[idc]) for f in lineage.production_dir(params).glob("*/records.csv")
-    ]
+    frames += [pd.read_csv(f, usecols=[idc]) for f in lineage.batch_files(params, "records.csv")]
     start = int(max(int(f[idc].max()) for f in frames if len(f))) + 1
     return range(start, start + n)
 
 
-def build_batch(labelled: pd.DataFrame, params: Params) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(records in the raw file's layout, lineage), both in prediction order. Pure."""
+def build_batch(
+    labelled: pd.DataFrame, ids: list[int], params: Params
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(records in the raw file's layout under `ids`, lineage), in prediction order. Pure."""
     data = params.data
     records.require_columns(labelled, data.feature_columns)
-    ids = list(next_ids(params, len(labelled)))
     raw = labelled[data.feature_columns].copy()
     raw.insert(0, data.id_column, ids)
     raw[data.target] = labelled["defaulted"].astype(int).to_numpy()
@@ -76,7 +75,7 @@ def retrain(params: Params, run_id: int | None = None) -> dict[str, Any]:
                 f"only {len(labelled)} new labelled production rows; a retrain needs {need} "
                 "(monitoring.retrain.min_labelled_rows): post outcomes, then `make retrain`"
             )
-        raw, trace = build_batch(labelled, params)
+        raw, trace = build_batch(labelled, list(next_ids(params, len(labelled))), params)
         validate_raw(raw, params.data, source="labelled production records")
         if trace["customer_id"].isna().all():
             log.warning("production rows carry no customer ids: evaluation cannot leave their "

@@ -29,6 +29,7 @@ from riskloop import stores
 from riskloop.cli import run_main
 from riskloop.errors import RiskloopError
 from riskloop.settings import Params, load_params
+from serving.config import ServingEnv
 
 log = logging.getLogger("traffic")
 
@@ -137,10 +138,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.rows < 1 or args.batch < 1 or not 0 <= args.outcomes_share <= 1:
         raise TrafficError("--rows and --batch must be >= 1 and --outcomes-share within [0, 1]")
-    client = _client(
-        args.url,
-        (os.environ.get("API_KEY") or os.environ.get("API_KEYS", "").split(",")[0]) or None,
-    )
+    key = os.environ.get("API_KEY") or next(iter(ServingEnv().api_keys), None)
+    client = _client(args.url, key)
     if args.outcomes_from:
         items = [json.loads(line) for line in args.outcomes_from.read_text().splitlines() if line]
         print(f"outcomes: {feed_outcomes(client, items)}")

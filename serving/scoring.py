@@ -30,15 +30,24 @@ def predict(
     """Features, probabilities and (when asked) exact TreeSHAP contributions (last column:
     the base value), on arrays end to end. Uses only the model's `builder` and `booster`
     with riskloop's current feature code (features/ is shared by training and serving)."""
+    feats, p = probabilities(model, values)
+    return feats, p, contributions(model.booster, feats) if explain else None
+
+
+def probabilities(model, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Model-input matrix -> (features, probabilities of default)."""
     feats = model.builder.transform_array(values)
-    p = model.booster.inplace_predict(feats, predict_type="value", validate_features=False)
-    if not explain:
-        return feats, p, None
+    return feats, model.booster.inplace_predict(
+        feats, predict_type="value", validate_features=False
+    )
+
+
+def contributions(booster: xgb.Booster, feats: np.ndarray) -> np.ndarray:
+    """Exact TreeSHAP per row; the last column is the base value."""
     # a one-thread DMatrix: with the default (all cores) a single row costs 3-5x more on 2 cores
-    contrib = model.booster.predict(
+    return booster.predict(
         xgb.DMatrix(feats, nthread=1), pred_contribs=True, validate_features=False
     )
-    return feats, p, contrib
 
 
 def risk_scores(p: np.ndarray) -> np.ndarray:

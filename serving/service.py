@@ -23,7 +23,6 @@ import bentoml
 import msgspec
 import numpy as np
 import orjson
-import xgboost as xgb
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, ORJSONResponse
@@ -159,15 +158,13 @@ class RiskService:
         only for the rows whose request asked for reasons. Returns each job's results and
         queues their prediction-log rows (one submit for the whole batch)."""
         values = jobs[0].values if len(jobs) == 1 else np.concatenate([j.values for j in jobs])
-        feats = self.model.builder.transform_array(values)
-        p = self.model.booster.inplace_predict(feats, predict_type="value", validate_features=False)
+        feats, p = scoring.probabilities(self.model, values)
         explain_rows = [np.arange(len(j.records)) + off for j, off in zip(jobs, _offsets(jobs), strict=True)
                         if j.explain != "none"]  # fmt: skip
         contrib = top = None
         if explain_rows:
             rows = np.concatenate(explain_rows)
-            dm = xgb.DMatrix(feats[rows], nthread=1)
-            c = self.model.booster.predict(dm, pred_contribs=True, validate_features=False)
+            c = scoring.contributions(self.model.booster, feats[rows])
             contrib = np.full((len(p), c.shape[1]), np.nan)
             contrib[rows] = c
             top = scoring.reasons(
