@@ -119,6 +119,12 @@ class RiskService:
         # one thread per prediction: on 2 cores, more threads make single rows ~10x slower
         self.model.booster.set_param({"nthread": 1})
         self.feature_names = list(self.model.builder.feature_names_)
+        # exact TreeSHAP for reason codes, checked against XGBoost's on the OpenAPI example
+        # (and compiled) here, before the first request
+        example = scoring.inputs_matrix(self.model.builder, [RecordModel(**EXAMPLE)])
+        self.explain = scoring.explainer(
+            self.model.booster, self.model.builder.transform_array(example)
+        )
         self.model_name = PARAMS.registry.model_name
         self.model_version = str(self.bento_model.info.labels.get("registry_version", "unknown"))
         url = ENV.store_url()
@@ -164,7 +170,7 @@ class RiskService:
         contrib = top = None
         if explain_rows:
             rows = np.concatenate(explain_rows)
-            c = scoring.contributions(self.model.booster, feats[rows])
+            c = self.explain(feats[rows])
             contrib = np.full((len(p), c.shape[1]), np.nan)
             contrib[rows] = c
             top = scoring.reasons(
