@@ -1,0 +1,83 @@
+"""The table-driven TreeSHAP must return XGBoost's exact pred_contribs, or step aside."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xgboost as xgb
+
+from serving import scoring
+from serving.treeshap import MAX_PATH, TreeShap
+from tests.conftest import stratified_sample
+from tests.modelling import fit_small_model
+
+
+def _xgb_contribs(booster: xgb.Booster, x: np.ndarray) -> np.ndarray:
+    return booster.predict(xgb.DMatrix(x, nthread=1), pred_contribs=True, validate_features=False)
+
+
+def _synthetic(n: int = 3000, features: int = 6, seed: int = 0, missing: float = 0.1):
+    """Few features, so deep trees split on the same feature again along a path."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, features))
+    y = (x[:, 0] * x[:, 1] + np.sin(3 * x[:, 2]) + 0.3 * rng.normal(size=n) > 0).astype(int)
+    x[rng.random(x.shape) < missing] = np.nan  # missing values follow each split's default
+    return x, y
+
+
+def _train(x, y, rounds: int = 40, **params) -> xgb.Booster:
+    base = {"objective": "binary:logistic", "max_depth": 6, "eta": 0.3, "nthread": 1, "seed": 0}
+    return xgb.train({**base, **params}, xgb.DMatrix(x, label=y), rounds)
+
+
+def test_project_model_matches_pred_contribs(raw, params):
+    sample = stratified_sample(raw, params.data.target, 6000)
+    model, parts = fit_small_model(sample, params, rounds=60, fit_on=("train",))
+    feats = model.builder.transform(parts["test"]).to_numpy(dtype="float64")
+    table = TreeShap.from_booster(model.booster)
+    assert table is not None
+    ours, theirs = table.contributions(feats), _xgb_contribs(model.booster, feats)
+    np.testing.assert_allclose(ours, theirs, atol=2e-5)
+    margin = model.booster.predict(xgb.DMatrix(feats), output_margin=True, validate_features=False)
+    np.testing.assert_allclose(ours.sum(axis=1), margin, atol=1e-4)
+
+
+def test_repeated_features_and_missing_values_match():
+    x, y = _synthetic()
+    booster = _train(x, y, max_depth=8)
+    table = TreeShap.from_booster(booster)
+    assert table is not None
+    path_lengths = np.log2(np.diff(table.leaf_table) // np.maximum(table.leaf_d, 1))
+    assert (path_lengths > table.leaf_d).any(), "no path split twice on one feature"
+    assert np.isnan(x).any()
+    np.testing.assert_allclose(table.contributions(x), _xgb_contribs(booster, x), atol=2e-5)
+    # one row at a time gives the same numbers as a batch
+    np.testing.assert_allclose(table.contributions(x[:1]), table.contributions(x)[:1])
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"max_depth": MAX_PATH + 2, "min_child_weight": 0, "eta": 1.0},  # tables too large
+        {"objective": "multi:softprob", "num_class": 3},  # one output per class
+    ],
+    ids=["deep", "multiclass"],
+)
+def test_unsupported_models_fall_back_to_xgboost(params):
+    x, y = _synthetic(n=4000, features=4, missing=0.0)
+    if params.get("num_class"):
+        y = np.digitize(x[:, 0], [-0.5, 0.5])
+    booster = _train(x, y, rounds=5, **params)
+    assert TreeShap.from_booster(booster) is None
+    explain = scoring.explainer(booster, x[:5])
+    np.testing.assert_array_equal(explain(x[:20]), _xgb_contribs(booster, x[:20]))
+
+
+def test_explainer_uses_xgboost_when_the_tables_disagree():
+    x, y = _synthetic()
+    booster = _train(x, y)
+    fast = scoring.explainer(booster, x[:20])
+    np.testing.assert_allclose(fast(x), _xgb_contribs(booster, x), atol=2e-5)
+    # a tolerance nothing meets stands for a table that fails the load-time check
+    checked = scoring.explainer(booster, x[:20], tolerance=-1.0)
+    np.testing.assert_array_equal(checked(x[:20]), _xgb_contribs(booster, x[:20]))
