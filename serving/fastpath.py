@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -87,12 +88,16 @@ def record_inputs(record: Any) -> dict[str, Any]:
 
 
 def new_ids(n: int) -> list[str]:
-    """n random UUID4s as 32 hex characters, in bulk (~20x cheaper than uuid4().hex each)."""
+    """n UUIDv7s (RFC 9562) as 32 hex characters, ascending, in bulk (~20x cheaper than
+    uuid.uuid4().hex each). Time-ordered ids land at the right edge of the store's primary
+    key index instead of at random pages: with millions of rows, random UUID4 keys made each
+    SQLite insert touch a cold page."""
     raw = np.frombuffer(np.random.bytes(16 * n), dtype=np.uint8).reshape(n, 16).copy()
-    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40  # version 4
-    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
+    raw[:, :6] = np.frombuffer((time.time_ns() // 1_000_000).to_bytes(6, "big"), dtype=np.uint8)
+    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x70  # version 7
+    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 9562 variant
     text = raw.tobytes().hex()
-    return [text[i : i + 32] for i in range(0, 32 * n, 32)]
+    return sorted(text[i : i + 32] for i in range(0, 32 * n, 32))
 
 
 # ---------------------------------------------------------------------------- micro-batching

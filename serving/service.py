@@ -316,7 +316,7 @@ class RiskService:
 
 
 RiskService.add_asgi_middleware(
-    Gateway, keys=ENV.api_keys, limiter=FixedWindowLimiter(ENV.rate_limit_max, ENV.rate_limit_window),
+    Gateway, keys=ENV.api_keys, limiter=FixedWindowLimiter(ENV.rate_limit_max, ENV.rate_limit_window, ENV.api_keys),
     state=lambda: _State.service, decoder=PREDICT_DECODER,
     predict=lambda svc, request: svc.predict_fast(request),
     on_reject=lambda status: metrics.REQUESTS.labels("auth", str(status)).inc(),

@@ -266,6 +266,12 @@ def _sqlite_engine(url: sa.URL) -> sa.Engine:
         cursor = dbapi_conn.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        # In WAL mode NORMAL syncs at checkpoints, not at every commit: a crash of the process
+        # loses nothing committed, only a power cut can take back the last commits. FULL made
+        # each of the log writer's commits wait for the disk. (PostgreSQL is the production
+        # store.) A 64 MB page cache keeps the hot index pages of a large log in memory.
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA cache_size=-65536")
         cursor.close()
 
     return engine

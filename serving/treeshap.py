@@ -22,7 +22,6 @@ and w(s, d) = s! (d-s-1)! / d!. The sum depends on the pattern only, which is wh
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import math
@@ -30,7 +29,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import xgboost as xgb
-from numba import njit
 
 MAX_PATH = 10  # splits from root to leaf: at most 10 * 2^10 floats a leaf
 
@@ -78,7 +76,9 @@ class TreeShap:
         """(rows, n_features + 1) like pred_contribs: the last column is the bias."""
         x = np.ascontiguousarray(feats, dtype=np.float64)
         out = np.empty((x.shape[0], self.n_features + 1), dtype=np.float32)
-        _kernel(self.slot_feature.shape[1])(
+        from serving.treeshap_kernels import kernel  # numba loads in the worker only
+
+        kernel(self.slot_feature.shape[1])(
             x, self.node_feature, self.node_threshold, self.node_default_left, self.node_parent,
             self.node_is_left, self.leaf_node, self.leaf_d, self.slot_feature, self.leaf_table, self.table, out)  # fmt: skip
         out[:, -1] = self.bias
@@ -148,7 +148,9 @@ def _flatten(trees: list[dict], n_features: int) -> dict[str, np.ndarray] | None
     leaf_table = np.concatenate([[0], np.cumsum(d.astype(np.int64) << np.diff(steps_at))])
     # a padded slot reads past its leaf's entry into the bias column: pad the last entry too
     table = np.zeros(int(leaf_table[-1]) + width, dtype=np.float32)
-    _fill_tables(d, np.array(leaf_value, dtype=np.float64), np.array(z_all, dtype=np.float64),
+    from serving.treeshap_kernels import fill_tables
+
+    fill_tables(d, np.array(leaf_value, dtype=np.float64), np.array(z_all, dtype=np.float64),
                  slots_at, np.array(steps_all, dtype=np.int32), steps_at, leaf_table,
                  _shapley_weights(MAX_PATH), table)  # fmt: skip
     return {
@@ -172,74 +174,3 @@ def _shapley_weights(max_d: int) -> np.ndarray:
         for s in range(d):
             w[d, s] = math.factorial(s) * math.factorial(d - s - 1) / math.factorial(d)
     return w
-
-
-@njit(cache=True)
-def _fill_tables(leaf_d, leaf_value, z_all, leaf_slots, steps_all, leaf_steps, leaf_table, w,
-                 table):  # pragma: no cover  # fmt: skip
-    e = np.zeros(MAX_PATH + 1)
-    for leaf in range(leaf_d.shape[0]):
-        d = leaf_d[leaf]
-        z = z_all[leaf_slots[leaf] : leaf_slots[leaf] + d]
-        steps = steps_all[leaf_steps[leaf] : leaf_steps[leaf + 1]]
-        n_steps = steps.shape[0]
-        for bits in range(1 << n_steps):  # bit n_steps-1-i: the row agrees at step i
-            pattern = (1 << d) - 1  # a feature agrees when all its steps do
-            for i in range(n_steps):
-                if not (bits >> (n_steps - 1 - i)) & 1:
-                    pattern &= ~(1 << steps[i])
-            at = leaf_table[leaf] + bits * d
-            for k in range(d):
-                # elementary symmetric polynomials e_m of z over A (agreeing features but k);
-                # the features of U-k outside A are absent from every S: their z multiply in
-                e[:] = 0.0
-                e[0] = 1.0
-                size, absent = 0, 1.0
-                for j in range(d):
-                    if j == k:
-                        continue
-                    if (pattern >> j) & 1:
-                        size += 1
-                        for m in range(size, 0, -1):
-                            e[m] += e[m - 1] * z[j]
-                    else:
-                        absent *= z[j]
-                total = 0.0
-                for s in range(size + 1):  # |S| = s: the other size - s members are absent
-                    total += w[d, s] * e[size - s]
-                o_k = (pattern >> k) & 1
-                table[at + k] = leaf_value[leaf] * (o_k - z[k]) * absent * total
-
-
-@functools.cache
-def _kernel(width: int):
-    """The per-row kernel for leaves `width` slots wide: a closure, so numba sees the slot
-    loop's length as a constant and unrolls it (~30% faster than a loop of unknown length)."""
-
-    @njit(nogil=True)
-    def contributions(x, node_feature, node_threshold, node_default_left, node_parent,
-                      node_is_left, leaf_node, leaf_d, slot_feature, leaf_table, table, out):  # pragma: no cover  # fmt: skip
-        n_nodes = node_feature.shape[0]
-        goes_left = np.zeros(n_nodes, dtype=np.bool_)
-        bits = np.zeros(n_nodes, dtype=np.int64)  # agreement bits along the path to each node
-        acc = np.zeros(out.shape[1], dtype=np.float32)
-        for r in range(x.shape[0]):
-            for n in range(n_nodes):
-                p = node_parent[n]
-                if p >= 0:
-                    bits[n] = (bits[p] << 1) | (goes_left[p] == node_is_left[n])
-                f = node_feature[n]
-                if f >= 0:
-                    value = x[r, f]
-                    if np.isnan(value):
-                        goes_left[n] = node_default_left[n]
-                    else:
-                        goes_left[n] = np.float32(value) < node_threshold[n]
-            acc[:] = 0.0
-            for leaf in range(leaf_node.shape[0]):
-                at = leaf_table[leaf] + bits[leaf_node[leaf]] * leaf_d[leaf]
-                for k in range(width):
-                    acc[slot_feature[leaf, k]] += table[at + k]
-            out[r] = acc
-
-    return contributions

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
+import uuid
 from pathlib import Path
 
 import msgspec
@@ -73,10 +75,15 @@ def test_strict_decoder_reads_model_inputs_first(models, params):
     )
 
 
-def test_new_ids_are_uuid4_hex():
+def test_new_ids_are_time_ordered_uuid7_hex():
+    before = time.time_ns() // 1_000_000
     ids = new_ids(1000)
+    later = new_ids(3)
     assert len(set(ids)) == 1000
-    assert all(re.fullmatch(r"[0-9a-f]{12}4[0-9a-f]{3}[89ab][0-9a-f]{15}", i) for i in ids)
+    assert all(re.fullmatch(r"[0-9a-f]{12}7[0-9a-f]{3}[89ab][0-9a-f]{15}", i) for i in ids)
+    assert ids == sorted(ids) and later[0][:12] >= ids[-1][:12]  # ascending within and across calls
+    assert uuid.UUID(ids[0]).version == 7
+    assert abs(int(ids[0][:12], 16) - before) < 5_000  # milliseconds since the epoch
 
 
 def test_batcher_batches_concurrent_jobs_and_chunks_large_ones():

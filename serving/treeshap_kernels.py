@@ -1,0 +1,83 @@
+"""The compiled halves of serving/treeshap.py (numba), in their own module so that importing
+the service (BentoML's parent process imports it too) does not load numba and LLVM: only a
+worker that builds tables does. The math is in serving/treeshap.py's docstring."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from numba import njit
+
+from serving.treeshap import MAX_PATH
+
+
+@njit(cache=True)
+def fill_tables(leaf_d, leaf_value, z_all, leaf_slots, steps_all, leaf_steps, leaf_table, w,
+                 table):  # pragma: no cover  # fmt: skip
+    e = np.zeros(MAX_PATH + 1)
+    for leaf in range(leaf_d.shape[0]):
+        d = leaf_d[leaf]
+        z = z_all[leaf_slots[leaf] : leaf_slots[leaf] + d]
+        steps = steps_all[leaf_steps[leaf] : leaf_steps[leaf + 1]]
+        n_steps = steps.shape[0]
+        for bits in range(1 << n_steps):  # bit n_steps-1-i: the row agrees at step i
+            pattern = (1 << d) - 1  # a feature agrees when all its steps do
+            for i in range(n_steps):
+                if not (bits >> (n_steps - 1 - i)) & 1:
+                    pattern &= ~(1 << steps[i])
+            at = leaf_table[leaf] + bits * d
+            for k in range(d):
+                # elementary symmetric polynomials e_m of z over A (agreeing features but k);
+                # the features of U-k outside A are absent from every S: their z multiply in
+                e[:] = 0.0
+                e[0] = 1.0
+                size, absent = 0, 1.0
+                for j in range(d):
+                    if j == k:
+                        continue
+                    if (pattern >> j) & 1:
+                        size += 1
+                        for m in range(size, 0, -1):
+                            e[m] += e[m - 1] * z[j]
+                    else:
+                        absent *= z[j]
+                total = 0.0
+                for s in range(size + 1):  # |S| = s: the other size - s members are absent
+                    total += w[d, s] * e[size - s]
+                o_k = (pattern >> k) & 1
+                table[at + k] = leaf_value[leaf] * (o_k - z[k]) * absent * total
+
+
+@functools.cache
+def kernel(width: int):
+    """The per-row kernel for leaves `width` slots wide: a closure, so numba sees the slot
+    loop's length as a constant and unrolls it (~30% faster than a loop of unknown length)."""
+
+    @njit(nogil=True)
+    def contributions(x, node_feature, node_threshold, node_default_left, node_parent,
+                      node_is_left, leaf_node, leaf_d, slot_feature, leaf_table, table, out):  # pragma: no cover  # fmt: skip
+        n_nodes = node_feature.shape[0]
+        goes_left = np.zeros(n_nodes, dtype=np.bool_)
+        bits = np.zeros(n_nodes, dtype=np.int64)  # agreement bits along the path to each node
+        acc = np.zeros(out.shape[1], dtype=np.float32)
+        for r in range(x.shape[0]):
+            for n in range(n_nodes):
+                p = node_parent[n]
+                if p >= 0:
+                    bits[n] = (bits[p] << 1) | (goes_left[p] == node_is_left[n])
+                f = node_feature[n]
+                if f >= 0:
+                    value = x[r, f]
+                    if np.isnan(value):
+                        goes_left[n] = node_default_left[n]
+                    else:
+                        goes_left[n] = np.float32(value) < node_threshold[n]
+            acc[:] = 0.0
+            for leaf in range(leaf_node.shape[0]):
+                at = leaf_table[leaf] + bits[leaf_node[leaf]] * leaf_d[leaf]
+                for k in range(width):
+                    acc[slot_feature[leaf, k]] += table[at + k]
+            out[r] = acc
+
+    return contributions
