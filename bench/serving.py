@@ -196,9 +196,8 @@ def main() -> None:
             for explain in ("top", "none"):
                 body = json.dumps({"records": recs[:1], "explain": explain}).encode()
                 url, auth = "http://127.0.0.1:3901/predict", {"X-API-Key": KEY}
-                warmup = hey(
-                    url, body, 1000, 32, auth, tmp
-                )  # fills caches; its rows are stored too
+                # a warm-up run fills caches; its rows are stored too, so it counts for the log
+                warmup = hey(url, body, 1000, 32, auth, tmp)
                 runs = [hey(url, body, args.requests, 32, auth, tmp) for _ in range(args.repeat)]
                 results[f"bento-1-{explain}"] = median_run(runs, extra=[warmup])
             mbody = json.dumps(

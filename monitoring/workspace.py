@@ -18,6 +18,9 @@ _V2 = "evidently:metric_v2:"
 
 
 def _panels(key_features: Sequence[str]) -> list:
+    drifted_share = PanelMetric(
+        legend="share", metric=f"{_V2}DriftedColumnsCount", metric_labels={"value_type": "share"}
+    )
     return [
         counter_panel(
             "Predictions in the window",
@@ -27,25 +30,13 @@ def _panels(key_features: Sequence[str]) -> list:
         ),
         counter_panel(
             "Drifted share (last run)",
-            [
-                PanelMetric(
-                    legend="share",
-                    metric=f"{_V2}DriftedColumnsCount",
-                    metric_labels={"value_type": "share"},
-                )
-            ],
+            [drifted_share],
             size="half",
             aggregation="last",
         ),
         line_plot_panel(
             "Drifted share of monitored columns",
-            [
-                PanelMetric(
-                    legend="share",
-                    metric=f"{_V2}DriftedColumnsCount",
-                    metric_labels={"value_type": "share"},
-                )
-            ],
+            [drifted_share],
             size="half",
         ),
         line_plot_panel(

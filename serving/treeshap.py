@@ -1,5 +1,5 @@
 """Exact path-dependent TreeSHAP for XGBoost trees: the values `pred_contribs=True` returns,
-~20x cheaper per row, so reason codes fit the single-row latency budget.
+~8x cheaper a row in batches (bench/RESULTS.md), so reason codes fit the single-row budget.
 
 Why it is cheaper: for one leaf, TreeSHAP's value function depends on a row only through
 which of the leaf path's distinct features the row agrees with (goes the path's way at every
@@ -9,9 +9,10 @@ Yang 2021). Scoring a row is then one pass over the nodes, parents first, that b
 node's agreement bits from its parent's, and one table read per (leaf, path feature):
 O(nodes + leaves * depth) against XGBoost's O(leaves * depth^2) polynomial bookkeeping.
 
-The tables cost sum(d * 2^depth) float32s over the leaves (~5 MB for 250 depth-6 trees), so a
-model with longer paths (depth > MAX_PATH), categorical splits, vector leaves or more than one
-output gets None from `TreeShap.from_booster`: callers fall back to XGBoost's own.
+The tables cost sum(d * 2^depth) float32s over the leaves (6.7 MB for the champion's 253
+depth-6 trees), so a model with longer paths (depth > MAX_PATH), categorical splits, vector
+leaves or more than one output gets None from `TreeShap.from_booster`: callers fall back to
+XGBoost's own.
 
 Math, per leaf with value v, path features U (|U| = d), z_j = product of cover ratios of the
 path's splits on j, o_j = 1 if the row agrees with all of them: the value of a coalition S is

@@ -12,10 +12,6 @@ from tests.conftest import stratified_sample
 from tests.modelling import fit_small_model
 
 
-def _xgb_contribs(booster: xgb.Booster, x: np.ndarray) -> np.ndarray:
-    return booster.predict(xgb.DMatrix(x, nthread=1), pred_contribs=True, validate_features=False)
-
-
 def _synthetic(n: int = 3000, features: int = 6, seed: int = 0, missing: float = 0.1):
     """Few features, so deep trees split on the same feature again along a path."""
     rng = np.random.default_rng(seed)
@@ -36,7 +32,7 @@ def test_project_model_matches_pred_contribs(raw, params):
     feats = model.builder.transform(parts["test"]).to_numpy(dtype="float64")
     table = TreeShap.from_booster(model.booster)
     assert table is not None
-    ours, theirs = table.contributions(feats), _xgb_contribs(model.booster, feats)
+    ours, theirs = table.contributions(feats), scoring.contributions(model.booster, feats)
     np.testing.assert_allclose(ours, theirs, atol=2e-5)
     margin = model.booster.predict(xgb.DMatrix(feats), output_margin=True, validate_features=False)
     np.testing.assert_allclose(ours.sum(axis=1), margin, atol=1e-4)
@@ -50,7 +46,7 @@ def test_repeated_features_and_missing_values_match():
     path_lengths = np.log2(np.diff(table.leaf_table) // np.maximum(table.leaf_d, 1))
     assert (path_lengths > table.leaf_d).any(), "no path split twice on one feature"
     assert np.isnan(x).any()
-    np.testing.assert_allclose(table.contributions(x), _xgb_contribs(booster, x), atol=2e-5)
+    np.testing.assert_allclose(table.contributions(x), scoring.contributions(booster, x), atol=2e-5)
     # one row at a time gives the same numbers as a batch
     np.testing.assert_allclose(table.contributions(x[:1]), table.contributions(x)[:1])
 
@@ -70,14 +66,14 @@ def test_unsupported_models_fall_back_to_xgboost(params):
     booster = _train(x, y, rounds=5, **params)
     assert TreeShap.from_booster(booster) is None
     explain = scoring.explainer(booster, x[:5])
-    np.testing.assert_array_equal(explain(x[:20]), _xgb_contribs(booster, x[:20]))
+    np.testing.assert_array_equal(explain(x[:20]), scoring.contributions(booster, x[:20]))
 
 
 def test_explainer_uses_xgboost_when_the_tables_disagree():
     x, y = _synthetic()
     booster = _train(x, y)
     fast = scoring.explainer(booster, x[:20])
-    np.testing.assert_allclose(fast(x), _xgb_contribs(booster, x), atol=2e-5)
+    np.testing.assert_allclose(fast(x), scoring.contributions(booster, x), atol=2e-5)
     # a tolerance nothing meets stands for a table that fails the load-time check
     checked = scoring.explainer(booster, x[:20], tolerance=-1.0)
-    np.testing.assert_array_equal(checked(x[:20]), _xgb_contribs(booster, x[:20]))
+    np.testing.assert_array_equal(checked(x[:20]), scoring.contributions(booster, x[:20]))
