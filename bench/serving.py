@@ -22,6 +22,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import psutil
+import pyarrow as pa
 
 import features.transform  # noqa: F401 - imported before any model: current feature code wins
 from bench.results import write_section
@@ -30,6 +31,16 @@ from riskloop.stores import tracking_uri
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "bench-key"
+ARROW = "application/vnd.apache.arrow.stream"
+
+
+def arrow_stream(frame: pd.DataFrame) -> bytes:
+    """The 10k records as an Arrow IPC stream (serving/arrowio.py), integer columns as int64."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
 
 
 def start(cmd: list[str], env: dict, ready_url: str, log: Path) -> subprocess.Popen:
@@ -64,7 +75,7 @@ def rss_mb(proc: subprocess.Popen) -> float:
 
 
 def hey(url: str, body: bytes, n: int, c: int, headers: dict[str, str], tmp: Path,
-        timeout_s: int = 20) -> dict:  # fmt: skip
+        timeout_s: int = 20, content_type: str = "application/json") -> dict:  # fmt: skip
     payload = tmp / "body.json"
     payload.write_bytes(body)
     cmd = [
@@ -76,7 +87,7 @@ def hey(url: str, body: bytes, n: int, c: int, headers: dict[str, str], tmp: Pat
         "-m",
         "POST",
         "-T",
-        "application/json",
+        content_type,
         "-D",
         str(payload),
         "-t",
@@ -211,6 +222,11 @@ def main() -> None:
                 # longer than hey's default 20 s timeout
                 results[f"bento-10k-{explain}"] = hey("http://127.0.0.1:3901/predict", body, 24, 2,
                                                       {"X-API-Key": KEY}, tmp, 300)  # fmt: skip
+            arrow = arrow_stream(pd.DataFrame(recs).infer_objects())
+            for explain in ("none", "top"):
+                results[f"bento-10k-arrow-{explain}"] = hey(
+                    f"http://127.0.0.1:3901/predict?explain={explain}", arrow, 24, 2, {"X-API-Key": KEY},
+                    tmp, 300, ARROW)  # fmt: skip
             mbody = json.dumps(
                 {"dataframe_split": {"columns": cols, "data": [[r[c] for c in cols] for r in recs]}}
             )
@@ -249,8 +265,10 @@ def main() -> None:
         ),
         line("bento, 1 row, no reasons", "bento-1-none", 1, ""),
         line("`mlflow models serve`, 1 row", "mlflow-1", 1, "peer", f"{rss['mlflow']:.0f}"),
-        line("bento, 10k rows, no reasons", "bento-10k-none", 10_000, "≥ 150k rows/s"),
-        line("bento, 10k rows, reasons (top-3)", "bento-10k-top", 10_000, ""),
+        line("bento, 10k rows, Arrow, no reasons", "bento-10k-arrow-none", 10_000, "≥ 150k rows/s"),
+        line("bento, 10k rows, Arrow, reasons (top-3)", "bento-10k-arrow-top", 10_000, ""),
+        line("bento, 10k rows, JSON, no reasons", "bento-10k-none", 10_000, ""),
+        line("bento, 10k rows, JSON, reasons (top-3)", "bento-10k-top", 10_000, ""),
         line("`mlflow models serve`, 10k rows", "mlflow-10k", 10_000, "peer"),
     ]
     (ROOT / "bench/out").mkdir(exist_ok=True)

@@ -30,6 +30,7 @@ import msgspec
 import numpy as np
 
 from riskloop.settings import DataSettings, NumericColumn, ServingSettings
+from serving.arrowio import CONTENT_TYPE
 from serving.security import EXEMPT, FixedWindowLimiter, match_key
 
 # pydantic's pattern (regex crate) anchors `$` at the very end; Python's `$` also matches
@@ -38,6 +39,7 @@ _CUSTOMER_ID = Annotated[
     str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+\Z")
 ]
 MAX_BODY_BYTES = 64 * 2**20
+ARROW_STREAM = CONTENT_TYPE.encode()
 
 
 def _numeric(rule: NumericColumn) -> Any:
@@ -106,10 +108,16 @@ class Job:
     """Rows of one request (or one chunk of a large one), scored together with other jobs."""
 
     values: np.ndarray  # model input columns as float64 (NaN = missing)
-    records: list[Any]  # validated records, for the response and the prediction log
+    customers: list[str | None]
     explain: str  # top | all | none
     request_id: str | None
+    records: list[Any] | None = None  # validated records (JSON API), for the prediction log
+    # a columnar (Arrow) request: its log inputs as JSON text; answered with columns
+    inputs_json: list[str] | None = None
     future: asyncio.Future = field(init=False)
+
+    def __len__(self) -> int:
+        return len(self.customers)
 
 
 class MicroBatcher:
@@ -129,12 +137,15 @@ class MicroBatcher:
         self.batches = 0
         self.rows = 0
 
-    def jobs(
-        self, values: np.ndarray, records: list, explain: str, request_id: str | None
-    ) -> list[Job]:
+    def jobs(self, values: np.ndarray, customers: list, explain: str, request_id: str | None,
+             records: list | None = None, inputs_json: list[str] | None = None) -> list[Job]:  # fmt: skip
+        """One request's rows as jobs of at most a chunk each (records for the JSON API,
+        inputs_json for a columnar request)."""
         step = self.chunk_explain_rows if explain != "none" else self.chunk_rows
-        return [Job(values[i : i + step], records[i : i + step], explain, request_id)
-                for i in range(0, len(records), step)]  # fmt: skip
+        part = lambda items, i: None if items is None else items[i : i + step]  # noqa: E731
+        return [Job(values[i : i + step], customers[i : i + step], explain, request_id,
+                    part(records, i), part(inputs_json, i))
+                for i in range(0, len(customers), step)]  # fmt: skip
 
     async def submit(self, jobs: list[Job]) -> list[Any]:
         loop = asyncio.get_running_loop()
@@ -152,7 +163,7 @@ class MicroBatcher:
         rows = explain_rows = 0
         while self._queue:
             job = self._queue[0]
-            n = len(job.records)
+            n = len(job)
             e = n if job.explain != "none" else 0
             if batch and (rows + n > self.max_rows or explain_rows + e > self.max_explain_rows):
                 break
@@ -176,7 +187,7 @@ class MicroBatcher:
                 continue
             self.batches += 1
             for job, result in zip(batch, results, strict=True):
-                self.rows += len(job.records)
+                self.rows += len(job)
                 if not job.future.done():  # a client that went away cancelled its future
                     job.future.set_result(result)
 
@@ -185,11 +196,10 @@ class MicroBatcher:
 
 
 # ---------------------------------------------------------------------------------- gateway
-async def _respond(
-    send: Callable, status: int, body: bytes, extra: list[tuple[bytes, bytes]] = ()
-) -> None:
+async def _respond(send: Callable, status: int, body: bytes, extra: list[tuple[bytes, bytes]] = (),
+                   content_type: bytes = b"application/json") -> None:  # fmt: skip
     headers = [
-        (b"content-type", b"application/json"),
+        (b"content-type", content_type),
         (b"content-length", str(len(body)).encode()),
         *extra,
     ]
@@ -209,14 +219,21 @@ class Gateway:
       requests take the FastAPI route, behind BentoML's CORS middleware): scored here.
       Everything else goes on to the FastAPI app, the body replayed if it was read.
 
+    - `POST /predict` with an Arrow IPC stream body (serving/arrowio.py): answered here too;
+      with an `Origin` header it gets 415 (Arrow is for server-to-server batches, browsers
+      send JSON, and BentoML's CORS middleware sits behind this one).
+
     `state()` returns the service instance once it is initialised (else None); `predict(svc,
-    request) -> bytes` scores a decoded request."""
+    request) -> bytes` scores a decoded request; `predict_arrow(svc, body, query) -> (status,
+    body, content type)` an Arrow one."""
 
     def __init__(self, app, keys: list[str], limiter: FixedWindowLimiter, state: Callable[[], Any],
                  decoder: msgspec.json.Decoder, predict: Callable[[Any, Any], Awaitable[bytes]],
+                 predict_arrow: Callable[[Any, bytes, str], Awaitable[tuple[int, bytes, bytes]]],
                  on_reject: Callable[[int], None] | None = None) -> None:  # fmt: skip
         self.app, self.keys, self.limiter, self.state = app, keys, limiter, state
         self.decoder, self.predict, self.on_reject = decoder, predict, on_reject
+        self.predict_arrow = predict_arrow
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -229,9 +246,11 @@ class Gateway:
         if path.startswith(EXEMPT) or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)
             return
-        presented, origin = None, False
+        presented, origin, arrow = None, False, False
         for name, value in scope["headers"]:
-            if name == b"x-api-key":
+            if name == b"content-type":
+                arrow = value.split(b";")[0].strip().lower() == ARROW_STREAM
+            elif name == b"x-api-key":
                 presented = value.decode("latin-1")
             elif name == b"authorization" and presented is None and value[:7].lower() == b"bearer ":
                 presented = value[7:].decode("latin-1").strip()
@@ -249,6 +268,9 @@ class Gateway:
                                    [(b"retry-after", str(max(1, math.ceil(wait))).encode())])  # fmt: skip
                 return
         svc = self.state()
+        if arrow and path == "/predict" and scope["method"] == "POST" and svc is not None:
+            await self._arrow(svc, scope, receive, send, origin)
+            return
         if path != "/predict" or scope["method"] != "POST" or origin or svc is None:
             await self.app(scope, receive, send)
             return
@@ -261,6 +283,18 @@ class Gateway:
             await self.app(scope, _replay(body, receive), send)  # pydantic answers
             return
         await _respond(send, 200, await self.predict(svc, request))
+
+    async def _arrow(self, svc, scope, receive, send, origin: bool) -> None:
+        if origin:
+            await _respond(send, 415, b'{"detail":"Arrow bodies are for server-to-server calls: '
+                                      b'browsers send JSON"}')  # fmt: skip
+            return
+        body = await self._body(receive, send)
+        if body is None:
+            return
+        query = scope.get("query_string", b"").decode("latin-1")
+        status, out, content_type = await self.predict_arrow(svc, body, query)
+        await _respond(send, status, out, content_type=content_type)
 
     async def _body(self, receive, send) -> bytes | None:
         chunks, size, more = [], 0, True

@@ -28,8 +28,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from riskloop.stores import redact
+from serving.logbatch import PredictionColumns
 from serving.store import (
     insert_predictions,
+    insert_sqlite_columns,
     insert_sqlite_values,
     make_engine,
     now_utc,
@@ -45,6 +47,17 @@ REJECTED = "rejected.jsonl"
 _STOP = object()  # queued by close(): everything submitted before it is still written
 # Errors about the rows themselves; anything else means the store is unavailable.
 _BAD_DATA = (sa.exc.IntegrityError, sa.exc.DataError)
+Item = dict[str, Any] | PredictionColumns  # what a batch holds: clean rows and column blocks
+
+
+def _flatten(items: Sequence[Item]) -> list[dict[str, Any]]:
+    """Clean dict rows of a batch: column blocks expanded (spool files, PostgreSQL, retries)."""
+    if not any(isinstance(i, PredictionColumns) for i in items):
+        return list(items)  # type: ignore[arg-type]
+    out: list[dict[str, Any]] = []
+    for item in items:
+        out.extend(item.rows() if isinstance(item, PredictionColumns) else [item])
+    return out
 
 
 def write_spool_file(spool_dir: Path, rows: Sequence[dict[str, Any]]) -> Path:
@@ -124,7 +137,7 @@ class PredictionLogWriter:
         self._store_up = False
         self._warned = False
         self._next_retry = 0.0
-        self._inflight: list[dict[str, Any]] = []
+        self._inflight: list[Item] = []
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
@@ -152,6 +165,19 @@ class PredictionLogWriter:
                 return
         self._spool(list(rows) if clean else [self._clean(r) for r in rows])
 
+    def submit_columns(self, cols: PredictionColumns) -> None:
+        """Queue a block of rows as columns (the service's batches): written with multi-row
+        statements, never a dict per row unless spooled or sent to PostgreSQL."""
+        if not len(cols):
+            return
+        with self._submit_lock:
+            if not self._closed:
+                self._queue.put(cols)
+                with self._count_lock:
+                    self._queued += len(cols)
+                return
+        self._spool([cols])
+
     def stats(self) -> dict[str, Any]:
         """Row counters since start: written (live batches committed, resent duplicates
         included), spooled, replayed (from spool files), rejected (invalid rows, kept in
@@ -173,7 +199,7 @@ class PredictionLogWriter:
             # The store hangs. Keep what is still in memory on disk; if the in-flight batch
             # also lands in the store, the idempotent replay makes that harmless.
             log.error("prediction log writer still busy after %.0f s; spooling the rest", timeout_s)
-            leftover = list(self._inflight)
+            leftover: list[Item] = list(self._inflight)
             while not self._queue.empty():
                 item = self._queue.get()
                 if item is not _STOP:
@@ -195,23 +221,31 @@ class PredictionLogWriter:
             if not self._store_up and not stopping and time.monotonic() >= self._next_retry:
                 self._recover()
 
-    def _take_batch(self, linger_s: float) -> tuple[list[dict[str, Any]], bool]:
+    def _take_batch(self, linger_s: float) -> tuple[list[Item], bool]:
         """About batch_size clean rows (a multi-row item is taken whole) arriving within
         linger_s; True once close() was called."""
-        batch: list[dict[str, Any]] = []
+        batch: list[Item] = []
+        rows = 0
         deadline = time.monotonic() + linger_s
-        while len(batch) < self._batch_size:
+        while rows < self._batch_size:
             try:
                 item = self._queue.get(timeout=max(deadline - time.monotonic(), 0))
             except queue.Empty:
                 break
             if item is _STOP:
                 return batch, True
-            batch.extend(self._rows_of(item))
+            taken = self._rows_of(item)
+            batch.extend(taken)
+            rows += sum(len(i) if isinstance(i, PredictionColumns) else 1 for i in taken)
         return batch, False
 
-    def _rows_of(self, item: Any) -> list[dict[str, Any]]:
-        """Clean rows of one queued item: a row (submit) or _Many rows (submit_many)."""
+    def _rows_of(self, item: Any) -> list[Item]:
+        """Clean rows of one queued item: a row (submit), _Many rows (submit_many) or one
+        column block (submit_columns), which stays whole."""
+        if isinstance(item, PredictionColumns):
+            with self._count_lock:
+                self._queued -= len(item)
+            return [item]
         rows = item.rows if isinstance(item, _Many) else [item]
         with self._count_lock:
             self._queued -= len(rows)
@@ -219,13 +253,14 @@ class PredictionLogWriter:
             return rows
         return [self._clean(row) for row in rows]
 
-    def _write(self, batch: list[dict[str, Any]]) -> None:
+    def _write(self, batch: list[Item]) -> None:
         rows = self._inflight = batch
         try:
             if self._store_up:
                 try:
                     self._commit(rows)
-                    self._count("rows_written", len(rows))
+                    n = sum(len(i) if isinstance(i, PredictionColumns) else 1 for i in rows)
+                    self._count("rows_written", n)
                     return
                 except Exception as exc:  # any failure: the rows are still ours to keep
                     self._mark_down(exc)
@@ -259,11 +294,15 @@ class PredictionLogWriter:
         _fsync_dir(self._spool_dir)
         self._count("rows_replayed", len(rows))
 
-    def _commit(self, rows: list[dict[str, Any]]) -> None:
+    def _commit(self, items: list[Item]) -> None:
         """Insert rows in one transaction. Rows that are invalid, or that the database refuses
         as data, are rejected one by one; any other failure propagates, nothing committed."""
         prepared, bad = [], []
         fast = self._engine.dialect.name == "sqlite"  # positional bulk insert, JSON as text
+        blocks = [i for i in items if isinstance(i, PredictionColumns)] if fast else []
+        rows = (
+            [i for i in items if not isinstance(i, PredictionColumns)] if fast else _flatten(items)
+        )
         ts_cache: dict[Any, str] = {}
         for row in rows:
             try:
@@ -279,18 +318,21 @@ class PredictionLogWriter:
             with self._engine.begin() as conn:
                 insert = insert_sqlite_values if fast else insert_predictions
                 insert(conn, [values for _, values in prepared])
+                for block in blocks:
+                    insert_sqlite_columns(conn, block)
         except _BAD_DATA:
-            if len(prepared) == 1:
+            if len(prepared) == 1 and not blocks:
                 bad.append(prepared[0][0])
             else:  # find the culprits; the idempotent insert makes re-sending the rest safe
-                for raw, _ in prepared:
+                for raw in [*(raw for raw, _ in prepared), *_flatten(blocks)]:
                     self._commit([raw])
         # Only now: had the store failed, these rows would be spooled with the rest.
         self._reject(bad)
 
-    def _spool(self, rows: list[dict[str, Any]]) -> None:
-        if not rows:
+    def _spool(self, items: list[Item]) -> None:
+        if not items:
             return
+        rows = _flatten(items)
         try:
             write_spool_file(self._spool_dir, rows)
             self._count("rows_spooled", len(rows))

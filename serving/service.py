@@ -23,6 +23,7 @@ import bentoml
 import msgspec
 import numpy as np
 import orjson
+import pyarrow as pa
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, ORJSONResponse
@@ -30,7 +31,7 @@ from msgspec.structs import astuple
 
 import features.transform  # noqa: F401 - current feature code wins over a model's bundled copy
 from riskloop.settings import load_params
-from serving import metrics, scoring
+from serving import arrowio, metrics, scoring
 from serving.config import load_env
 from serving.fastpath import (
     Gateway,
@@ -41,6 +42,7 @@ from serving.fastpath import (
     record_struct,
     request_struct,
 )
+from serving.logbatch import PredictionColumns
 from serving.model_tag import model_tag
 from serving.schemas import (
     OutcomesRequest,
@@ -64,6 +66,8 @@ PredictCustomerRequest = customer_request_model(PARAMS.serving)
 # the strict twin for the fast path: model input columns first (see serving/fastpath.py)
 RecordStrict = record_struct(PARAMS.data, PARAMS.data.model_input_columns)
 PREDICT_DECODER = msgspec.json.Decoder(request_struct(RecordStrict, PARAMS.serving))
+ARROW = arrowio.ArrowCodec(PARAMS.data, PARAMS.serving, PARAMS.data.model_input_columns)
+_NO_REASONS = "[]"
 N_INPUTS = len(PARAMS.data.model_input_columns)
 _PREDICT_LATENCY = metrics.LATENCY.labels("predict")  # label lookups cost more than the update
 _PREDICT_OK = metrics.REQUESTS.labels("predict", "200")
@@ -84,7 +88,16 @@ async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
 
 def _offsets(jobs: list[Job]) -> list[int]:
     """Where each job's rows start in the batch matrix."""
-    return np.cumsum([0] + [len(j.records) for j in jobs[:-1]]).tolist()
+    return np.cumsum([0] + [len(j) for j in jobs[:-1]]).tolist()
+
+
+def _concat(parts: list) -> Any:
+    """One column from the columns of a request's jobs (lists, numpy or Arrow arrays)."""
+    if isinstance(parts[0], list):
+        return [v for part in parts for v in part]
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    return pa.concat_arrays(parts)
 
 
 class _State:
@@ -159,65 +172,93 @@ class RiskService:
         return content
 
     # ------------------------------------------------------------------ scoring
-    def _compute(self, jobs: list[Job]) -> list[list[dict]]:
+    def _compute(self, jobs: list[Job]) -> list[Any]:
         """One batch, in the scoring thread: every job's rows as one matrix; exact TreeSHAP
-        only for the rows whose request asked for reasons. Returns each job's results and
-        queues their prediction-log rows (one submit for the whole batch)."""
+        only for the rows whose request asked for reasons. Returns each job's results (dicts
+        for the JSON API, columns for a columnar request) and queues the batch's
+        prediction-log rows as one block of columns."""
         values = jobs[0].values if len(jobs) == 1 else np.concatenate([j.values for j in jobs])
         feats, p = scoring.probabilities(self.model, values)
-        explain_rows = [np.arange(len(j.records)) + off for j, off in zip(jobs, _offsets(jobs), strict=True)
+        explain_rows = [np.arange(len(j)) + off for j, off in zip(jobs, _offsets(jobs), strict=True)
                         if j.explain != "none"]  # fmt: skip
-        contrib = top = None
+        contrib, top = None, [[]] * len(p)
         if explain_rows:
             rows = np.concatenate(explain_rows)
             c = self.explain(feats[rows])
             contrib = np.full((len(p), c.shape[1]), np.nan)
             contrib[rows] = c
-            top = scoring.reasons(
-                contrib[rows], feats[rows], self.feature_names, PARAMS.serving.top_reasons
-            )
-            top_at = dict(zip(rows.tolist(), top, strict=True))
+            top = list(top)
+            found = scoring.reasons(c, feats[rows], self.feature_names, PARAMS.serving.top_reasons)
+            for r, reasons in zip(rows.tolist(), found, strict=True):
+                top[r] = reasons
         scores = scoring.risk_scores(p)
         bands = scoring.risk_bands(scores, PARAMS.serving.bands)
         decisions = scoring.decisions(scores, PARAMS.serving)
         probs, score_list = p.tolist(), scores.tolist()
         ids = new_ids(len(p))
-        now = datetime.now(UTC).isoformat()
-        names, model_name, model_version = self.feature_names, self.model_name, self.model_version
-        out, log_rows, i = [], [], 0
+        log = PredictionColumns(
+            created_at=datetime.now(UTC).isoformat(), model_name=self.model_name,
+            model_version=self.model_version, prediction_id=ids, request_id=[], customer_id=[],
+            inputs=[], probability=probs, risk_score=score_list, risk_band=bands,
+            decision=decisions, reasons=[_NO_REASONS if not t else orjson.dumps(t).decode() for t in top],
+        )  # fmt: skip
+        out, i = [], 0
         for job in jobs:
-            results = []
-            for record in job.records:
-                customer = record.customer_id
-                reasons = top_at[i] if job.explain != "none" else []
-                result = {"prediction_id": ids[i], "customer_id": customer, "probability_of_default": probs[i],
-                          "risk_score": score_list[i], "risk_band": bands[i], "decision": decisions[i],
-                          "reasons": reasons, "model_name": model_name, "model_version": model_version}  # fmt: skip
-                if job.explain == "all":
-                    result["base_value"] = float(contrib[i, -1])
-                    result["contributions"] = dict(
-                        zip(names, contrib[i, :-1].tolist(), strict=True)
-                    )
-                results.append(result)
-                log_rows.append({"prediction_id": ids[i], "created_at": now, "request_id": job.request_id,
-                                 "model_name": model_name, "model_version": model_version, "customer_id": customer,
-                                 "inputs": record_inputs(record), "probability": probs[i],
-                                 "risk_score": score_list[i], "risk_band": bands[i], "decision": decisions[i],
-                                 "reasons": reasons})  # fmt: skip
-                i += 1
-            out.append(results)
-        self.writer.submit_many(log_rows, clean=True)
+            n = len(job)
+            log.request_id.extend([job.request_id] * n)
+            log.customer_id.extend(job.customers)
+            if job.inputs_json is not None:
+                log.inputs.extend(job.inputs_json)
+            else:
+                log.inputs.extend(orjson.dumps(record_inputs(r)).decode() for r in job.records)
+            part = slice(i, i + n)
+            if job.inputs_json is not None:  # columnar request: columnar answer
+                out.append(self._columns(job, part, ids, p, scores, bands, decisions, top, contrib))
+            else:
+                out.append(
+                    self._dicts(job, part, ids, probs, score_list, bands, decisions, top, contrib)
+                )
+            i += n
+        self.writer.submit_columns(log)
         # one increment per band: each is a write to prometheus' multiprocess files
-        for band, n in Counter(bands).items():
-            metrics.PREDICTIONS.labels(band).inc(n)
+        for band, k in Counter(bands).items():
+            metrics.PREDICTIONS.labels(band).inc(k)
         return out
 
-    async def score(
-        self, records: list, values: np.ndarray, explain: str, request_id: str | None
-    ) -> list[dict]:
-        """Validated records (pydantic or strict msgspec) and their model-input matrix."""
-        jobs = self.batcher.jobs(values, records, explain, request_id)
+    def _dicts(self, job: Job, part: slice, ids, probs, scores, bands, decisions, top, contrib) -> list[dict]:  # fmt: skip
+        results = []
+        for i, customer in zip(range(part.start, part.stop), job.customers, strict=True):
+            result = {"prediction_id": ids[i], "customer_id": customer, "probability_of_default": probs[i],
+                      "risk_score": scores[i], "risk_band": bands[i], "decision": decisions[i],
+                      "reasons": top[i], "model_name": self.model_name, "model_version": self.model_version}  # fmt: skip
+            if job.explain == "all":
+                result["base_value"] = float(contrib[i, -1])
+                result["contributions"] = dict(
+                    zip(self.feature_names, contrib[i, :-1].tolist(), strict=True)
+                )
+            results.append(result)
+        return results
+
+    def _columns(self, job: Job, part: slice, ids, p, scores, bands, decisions, top, contrib) -> dict:  # fmt: skip
+        n = part.stop - part.start
+        cols = {"prediction_id": ids[part], "customer_id": pa.array(job.customers, pa.string()),
+                "probability_of_default": p[part].astype("float64"), "risk_score": scores[part],
+                "risk_band": bands[part], "decision": decisions[part],
+                "reasons": pa.array(top[part], arrowio.REASONS),
+                "model_name": pa.repeat(pa.scalar(self.model_name), n),
+                "model_version": pa.repeat(pa.scalar(self.model_version), n)}  # fmt: skip
+        if job.explain == "all":
+            cols["base_value"] = contrib[part, -1]
+            cols.update(
+                {f"contribution.{f}": contrib[part, j] for j, f in enumerate(self.feature_names)}
+            )
+        return cols
+
+    async def score(self, jobs: list[Job]) -> list[Any]:
+        """Scores a request's jobs; JSON-API results as one list of dicts."""
         parts = await self.batcher.submit(jobs)
+        if jobs[0].inputs_json is not None:
+            return parts
         out = parts[0] if len(parts) == 1 else [r for part in parts for r in part]
         if ENV.enable_interventions and any(r["customer_id"] for r in out):
             await anyio.to_thread.run_sync(self._intervene, out)
@@ -228,11 +269,42 @@ class RiskService:
         start = time.perf_counter()
         records = request.records
         values = np.array([astuple(r)[:N_INPUTS] for r in records], dtype="float64")
-        results = await self.score(records, values, request.explain, request.request_id)
-        body = orjson.dumps({"predictions": results})
+        jobs = self.batcher.jobs(values, [r.customer_id for r in records], request.explain,
+                                 request.request_id, records=records)  # fmt: skip
+        body = orjson.dumps({"predictions": await self.score(jobs)})
         _PREDICT_LATENCY.observe(time.perf_counter() - start)
         _PREDICT_OK.inc()
         return body
+
+    async def predict_arrow(self, body: bytes, query: str) -> tuple[int, bytes, bytes]:
+        """`POST /predict` with an Arrow IPC stream body (serving/arrowio.py): (status,
+        body, content type); a request the contract refuses gets its 4xx, never a 5xx."""
+        start = time.perf_counter()
+        try:
+            req = ARROW.decode(body, query)
+        except arrowio.ArrowRequestError as exc:
+            metrics.REQUESTS.labels("invalid", str(exc.status)).inc()
+            return exc.status, orjson.dumps({"detail": exc.errors}), b"application/json"
+        jobs = self.batcher.jobs(req.values, req.customers, req.explain, req.request_id,
+                                 inputs_json=req.inputs_json)  # fmt: skip
+        parts = await self.score(jobs)
+        cols = (
+            parts[0] if len(parts) == 1 else {k: _concat([c[k] for c in parts]) for k in parts[0]}
+        )
+        if ENV.enable_interventions and any(req.customers):
+            cols["intervention"] = await anyio.to_thread.run_sync(self._intervene_columns, cols)
+        out = ARROW.encode(cols)
+        _PREDICT_LATENCY.observe(time.perf_counter() - start)
+        _PREDICT_OK.inc()
+        return 200, out, arrowio.CONTENT_TYPE.encode()
+
+    def _intervene_columns(self, cols: dict) -> list[str | None]:
+        """Interventions for a columnar answer: the `intervention` column."""
+        rows = [{"customer_id": c, "prediction_id": pid, "risk_score": int(s), "risk_band": b}
+                for c, pid, s, b in zip(cols["customer_id"].to_pylist(), cols["prediction_id"],
+                                        cols["risk_score"], cols["risk_band"], strict=True)]  # fmt: skip
+        self._intervene(rows)
+        return [r.get("intervention") for r in rows]
 
     def _intervene(self, results: list[dict]) -> None:
         cooldown_s = PARAMS.serving.interventions.cooldown_hours * 3600
@@ -250,7 +322,10 @@ class RiskService:
     async def _run(self, records: list, explain: str, request_id: str | None) -> list[dict]:
         """Pydantic-validated records (the FastAPI routes)."""
         values = scoring.inputs_matrix(self.model.builder, records)
-        return await self.score(records, values, explain, request_id)
+        customers = [r.customer_id for r in records]
+        return await self.score(
+            self.batcher.jobs(values, customers, explain, request_id, records=records)
+        )
 
     async def _from_store(self, endpoint: str, call, *args) -> tuple[Any, ORJSONResponse | None]:
         """A store call off the event loop; a dead store answers 503 (retry later), never 500."""
@@ -319,5 +394,6 @@ RiskService.add_asgi_middleware(
     Gateway, keys=ENV.api_keys, limiter=FixedWindowLimiter(ENV.rate_limit_max, ENV.rate_limit_window, ENV.api_keys),
     state=lambda: _State.service, decoder=PREDICT_DECODER,
     predict=lambda svc, request: svc.predict_fast(request),
+    predict_arrow=lambda svc, body, query: svc.predict_arrow(body, query),
     on_reject=lambda status: metrics.REQUESTS.labels("auth", str(status)).inc(),
 )  # fmt: skip

@@ -7,6 +7,8 @@ must be idempotent uses the dialect's own INSERT … ON CONFLICT."""
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -20,6 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from riskloop.errors import SettingsError
 from riskloop.stores import normalize_db_url
+from serving.logbatch import PredictionColumns
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # MLflow keeps its own Alembic history in `alembic_version`; ours must not collide with it when
@@ -65,8 +68,11 @@ predictions = sa.Table(
     sa.Column("reasons", sa.JSON(none_as_null=True)),
     sa.Index("ix_predictions_created_at", "created_at"),
     # Serves "latest prediction of a customer" (outcomes by customer) and per-customer lookups.
-    sa.Index("ix_predictions_customer_created", "customer_id", "created_at"),
-)
+    # Only rows with a customer: anonymous applicant rows (most of a batch) skip this index.
+    sa.Index("ix_predictions_customer_created", "customer_id", "created_at",
+             sqlite_where=sa.text("customer_id IS NOT NULL"),
+             postgresql_where=sa.text("customer_id IS NOT NULL")),
+)  # fmt: skip
 
 outcomes = sa.Table(
     "outcomes",
@@ -208,6 +214,51 @@ def sqlite_prediction_values(raw: Mapping[str, Any], ts_cache: dict[Any, str]) -
             raw.get("customer_id"), _json_text(raw["inputs"]), float(raw["probability"]),
             int(raw["risk_score"]), raw.get("risk_band"), raw.get("decision"),
             None if reasons is None else _json_text(reasons))  # fmt: skip
+
+
+_STATEMENT_ROWS = 100  # rows per multi-row INSERT
+
+
+@functools.cache
+def _sqlite_columns_sql(n_rows: int, shared: tuple[str, ...]) -> str:
+    """A multi-row INSERT in which each column of `shared` is one parameter for every row
+    (?1, ?2, ... in `shared`'s order) and every other column one parameter per row."""
+    slot = {name: f"?{i + 1}" for i, name in enumerate(shared)}
+    own = [c for c in _PREDICTION_COLUMNS if c not in slot]
+    rows, at = [], len(shared) + 1
+    for _ in range(n_rows):
+        cells = {**slot, **{c: f"?{at + i}" for i, c in enumerate(own)}}
+        rows.append("(" + ",".join(cells[c] for c in _PREDICTION_COLUMNS) + ")")
+        at += len(own)
+    return (f"INSERT INTO predictions ({', '.join(_PREDICTION_COLUMNS)}) VALUES {','.join(rows)} "
+            "ON CONFLICT (prediction_id) DO NOTHING")  # fmt: skip
+
+
+def insert_sqlite_columns(conn: sa.Connection, cols: PredictionColumns) -> None:
+    """INSERT … ON CONFLICT (prediction_id) DO NOTHING of columnar rows, 100 rows a statement.
+    A column whose value is the same in every row (the batch's timestamp and model, usually
+    its request id, customer and reasons) is bound once: SQLite's cost here is dominated by
+    binding parameters from Python (10k rows: ~110 -> ~75 ms with these and the multi-row
+    statements)."""
+    n = len(cols)
+    if not n:
+        return
+    ts = _SQLITE_TS(as_utc(cols.created_at))
+    per_row = {"request_id": cols.request_id, "customer_id": cols.customer_id, "inputs": cols.inputs,
+               "probability": cols.probability, "risk_score": cols.risk_score, "risk_band": cols.risk_band,
+               "decision": cols.decision, "reasons": cols.reasons}  # fmt: skip
+    fixed = {"created_at": ts, "model_name": cols.model_name, "model_version": cols.model_version}
+    fixed.update({c: v[0] for c, v in per_row.items() if v.count(v[0]) == n})
+    shared = tuple(c for c in _PREDICTION_COLUMNS if c in fixed)
+    columns = [cols.prediction_id if c == "prediction_id" else per_row[c]
+               for c in _PREDICTION_COLUMNS if c not in fixed]  # fmt: skip
+    head = [fixed[c] for c in shared]
+    flat = list(itertools.chain.from_iterable(zip(*columns, strict=True)))
+    width = len(columns)
+    for start in range(0, n, _STATEMENT_ROWS):
+        rows = min(_STATEMENT_ROWS, n - start)
+        params = head + flat[start * width : (start + rows) * width]
+        conn.exec_driver_sql(_sqlite_columns_sql(rows, shared), tuple(params))
 
 
 def insert_sqlite_values(conn: sa.Connection, values: Sequence[tuple]) -> None:

@@ -90,7 +90,7 @@ def test_batcher_batches_concurrent_jobs_and_chunks_large_ones():
     seen: list[list[int]] = []
 
     def compute(jobs):
-        seen.append([len(j.records) for j in jobs])
+        seen.append([len(j) for j in jobs])
         return [[float(v) for v in j.values[:, 0]] for j in jobs]
 
     async def main():

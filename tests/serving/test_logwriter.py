@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
+from serving.logbatch import PredictionColumns
 from serving.logwriter import REJECTED, PredictionLogWriter
 from serving.store import make_engine, upgrade
 from tests.proxy import TcpProxy
@@ -103,6 +104,59 @@ def test_every_row_lands_exactly_once(db_url, tmp_path):
     assert stats["rows_dropped"] == stats["rows_spooled"] == stats["rows_rejected"] == 0
     assert stats["queue_depth"] == 0 and stats["store_up"]
     assert spool_files(tmp_path / "spool") == []
+
+
+def columns(start: int, n: int, **fixed) -> PredictionColumns:
+    """A block like the service submits: shared timestamp and model, JSON text columns."""
+    per_row = {"request_id": [f"r{i % 2}" for i in range(n)], "customer_id": [None] * n,
+               "inputs": [json.dumps({"LIMIT_BAL": 1000.0 * i, "PAY_0": i % 3}) for i in range(n)],
+               "probability": [0.01 * (i % 90) for i in range(n)], "risk_score": [i % 90 for i in range(n)],
+               "risk_band": ["low"] * n, "decision": ["approve"] * n, "reasons": ["[]"] * n}  # fmt: skip
+    per_row.update({k: [v] * n for k, v in fixed.items()})
+    return PredictionColumns(created_at=datetime.now(UTC).isoformat(), model_name="credit-risk",
+                             model_version="3", prediction_id=sorted(ids(n, start)), **per_row)  # fmt: skip
+
+
+def test_column_blocks_land_exactly_once_with_their_values(db_url, tmp_path):
+    writer = PredictionLogWriter(db_url, tmp_path / "spool", batch_size=64)
+    block = columns(0, 250)  # more than one 100-row statement, request ids differ per row
+    writer.submit_columns(block)
+    writer.submit_columns(columns(250, 30, customer_id="c1", reasons='[{"feature":"PAY_0"}]'))
+    writer.submit(row(400))  # dict rows and blocks in one batch
+    writer.submit_columns(columns(0, 50))  # a replayed block: nothing duplicated
+    writer.close()
+    assert sorted(stored_ids(db_url)) == sorted(ids(280) | {"p000400"})
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            got = {r.prediction_id: r for r in conn.execute(sa.text("SELECT * FROM predictions"))}
+    finally:
+        engine.dispose()
+    as_json = lambda v: v if isinstance(v, dict | list) else json.loads(v)  # noqa: E731
+    for i, pid in enumerate(block.prediction_id):
+        r = got[pid]
+        assert (r.request_id, r.risk_score, r.model_version) == (f"r{i % 2}", i % 90, "3")
+        assert r.probability == pytest.approx(0.01 * (i % 90))
+        assert as_json(r.inputs) == {"LIMIT_BAL": 1000.0 * i, "PAY_0": i % 3}
+        assert as_json(r.reasons) == [] and r.customer_id is None
+    assert got["p000260"].customer_id == "c1" and as_json(got["p000260"].reasons) == [
+        {"feature": "PAY_0"}
+    ]
+    assert writer.stats()["rows_written"] == 331 and writer.stats()["rows_dropped"] == 0
+
+
+def test_column_blocks_spool_during_an_outage_and_replay(proxied, tmp_path):
+    direct, via, proxy = proxied
+    writer = PredictionLogWriter(via, tmp_path / "spool", retry_interval_s=0.2)
+    writer.submit_columns(columns(0, 40))
+    wait_for(lambda: writer.stats()["rows_written"] == 40, "the first block")
+    proxy.cut()
+    writer.submit_columns(columns(40, 60))
+    wait_for(lambda: writer.stats()["rows_spooled"] == 60, "the block spooled")
+    proxy.restore()
+    wait_for(lambda: writer.stats()["rows_replayed"] == 60, "the spool replayed")
+    writer.close()
+    assert sorted(stored_ids(direct)) == sorted(ids(100))
 
 
 def test_postgres_outage_loses_and_duplicates_nothing(proxied, tmp_path):

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
@@ -275,6 +276,108 @@ def test_every_prediction_is_logged_once(served, params):
     wait_until(lambda: set(got) <= set(stored_ids(served["db_url"])), "all rows")
     after = stored_ids(served["db_url"])
     assert len(after) == len(set(after)) and len(set(after) - before) >= len(got)
+
+
+ARROW = "application/vnd.apache.arrow.stream"
+
+
+def arrow_body(frame: pd.DataFrame) -> bytes:
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def post_arrow(served, frame: pd.DataFrame, query: str = "", headers=MAIN) -> httpx.Response:
+    return httpx.post(served["server"].url + "/predict" + query, content=arrow_body(frame),
+                      headers={**headers, "content-type": ARROW}, timeout=30)  # fmt: skip
+
+
+def test_arrow_batch_scores_like_json_and_is_logged(served, params):
+    recs = records(served["customers"], params, 30, start=120)
+    frame = pd.DataFrame(recs)
+    customers = [f"arrow-{i}" if i % 3 == 0 else None for i in range(len(frame))]
+    frame["customer_id"] = customers
+    resp = post_arrow(served, frame, "?explain=top&request_id=arrow-req")
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-type"] == ARROW
+    got = pa.ipc.open_stream(resp.content).read_all().to_pylist()
+    as_json = post(served, "/predict", {"records": recs}).json()["predictions"]
+    for row, ref, cid in zip(got, as_json, customers, strict=True):
+        assert row["probability_of_default"] == pytest.approx(
+            ref["probability_of_default"], rel=1e-9
+        )
+        assert (row["risk_score"], row["risk_band"], row["decision"]) == (
+            ref["risk_score"],
+            ref["risk_band"],
+            ref["decision"],
+        )
+        assert row["reasons"] == ref["reasons"] and row["customer_id"] == cid
+    # every row reaches the store once, with the same inputs the JSON API logs
+    ids = [row["prediction_id"] for row in got]
+    wait_until(lambda: set(ids) <= set(stored_ids(served["db_url"])), "arrow rows")
+    engine = sa.create_engine(served["db_url"])
+    try:
+        with engine.connect() as conn:
+            stored = {r.prediction_id: r for r in conn.execute(
+                sa.text("select * from predictions where request_id = 'arrow-req'"))}  # fmt: skip
+    finally:
+        engine.dispose()
+    assert set(stored) == set(ids)
+    for row, rec in zip(got, recs, strict=True):
+        logged = stored[row["prediction_id"]]
+        inputs = logged.inputs if isinstance(logged.inputs, dict) else json.loads(logged.inputs)
+        assert inputs == pytest.approx(rec) and logged.customer_id == row["customer_id"]
+        reasons = logged.reasons if isinstance(logged.reasons, list) else json.loads(logged.reasons)
+        assert reasons == row["reasons"]
+
+
+def test_arrow_explain_all_sums_to_margin(served, params):
+    frame = pd.DataFrame(records(served["customers"], params, 10, start=160))
+    table = pa.ipc.open_stream(post_arrow(served, frame, "?explain=all").content).read_all()
+    contrib = [c for c in table.column_names if c.startswith("contribution.")]
+    total = (
+        np.sum([table.column(c).to_numpy() for c in contrib], axis=0)
+        + table.column("base_value").to_numpy()
+    )
+    margin = logit(table.column("probability_of_default").to_numpy())
+    assert total == pytest.approx(margin, abs=1e-4)
+
+
+def test_arrow_contract_errors_are_4xx_naming_the_problem(served, params):
+    good = pd.DataFrame(records(served["customers"], params, 5, start=200))
+    bad = good.assign(AGE=[30, 200, 40, 50, 60], FOO=1).drop(columns=["LIMIT_BAL"])
+    resp = post_arrow(served, bad)
+    assert resp.status_code == 422
+    fields = {e["field"] for e in resp.json()["detail"]}
+    assert {"FOO", "LIMIT_BAL"} <= fields  # unknown and missing columns first
+    resp = post_arrow(
+        served, good.assign(AGE=[30, 200, 40, 50, 10], PAY_0=good["PAY_0"].astype(float))
+    )
+    fields = {e["field"]: e["message"] for e in resp.json()["detail"]}
+    assert resp.status_code == 422 and "PAY_0" in fields and "integer" in fields["PAY_0"]
+    resp = post_arrow(served, good.assign(AGE=[30, 200, 40, 50, 10]))
+    detail = resp.json()["detail"]
+    assert resp.status_code == 422 and sorted(e["field"] for e in detail) == [
+        "records.1.AGE",
+        "records.4.AGE",
+    ]
+    assert post_arrow(served, good, "?explain=everything").status_code == 422
+    assert (
+        post_arrow(served, good.assign(customer_id=["ok", "not ok!", None, "a", "b"])).json()[
+            "detail"
+        ][0]["field"]
+        == "records.1.customer_id"
+    )
+    garbage = httpx.post(served["server"].url + "/predict", content=b"not arrow",
+                         headers={**MAIN, "content-type": ARROW}, timeout=30)  # fmt: skip
+    assert garbage.status_code == 400 and "Arrow" in garbage.json()["detail"][0]["message"]
+    too_many = pd.concat([good] * (params.serving.max_records // 5 + 1), ignore_index=True)
+    assert post_arrow(served, too_many).status_code == 422
+    assert post_arrow(served, good, headers={}).status_code == 401
+    browser = post_arrow(served, good, headers={**MAIN, "Origin": "http://example.com"})
+    assert browser.status_code == 415
 
 
 def test_store_outage_loses_nothing(served, params):
