@@ -28,19 +28,11 @@ import features.transform  # noqa: F401 - imported before any model: current fea
 from bench.results import write_section
 from riskloop.settings import load_params
 from riskloop.stores import tracking_uri
+from serving.arrowio import stream_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "bench-key"
 ARROW = "application/vnd.apache.arrow.stream"
-
-
-def arrow_stream(frame: pd.DataFrame) -> bytes:
-    """The 10k records as an Arrow IPC stream (serving/arrowio.py), integer columns as int64."""
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
 
 
 def start(cmd: list[str], env: dict, ready_url: str, log: Path) -> subprocess.Popen:
@@ -222,7 +214,10 @@ def main() -> None:
                 # longer than hey's default 20 s timeout
                 results[f"bento-10k-{explain}"] = hey("http://127.0.0.1:3901/predict", body, 24, 2,
                                                       {"X-API-Key": KEY}, tmp, 300)  # fmt: skip
-            arrow = arrow_stream(pd.DataFrame(recs).infer_objects())
+            # the 10k records as an Arrow IPC stream (serving/arrowio.py), integers as int64
+            arrow = stream_bytes(
+                pa.Table.from_pandas(pd.DataFrame(recs).infer_objects(), preserve_index=False)
+            )
             for explain in ("none", "top"):
                 results[f"bento-10k-arrow-{explain}"] = hey(
                     f"http://127.0.0.1:3901/predict?explain={explain}", arrow, 24, 2, {"X-API-Key": KEY},

@@ -175,22 +175,20 @@ class ArrowCodec:
             )
         values = column.to_numpy(zero_copy_only=False).astype("float64")  # nulls -> NaN
         nulls = column.is_null().to_numpy(zero_copy_only=False)
-        bad = np.zeros(len(values), dtype=bool)
         problems: list[dict[str, str]] = []
         if not rule.nullable and nulls.any():
             problems += _rows(col, nulls, "a value is required", "missing")
         finite = np.isfinite(values) | nulls
         if not finite.all():
             problems += _rows(col, ~finite, "must be a finite number", "finite_number")
-        bad |= ~finite
         low, high = (0, 1) if rule.kind == "onehot" else (rule.low, rule.high)
         with np.errstate(invalid="ignore"):
             if low is not None:
                 below = values < low
-                problems += _rows(col, below & ~bad, f"must be >= {low:g}", "greater_than_equal")
+                problems += _rows(col, below & finite, f"must be >= {low:g}", "greater_than_equal")
             if high is not None:
                 above = values > high
-                problems += _rows(col, above & ~bad, f"must be <= {high:g}", "less_than_equal")
+                problems += _rows(col, above & finite, f"must be <= {high:g}", "less_than_equal")
         shown = values[~nulls]
         if (
             pa.types.is_floating(typ)
@@ -240,11 +238,15 @@ class ArrowCodec:
     @staticmethod
     def encode(columns: dict[str, Any]) -> bytes:
         """One Arrow IPC stream from the result columns (see the module docstring)."""
-        table = pa.table(columns)
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, table.schema) as writer:
-            writer.write_table(table)
-        return sink.getvalue().to_pybytes()
+        return stream_bytes(pa.table(columns))
+
+
+def stream_bytes(table: pa.Table) -> bytes:
+    """`table` as an Arrow IPC stream: the answer's body, and what a client sends."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
 
 
 def _rows(col: str, mask: np.ndarray, message: str, kind: str) -> list[dict[str, str]]:

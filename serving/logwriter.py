@@ -50,6 +50,10 @@ _BAD_DATA = (sa.exc.IntegrityError, sa.exc.DataError)
 Item = dict[str, Any] | PredictionColumns  # what a batch holds: clean rows and column blocks
 
 
+def _n_rows(items: Sequence[Item]) -> int:
+    return sum(len(i) if isinstance(i, PredictionColumns) else 1 for i in items)
+
+
 def _flatten(items: Sequence[Item]) -> list[dict[str, Any]]:
     """Clean dict rows of a batch: column blocks expanded (spool files, PostgreSQL, retries)."""
     if not any(isinstance(i, PredictionColumns) for i in items):
@@ -93,15 +97,6 @@ def _read_spool_file(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     return rows, corrupt
 
 
-class _Many:
-    """Several rows queued as one item; `clean`: JSON-safe and timestamped (submit_many)."""
-
-    __slots__ = ("clean", "rows")
-
-    def __init__(self, rows: list[dict[str, Any]], clean: bool) -> None:
-        self.rows, self.clean = rows, clean
-
-
 def _summary(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
 
@@ -143,40 +138,24 @@ class PredictionLogWriter:
 
     def submit(self, row: dict[str, Any]) -> None:
         """Queue one prediction row; never blocks on the store and never raises."""
-        with self._submit_lock:
-            if not self._closed:
-                self._queue.put(row)
-                with self._count_lock:
-                    self._queued += 1
-                return
-        self._spool([self._clean(row)])  # after close(): straight to disk, still not lost
-
-    def submit_many(self, rows: list[dict[str, Any]], clean: bool = False) -> None:
-        """Queue several rows as one item. `clean=True` promises JSON-safe rows that already
-        carry `created_at` (as the service builds them): the writer thread skips `_clean`."""
-        if not rows:
-            return
-        item = _Many(rows, clean)
-        with self._submit_lock:
-            if not self._closed:
-                self._queue.put(item)
-                with self._count_lock:
-                    self._queued += len(rows)
-                return
-        self._spool(list(rows) if clean else [self._clean(r) for r in rows])
+        if not self._enqueue(row, 1):
+            self._spool([self._clean(row)])  # after close(): straight to disk, still not lost
 
     def submit_columns(self, cols: PredictionColumns) -> None:
         """Queue a block of rows as columns (the service's batches): written with multi-row
         statements, never a dict per row unless spooled or sent to PostgreSQL."""
-        if not len(cols):
-            return
+        if len(cols) and not self._enqueue(cols, len(cols)):
+            self._spool([cols])
+
+    def _enqueue(self, item: Any, rows: int) -> bool:
+        """Queue an item of `rows` rows; False once close() was called (the caller spools)."""
         with self._submit_lock:
-            if not self._closed:
-                self._queue.put(cols)
-                with self._count_lock:
-                    self._queued += len(cols)
-                return
-        self._spool([cols])
+            if self._closed:
+                return False
+            self._queue.put(item)
+            with self._count_lock:
+                self._queued += rows
+            return True
 
     def stats(self) -> dict[str, Any]:
         """Row counters since start: written (live batches committed, resent duplicates
@@ -203,7 +182,7 @@ class PredictionLogWriter:
             while not self._queue.empty():
                 item = self._queue.get()
                 if item is not _STOP:
-                    leftover.extend(self._rows_of(item))
+                    leftover.append(self._dequeued(item))
             self._spool(leftover)
             self._queue.put(_STOP)  # so the thread still stops once the store answers
         elif self._owns_engine:
@@ -234,24 +213,17 @@ class PredictionLogWriter:
                 break
             if item is _STOP:
                 return batch, True
-            taken = self._rows_of(item)
-            batch.extend(taken)
-            rows += sum(len(i) if isinstance(i, PredictionColumns) else 1 for i in taken)
+            taken = self._dequeued(item)
+            batch.append(taken)
+            rows += _n_rows([taken])
         return batch, False
 
-    def _rows_of(self, item: Any) -> list[Item]:
-        """Clean rows of one queued item: a row (submit), _Many rows (submit_many) or one
-        column block (submit_columns), which stays whole."""
-        if isinstance(item, PredictionColumns):
-            with self._count_lock:
-                self._queued -= len(item)
-            return [item]
-        rows = item.rows if isinstance(item, _Many) else [item]
+    def _dequeued(self, item: Any) -> Item:
+        """One queued item, taken off the count: a row (submit), cleaned, or a column block
+        (submit_columns), whole."""
         with self._count_lock:
-            self._queued -= len(rows)
-        if isinstance(item, _Many) and item.clean:
-            return rows
-        return [self._clean(row) for row in rows]
+            self._queued -= _n_rows([item])
+        return item if isinstance(item, PredictionColumns) else self._clean(item)
 
     def _write(self, batch: list[Item]) -> None:
         rows = self._inflight = batch
@@ -259,8 +231,7 @@ class PredictionLogWriter:
             if self._store_up:
                 try:
                     self._commit(rows)
-                    n = sum(len(i) if isinstance(i, PredictionColumns) else 1 for i in rows)
-                    self._count("rows_written", n)
+                    self._count("rows_written", _n_rows(rows))
                     return
                 except Exception as exc:  # any failure: the rows are still ours to keep
                     self._mark_down(exc)

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from serving.arrowio import stream_bytes
 from tests.conftest import ROOT, pg_databases
 from tests.proxy import TcpProxy
 from tests.serving.server import (
@@ -282,11 +283,7 @@ ARROW = "application/vnd.apache.arrow.stream"
 
 
 def arrow_body(frame: pd.DataFrame) -> bytes:
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
+    return stream_bytes(pa.Table.from_pandas(frame, preserve_index=False))
 
 
 def post_arrow(served, frame: pd.DataFrame, query: str = "", headers=MAIN) -> httpx.Response:
