@@ -148,7 +148,7 @@ def raw_ceiling(model, rows: pd.DataFrame) -> dict[str, float]:
     big = rows[model.builder.input_columns].to_numpy(dtype="float64")
     big = np.concatenate([big] * (10_000 // len(big) + 1))[:10_000]
     fast = explainer(model.booster, model.builder.transform_array(one))
-    xgb_shap = lambda feats: contributions(model.booster, feats)  # noqa: E731
+    xgb_shap = lambda feats: (contributions(model.booster, feats), None)  # noqa: E731
 
     def per_call(fn, n: int) -> float:
         fn()

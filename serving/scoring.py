@@ -6,6 +6,7 @@ the probability and reads directly as "expected defaults per 100 such customers"
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 
@@ -16,7 +17,9 @@ from riskloop.settings import ServingSettings
 from serving.treeshap import TreeShap
 
 log = logging.getLogger(__name__)
-Explainer = Callable[[np.ndarray], np.ndarray]  # features -> contributions, bias column last
+# features -> (contributions with the bias column last, probabilities of default when the
+# explainer scores the rows in the same pass, else None)
+Explainer = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
 
 
 def inputs_matrix(builder, records: list) -> np.ndarray:
@@ -37,16 +40,14 @@ def predict(
     """Features, probabilities and (given an `explainer`) exact TreeSHAP contributions (last
     column: the base value), on arrays end to end. Uses only the model's `builder` and
     `booster` with riskloop's current feature code (features/ is shared with training)."""
-    feats, p = probabilities(model, values)
-    return feats, p, explain(feats) if explain else None
-
-
-def probabilities(model, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Model-input matrix -> (features, probabilities of default)."""
     feats = model.builder.transform_array(values)
-    return feats, model.booster.inplace_predict(
-        feats, predict_type="value", validate_features=False
-    )
+    contrib, p = explain(feats) if explain else (None, None)
+    return feats, probabilities(model.booster, feats) if p is None else p, contrib
+
+
+def probabilities(booster: xgb.Booster, feats: np.ndarray) -> np.ndarray:
+    """Feature matrix -> probabilities of default (XGBoost's own predictor)."""
+    return booster.inplace_predict(feats, predict_type="value", validate_features=False)
 
 
 def contributions(booster: xgb.Booster, feats: np.ndarray) -> np.ndarray:
@@ -60,16 +61,40 @@ def contributions(booster: xgb.Booster, feats: np.ndarray) -> np.ndarray:
 def explainer(booster: xgb.Booster, probe: np.ndarray, tolerance: float = 1e-4) -> Explainer:
     """The same exact contributions as `contributions`, from riskloop's table-driven TreeSHAP
     (serving/treeshap.py, ~8x cheaper a row) when the model's trees allow it and it reproduces
-    XGBoost on `probe` rows (features) within `tolerance`; else XGBoost's own."""
+    XGBoost on `probe` rows (features) within `tolerance`; else XGBoost's own. The table
+    TreeSHAP also scores the rows it explains (its pass over the nodes finds each tree's
+    leaf), for a binary:logistic model whose probabilities it reproduces on `probe`."""
+    fallback: Explainer = lambda feats: (contributions(booster, feats), None)  # noqa: E731
     fast = TreeShap.from_booster(booster)
     if fast is None:
         log.info("reason codes from XGBoost's pred_contribs: the trees need its general TreeSHAP")
-    else:
-        gap = float(np.abs(fast.contributions(probe) - contributions(booster, probe)).max())
-        if gap <= tolerance:
-            return fast.contributions
+        return fallback
+    contrib, margin = fast.explain(probe)
+    gap = float(np.abs(contrib - contributions(booster, probe)).max())
+    if gap > tolerance:
         log.warning("table TreeSHAP differs from XGBoost by %.2g: using XGBoost's", gap)
-    return lambda feats: contributions(booster, feats)
+        return fallback
+    if _logistic(booster):
+        p_gap = float(np.abs(sigmoid(margin) - probabilities(booster, probe)).max())
+        if p_gap <= 1e-6:
+            return lambda feats: _scored(fast, feats)
+        log.warning("table TreeSHAP's margins miss XGBoost's probabilities by %.2g", p_gap)
+    return lambda feats: (fast.contributions(feats), None)
+
+
+def _scored(fast: TreeShap, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    contrib, margin = fast.explain(feats)
+    return contrib, sigmoid(margin)
+
+
+def _logistic(booster: xgb.Booster) -> bool:
+    return json.loads(booster.save_config())["learner"]["objective"]["name"] == "binary:logistic"
+
+
+def sigmoid(margin: np.ndarray) -> np.ndarray:
+    """binary:logistic's link, in float32 like XGBoost's."""
+    m = np.asarray(margin, dtype=np.float32)
+    return np.float32(1) / (np.float32(1) + np.exp(-m))
 
 
 def risk_scores(p: np.ndarray) -> np.ndarray:

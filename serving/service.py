@@ -178,19 +178,28 @@ class RiskService:
         for the JSON API, columns for a columnar request) and queues the batch's
         prediction-log rows as one block of columns."""
         values = jobs[0].values if len(jobs) == 1 else np.concatenate([j.values for j in jobs])
-        feats, p = scoring.probabilities(self.model, values)
+        feats = self.model.builder.transform_array(values)
         explain_rows = [np.arange(len(j)) + off for j, off in zip(jobs, _offsets(jobs), strict=True)
                         if j.explain != "none"]  # fmt: skip
-        contrib, top = None, [[]] * len(p)
+        contrib, top, p = None, [[]] * len(feats), None
         if explain_rows:
             rows = np.concatenate(explain_rows)
-            c = self.explain(feats[rows])
-            contrib = np.full((len(p), c.shape[1]), np.nan)
+            c, p_explained = self.explain(feats[rows])
+            contrib = np.full((len(feats), c.shape[1]), np.nan)
             contrib[rows] = c
             top = list(top)
             found = scoring.reasons(c, feats[rows], self.feature_names, PARAMS.serving.top_reasons)
             for r, reasons in zip(rows.tolist(), found, strict=True):
                 top[r] = reasons
+            if p_explained is not None:  # the explainer scored these rows in the same pass
+                p = np.empty(len(feats), dtype=p_explained.dtype)
+                p[rows] = p_explained
+                rest = np.ones(len(feats), dtype=bool)
+                rest[rows] = False
+                if rest.any():
+                    p[rest] = scoring.probabilities(self.model.booster, feats[rest])
+        if p is None:
+            p = scoring.probabilities(self.model.booster, feats)
         scores = scoring.risk_scores(p)
         bands = scoring.risk_bands(scores, PARAMS.serving.bands)
         decisions = scoring.decisions(scores, PARAMS.serving)

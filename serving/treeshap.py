@@ -23,6 +23,7 @@ and w(s, d) = s! (d-s-1)! / d!. The sum depends on the pattern only, which is wh
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -52,6 +53,9 @@ class TreeShap:
     # to the model's widest leaf with n_features, the bias column (overwritten at the end)
     leaf_table: np.ndarray  # int64 offsets into table (n_leaves + 1)
     table: np.ndarray  # float32, per leaf [agreement bits along the path][slot]
+    leaf_value: np.ndarray  # float32
+    leaf_full: np.ndarray  # int64: the bits of a row that takes every step of the path
+    base_margin: float = 0.0  # XGBoost's margin before any tree (its transform of base_score)
 
     @classmethod
     def from_booster(cls, booster: xgb.Booster) -> TreeShap | None:
@@ -67,23 +71,35 @@ class TreeShap:
         built = _flatten(trees, n_features)
         if built is None:
             return None
-        # XGBoost's bias column: base margin (its transform of base_score) plus every tree's
-        # cover-weighted mean; take it from XGBoost itself, it is the same for every row
-        probe = xgb.DMatrix(np.full((1, n_features), np.nan, dtype=np.float32), nthread=1)
-        bias = float(booster.predict(probe, pred_contribs=True, validate_features=False)[0, -1])
-        return cls(n_features=n_features, bias=bias, **built)
+        # XGBoost's bias column: base margin plus every tree's cover-weighted mean, and its
+        # base margin: both the same for every row, so take them from XGBoost on one row
+        probe = np.full((1, n_features), np.nan)
+        dm = xgb.DMatrix(probe, nthread=1)
+        bias = float(booster.predict(dm, pred_contribs=True, validate_features=False)[0, -1])
+        margin = float(booster.predict(dm, output_margin=True, validate_features=False)[0])
+        shap = cls(n_features=n_features, bias=bias, **built)
+        trees_only = float(shap.explain(probe)[1][0])
+        return dataclasses.replace(shap, base_margin=margin - trees_only)
 
     def contributions(self, feats: np.ndarray) -> np.ndarray:
         """(rows, n_features + 1) like pred_contribs: the last column is the bias."""
+        return self.explain(feats)[0]
+
+    def explain(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Contributions as `contributions` gives them, and each row's margin (float32,
+        summed as XGBoost's predictor sums it) from the same pass over the nodes: a row
+        explained needs no second walk of the trees to be scored."""
         x = np.ascontiguousarray(feats, dtype=np.float64)
         out = np.empty((x.shape[0], self.n_features + 1), dtype=np.float32)
+        margin = np.empty(x.shape[0], dtype=np.float32)
         from serving.treeshap_kernels import kernel  # numba loads in the worker only
 
         kernel(self.slot_feature.shape[1])(
             x, self.node_feature, self.node_threshold, self.node_default_left, self.node_parent,
-            self.node_is_left, self.leaf_node, self.leaf_d, self.slot_feature, self.leaf_table, self.table, out)  # fmt: skip
+            self.node_is_left, self.leaf_node, self.leaf_d, self.slot_feature, self.leaf_table, self.table, out,
+            self.leaf_value, self.leaf_full, np.float32(self.base_margin), margin)  # fmt: skip
         out[:, -1] = self.bias
-        return out
+        return out, margin
 
 
 def _flatten(trees: list[dict], n_features: int) -> dict[str, np.ndarray] | None:
@@ -96,7 +112,7 @@ def _flatten(trees: list[dict], n_features: int) -> dict[str, np.ndarray] | None
         "parent": [],
         "is_left": [],
     }
-    leaf_node, leaf_d, leaf_value, z_all, steps_all = [], [], [], [], []
+    leaf_node, leaf_d, leaf_value, leaf_steps_n, z_all, steps_all = [], [], [], [], [], []
     leaf_slots, slot_feature, leaf_steps = [0], [], [0]
     for tree in trees:
         left, right = tree["left_children"], tree["right_children"]
@@ -135,6 +151,7 @@ def _flatten(trees: list[dict], n_features: int) -> dict[str, np.ndarray] | None
             leaf_node.append(where[node])
             leaf_d.append(len(slots))
             leaf_value.append(cond[node])
+            leaf_steps_n.append(len(path))
             slot_feature += list(slots)
             leaf_slots.append(len(slot_feature))
             leaf_steps.append(len(steps_all))
@@ -165,6 +182,8 @@ def _flatten(trees: list[dict], n_features: int) -> dict[str, np.ndarray] | None
         "slot_feature": padded,
         "leaf_table": leaf_table,
         "table": table,
+        "leaf_value": np.array(leaf_value, dtype=np.float32),
+        "leaf_full": (np.int64(1) << np.array(leaf_steps_n, dtype=np.int64)) - 1,
     }
 
 

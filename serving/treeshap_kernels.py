@@ -56,7 +56,8 @@ def kernel(width: int):
 
     @njit(nogil=True)
     def contributions(x, node_feature, node_threshold, node_default_left, node_parent,
-                      node_is_left, leaf_node, leaf_d, slot_feature, leaf_table, table, out):  # pragma: no cover  # fmt: skip
+                      node_is_left, leaf_node, leaf_d, slot_feature, leaf_table, table, out,
+                      leaf_value, leaf_full, base_margin, margin):  # pragma: no cover  # fmt: skip
         n_nodes = node_feature.shape[0]
         goes_left = np.zeros(n_nodes, dtype=np.bool_)
         bits = np.zeros(n_nodes, dtype=np.int64)  # agreement bits along the path to each node
@@ -74,10 +75,17 @@ def kernel(width: int):
                     else:
                         goes_left[n] = np.float32(value) < node_threshold[n]
             acc[:] = 0.0
+            # the leaf the row reaches agrees with every step of its path: its value goes
+            # into the margin, summed from the base in tree order in float32 as XGBoost does
+            m = base_margin
             for leaf in range(leaf_node.shape[0]):
-                at = leaf_table[leaf] + bits[leaf_node[leaf]] * leaf_d[leaf]
+                b = bits[leaf_node[leaf]]
+                if b == leaf_full[leaf]:
+                    m += leaf_value[leaf]
+                at = leaf_table[leaf] + b * leaf_d[leaf]
                 for k in range(width):
                     acc[slot_feature[leaf, k]] += table[at + k]
             out[r] = acc
+            margin[r] = m
 
     return contributions

@@ -36,6 +36,12 @@ def test_project_model_matches_pred_contribs(raw, params):
     np.testing.assert_allclose(ours, theirs, atol=2e-5)
     margin = model.booster.predict(xgb.DMatrix(feats), output_margin=True, validate_features=False)
     np.testing.assert_allclose(ours.sum(axis=1), margin, atol=1e-4)
+    # the same pass finds each tree's leaf: margins and probabilities as XGBoost's predictor
+    np.testing.assert_allclose(table.explain(feats)[1], margin, atol=2e-6)
+    contrib, p = scoring.explainer(model.booster, feats[:5])(feats)
+    np.testing.assert_array_equal(contrib, ours)
+    assert p is not None
+    np.testing.assert_allclose(p, scoring.probabilities(model.booster, feats), rtol=1e-6, atol=1e-7)
 
 
 def test_repeated_features_and_missing_values_match():
@@ -66,14 +72,33 @@ def test_unsupported_models_fall_back_to_xgboost(params):
     booster = _train(x, y, rounds=5, **params)
     assert TreeShap.from_booster(booster) is None
     explain = scoring.explainer(booster, x[:5])
-    np.testing.assert_array_equal(explain(x[:20]), scoring.contributions(booster, x[:20]))
+    contrib, p = explain(x[:20])
+    np.testing.assert_array_equal(contrib, scoring.contributions(booster, x[:20]))
+    assert p is None  # XGBoost's pred_contribs does not score: the service predicts
 
 
 def test_explainer_uses_xgboost_when_the_tables_disagree():
     x, y = _synthetic()
     booster = _train(x, y)
-    fast = scoring.explainer(booster, x[:20])
-    np.testing.assert_allclose(fast(x), scoring.contributions(booster, x), atol=2e-5)
+    contrib, p = scoring.explainer(booster, x[:20])(x)
+    np.testing.assert_allclose(contrib, scoring.contributions(booster, x), atol=2e-5)
+    np.testing.assert_allclose(p, scoring.probabilities(booster, x), rtol=1e-6, atol=1e-7)
     # a tolerance nothing meets stands for a table that fails the load-time check
     checked = scoring.explainer(booster, x[:20], tolerance=-1.0)
-    np.testing.assert_array_equal(checked(x[:20]), scoring.contributions(booster, x[:20]))
+    contrib, p = checked(x[:20])
+    np.testing.assert_array_equal(contrib, scoring.contributions(booster, x[:20]))
+    assert p is None
+
+
+def test_explainer_scores_only_a_logistic_model():
+    """Margins become probabilities through binary:logistic's link only; with another
+    objective the table still explains and XGBoost scores."""
+    x, y = _synthetic(missing=0.0)
+    booster = _train(x, y, objective="binary:logitraw")
+    table = TreeShap.from_booster(booster)
+    assert table is not None
+    margin = booster.predict(xgb.DMatrix(x), output_margin=True)
+    np.testing.assert_allclose(table.explain(x)[1], margin, atol=2e-6)
+    contrib, p = scoring.explainer(booster, x[:20])(x)
+    np.testing.assert_allclose(contrib, scoring.contributions(booster, x), atol=2e-5)
+    assert p is None
