@@ -24,19 +24,21 @@ STATUS_FEATURES = (
 )  # fmt: skip
 
 
+# Serving calls these on one-row arrays, where each numpy call's fixed cost (µs) is the whole
+# cost: hence single ufunc calls with `where=` rather than boolean indexing or nan-functions.
+
+
 def _safe_div(num: pd.Series | np.ndarray, den: pd.Series | np.ndarray) -> np.ndarray:
     num = np.asarray(num, dtype="float64")
     den = np.asarray(den, dtype="float64")
-    out = np.full(num.shape, np.nan)
-    ok = den > 0
-    out[ok] = num[ok] / den[ok]
-    return out
+    return np.divide(num, den, out=np.full(num.shape, np.nan), where=den > 0)
 
 
 def _row_nanmean(a: np.ndarray) -> np.ndarray:
     """Row mean ignoring NaN; NaN (XGBoost's missing) where a row has no value."""
-    n = np.sum(~np.isnan(a), axis=1)
-    total = np.nansum(a, axis=1)
+    missing = np.isnan(a)
+    n = a.shape[1] - missing.sum(axis=1)
+    total = np.where(missing, 0.0, a).sum(axis=1)
     return np.divide(total, n, out=np.full(len(a), np.nan), where=n > 0)
 
 
@@ -68,17 +70,16 @@ def repayment_arrays(
         "consecutive_delinquent": np.cumprod(late, axis=1).sum(axis=1),
         "delinquency_load": np.clip(status, 0, None).sum(axis=1),
     }
-    if rep.bill_columns and rep.limit_column:
-        bills = columns(rep.bill_columns)
-        limit = columns([rep.limit_column])
-        util = _safe_div(bills, np.broadcast_to(limit, bills.shape))
+    bills = columns(rep.bill_columns) if rep.bill_columns else None
+    limit = columns([rep.limit_column]) if rep.limit_column else None  # (rows, 1)
+    if bills is not None and limit is not None:
+        util = _safe_div(bills, limit)
         out["utilization_latest"] = util[:, 0]
         out["utilization_mean"] = _row_nanmean(util)
         out["utilization_max"] = _row_nanmax(util)
         out["bill_growth"] = _safe_div(bills[:, 0] - bills[:, -1], limit[:, 0])
-    if rep.payment_columns and rep.bill_columns:
+    if rep.payment_columns and bills is not None:
         pays = columns(rep.payment_columns)
-        bills = columns(rep.bill_columns)
         lag = rep.payment_lag
         n = bills.shape[1] - lag
         ratios = _safe_div(pays[:, :n], bills[:, lag : lag + n])
@@ -90,10 +91,9 @@ def repayment_arrays(
         out["months_paid_in_full"] = (
             (pays[:, :n] >= bills[:, lag : lag + n]) & (bills[:, lag : lag + n] > 0)
         ).sum(axis=1)
-        if rep.limit_column:
-            limit = columns([rep.limit_column])[:, 0]
-            out["payment_to_limit"] = _safe_div(pays.mean(axis=1), limit)
-            out["outstanding_to_limit"] = _safe_div(bills[:, 0] - pays[:, 0], limit)
+        if limit is not None:
+            out["payment_to_limit"] = _safe_div(pays.mean(axis=1), limit[:, 0])
+            out["outstanding_to_limit"] = _safe_div(bills[:, 0] - pays[:, 0], limit[:, 0])
     return out
 
 
@@ -156,9 +156,10 @@ class FeatureBuilder:
         position = {name: i for i, name in enumerate(self.feature_names_)}
         for name, column in derived.items():
             out[:, position[name]] = column
-        for name, (low, high) in self.caps_.items():
-            j = position[name]
-            np.clip(out[:, j], low, high, out=out[:, j])
+        if self.caps_:  # one clip for all capped columns (a call per column cost ~3 µs each)
+            capped = [position[name] for name in self.caps_]
+            low, high = np.array(list(self.caps_.values())).T
+            out[:, capped] = np.clip(out[:, capped], low, high)
         return out
 
     def encode(self, column: str, value: object) -> float:
