@@ -210,8 +210,8 @@ def main() -> None:
                                       {}, tmp)  # fmt: skip
             for explain in ("none", "top"):
                 body = json.dumps({"records": recs, "explain": explain}).encode()
-                # exact contributions cost ~1 ms a row: a 10k-row request with reasons takes
-                # longer than hey's default 20 s timeout
+                # a 10k-row request with exact contributions (~50-150 µs a row) can take
+                # longer than hey's default 20 s timeout on a busy machine
                 results[f"bento-10k-{explain}"] = hey("http://127.0.0.1:3901/predict", body, 24, 2,
                                                       {"X-API-Key": KEY}, tmp, 300)  # fmt: skip
             # the 10k records as an Arrow IPC stream (serving/arrowio.py), integers as int64

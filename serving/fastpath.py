@@ -123,7 +123,7 @@ class Job:
 class MicroBatcher:
     """Scores queued jobs in batches in one thread. `compute(jobs)` returns one result per job.
     A batch takes whole jobs up to `max_rows` rows, and at most `max_explain_rows` rows that
-    need exact contributions (~1 ms a row on one core: they bound the batch's latency)."""
+    need exact contributions (~50-150 µs a row on one core: they bound the batch's latency)."""
 
     def __init__(self, compute: Callable[[list[Job]], list[Any]], max_rows: int = 4096,
                  max_explain_rows: int = 64) -> None:  # fmt: skip

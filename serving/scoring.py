@@ -14,7 +14,7 @@ import numpy as np
 import xgboost as xgb
 
 from riskloop.settings import ServingSettings
-from serving.treeshap import TreeShap
+from serving.treeshap import BLOCK_FROM, TreeShap
 
 log = logging.getLogger(__name__)
 # features -> (contributions with the bias column last, probabilities of default when the
@@ -69,13 +69,19 @@ def explainer(booster: xgb.Booster, probe: np.ndarray, tolerance: float = 1e-4) 
     if fast is None:
         log.info("reason codes from XGBoost's pred_contribs: the trees need its general TreeSHAP")
         return fallback
-    contrib, margin = fast.explain(probe)
-    gap = float(np.abs(contrib - contributions(booster, probe)).max())
+    # one row (the per-row kernel) and a batch (the block kernel): both checked against
+    # XGBoost, and both compiled before the first request
+    rows = np.concatenate([probe[:1], np.tile(probe, (BLOCK_FROM, 1))])
+    contrib, margin = (
+        np.concatenate(parts)
+        for parts in zip(fast.explain(rows[:1]), fast.explain(rows[1:]), strict=True)
+    )
+    gap = float(np.abs(contrib - contributions(booster, rows)).max())
     if gap > tolerance:
         log.warning("table TreeSHAP differs from XGBoost by %.2g: using XGBoost's", gap)
         return fallback
     if _logistic(booster):
-        p_gap = float(np.abs(sigmoid(margin) - probabilities(booster, probe)).max())
+        p_gap = float(np.abs(sigmoid(margin) - probabilities(booster, rows)).max())
         if p_gap <= 1e-6:
             return lambda feats: _scored(fast, feats)
         log.warning("table TreeSHAP's margins miss XGBoost's probabilities by %.2g", p_gap)

@@ -33,6 +33,7 @@ import numpy as np
 import xgboost as xgb
 
 MAX_PATH = 10  # splits from root to leaf: at most 10 * 2^10 floats a leaf
+BLOCK_FROM = 8  # rows from which the leaf-major block kernel beats the per-row one
 
 
 @dataclass(frozen=True)
@@ -92,9 +93,10 @@ class TreeShap:
         x = np.ascontiguousarray(feats, dtype=np.float64)
         out = np.empty((x.shape[0], self.n_features + 1), dtype=np.float32)
         margin = np.empty(x.shape[0], dtype=np.float32)
-        from serving.treeshap_kernels import kernel  # numba loads in the worker only
+        from serving.treeshap_kernels import block_kernel, kernel  # numba: in the worker only
 
-        kernel(self.slot_feature.shape[1])(
+        pick = block_kernel if x.shape[0] >= BLOCK_FROM else kernel
+        pick(self.slot_feature.shape[1])(
             x, self.node_feature, self.node_threshold, self.node_default_left, self.node_parent,
             self.node_is_left, self.leaf_node, self.leaf_d, self.slot_feature, self.leaf_table, self.table, out,
             self.leaf_value, self.leaf_full, np.float32(self.base_margin), margin)  # fmt: skip

@@ -89,3 +89,62 @@ def kernel(width: int):
             margin[r] = m
 
     return contributions
+
+
+BLOCK = 64  # rows a block kernel pass carries: its per-node state is n_nodes * BLOCK * 3 bytes
+
+
+@functools.cache
+def block_kernel(width: int):
+    """The same numbers as `kernel` (bit for bit: each row's sums run in the same order) for
+    batches, BLOCK rows at a time and leaf-major: each leaf's table is read once for the
+    whole block while it sits in cache, where the per-row kernel reads every leaf's table
+    again for every row; and the node pass runs over contiguous rows, branch-free, so it
+    vectorizes. ~2.5x cheaper a row from 16 rows up; slower below ~4 rows."""
+
+    @njit(nogil=True)
+    def contributions(x, node_feature, node_threshold, node_default_left, node_parent,
+                      node_is_left, leaf_node, leaf_d, slot_feature, leaf_table, table, out,
+                      leaf_value, leaf_full, base_margin, margin):  # pragma: no cover  # fmt: skip
+        n_nodes, rows = node_feature.shape[0], min(BLOCK, x.shape[0])
+        xt = np.empty((x.shape[1], rows), dtype=np.float32)  # the block's rows as columns
+        goes_left = np.zeros((n_nodes, rows), dtype=np.bool_)
+        bits = np.zeros((n_nodes, rows), dtype=np.int16)  # paths are at most MAX_PATH long
+        acc = np.zeros((out.shape[1], rows), dtype=np.float32)
+        m = np.empty(rows, dtype=np.float32)
+        at = np.empty(rows, dtype=np.int64)
+        for start in range(0, x.shape[0], rows):
+            nb = min(rows, x.shape[0] - start)
+            for j in range(nb):
+                for f in range(x.shape[1]):
+                    xt[f, j] = np.float32(x[start + j, f])
+            for n in range(n_nodes):
+                p = node_parent[n]
+                if p >= 0:
+                    is_left = node_is_left[n]
+                    for j in range(nb):
+                        bits[n, j] = (bits[p, j] << 1) | (goes_left[p, j] == is_left)
+                f = node_feature[n]
+                if f >= 0:
+                    threshold, default_left = node_threshold[n], node_default_left[n]
+                    for j in range(nb):
+                        v = xt[f, j]  # NaN compares False: it goes the default way
+                        goes_left[n, j] = (v < threshold) | (default_left & (v != v))
+            acc[:, :nb] = 0.0
+            m[:nb] = base_margin
+            for leaf in range(leaf_node.shape[0]):
+                node = leaf_node[leaf]
+                for j in range(nb):
+                    b = bits[node, j]
+                    if b == leaf_full[leaf]:
+                        m[j] += leaf_value[leaf]
+                    at[j] = leaf_table[leaf] + b * leaf_d[leaf]
+                for k in range(width):
+                    f = slot_feature[leaf, k]
+                    for j in range(nb):
+                        acc[f, j] += table[at[j] + k]
+            for j in range(nb):
+                out[start + j] = acc[:, j]
+                margin[start + j] = m[j]
+
+    return contributions

@@ -7,7 +7,8 @@ import pytest
 import xgboost as xgb
 
 from serving import scoring
-from serving.treeshap import MAX_PATH, TreeShap
+from serving.treeshap import BLOCK_FROM, MAX_PATH, TreeShap
+from serving.treeshap_kernels import BLOCK
 from tests.conftest import stratified_sample
 from tests.modelling import fit_small_model
 
@@ -53,8 +54,12 @@ def test_repeated_features_and_missing_values_match():
     assert (path_lengths > table.leaf_d).any(), "no path split twice on one feature"
     assert np.isnan(x).any()
     np.testing.assert_allclose(table.contributions(x), scoring.contributions(booster, x), atol=2e-5)
-    # one row at a time gives the same numbers as a batch
-    np.testing.assert_allclose(table.contributions(x[:1]), table.contributions(x)[:1])
+    # the per-row kernel (small batches) and the block kernel give the same bits
+    assert len(x) > BLOCK >= BLOCK_FROM > 1
+    one_by_one = [table.explain(x[i : i + 1]) for i in range(BLOCK + 3)]
+    block = table.explain(x[: BLOCK + 3])  # a full block and a partial one
+    np.testing.assert_array_equal(np.concatenate([c for c, _ in one_by_one]), block[0])
+    np.testing.assert_array_equal(np.concatenate([m for _, m in one_by_one]), block[1])
 
 
 @pytest.mark.parametrize(
