@@ -137,18 +137,23 @@ def wait_for_rows(db: Path, expected: int, timeout_s: float = 600) -> dict:
 
 
 def raw_ceiling(model, rows: pd.DataFrame) -> dict[str, float]:
-    """In-process, 1 thread, the service's own array path: µs for one row without and with
-    exact contributions, rows/s for 10k-row batches without contributions, and µs per row
-    with exact contributions in 64-row batches (what the service's micro-batches pay), from
-    the service's explainer and from XGBoost's pred_contribs."""
-    from serving.scoring import contributions, explainer, predict
+    """In-process, 1 thread, the service's own array path (features included), with the
+    service's scorer (flattened trees where its checks pass) and with XGBoost alone: µs for
+    one row without and with exact contributions, rows/s for 10k-row batches without them,
+    and µs per row with them in 64-row batches (what the service's micro-batches pay)."""
+    from serving.scorer import Scorer
 
     model.booster.set_param({"nthread": 1})
     one = rows.head(1)[model.builder.input_columns].to_numpy(dtype="float64")
     big = rows[model.builder.input_columns].to_numpy(dtype="float64")
     big = np.concatenate([big] * (10_000 // len(big) + 1))[:10_000]
-    fast = explainer(model.booster, model.builder.transform_array(one))
-    xgb_shap = lambda feats: (contributions(model.booster, feats), None)  # noqa: E731
+    probe = model.builder.transform_array(one)
+    ours, xgb_only = Scorer(model.booster, probe), Scorer(model.booster, probe, use_table=False)
+
+    def score(scorer: Scorer, values: np.ndarray, explain: bool = False) -> np.ndarray:
+        feats = model.builder.transform_array(values)
+        p = scorer.explain(feats)[1] if explain else None
+        return scorer.probabilities(feats) if p is None else p
 
     def per_call(fn, n: int) -> float:
         fn()
@@ -158,12 +163,13 @@ def raw_ceiling(model, rows: pd.DataFrame) -> dict[str, float]:
         return (time.perf_counter() - t) / n
 
     return {
-        "single_us": per_call(lambda: predict(model, one), 500) * 1e6,
-        "explain_us": per_call(lambda: predict(model, one, fast), 200) * 1e6,
-        "explain_xgb_us": per_call(lambda: predict(model, one, xgb_shap), 200) * 1e6,
-        "batch_rps": 10_000 / per_call(lambda: predict(model, big), 5),
-        "batch_explain_us": per_call(lambda: predict(model, big[:64], fast), 20) / 64 * 1e6,
-        "batch_explain_xgb_us": per_call(lambda: predict(model, big[:64], xgb_shap), 10) / 64 * 1e6,
+        "single_us": per_call(lambda: score(ours, one), 500) * 1e6,
+        "single_xgb_us": per_call(lambda: score(xgb_only, one), 500) * 1e6,
+        "explain_us": per_call(lambda: score(ours, one, True), 200) * 1e6,
+        "explain_xgb_us": per_call(lambda: score(xgb_only, one, True), 200) * 1e6,
+        "batch_rps": 10_000 / per_call(lambda: score(ours, big), 5),
+        "batch_explain_us": per_call(lambda: score(ours, big[:64], True), 20) / 64 * 1e6,
+        "batch_explain_xgb_us": per_call(lambda: score(xgb_only, big[:64], True), 10) / 64 * 1e6,
     }
 
 
@@ -287,8 +293,9 @@ reasons {results["bento-1-top"]["runs"]}, no reasons {results["bento-1-none"]["r
 Ratio bento / `mlflow models serve`, single row with reasons: **{b1 / m1:.1f}x**.
 Prediction log: {drain["stored"]:,} of {drain["expected"]:,} answered predictions in the store,
 {drain["seconds"]:.1f} s after the last request (rows are written in batches off the request path).
-Raw in-process ceiling (the service's array path, 1 thread): {raw["single_us"]:.0f} µs for one row,
-{raw["batch_rps"]:,.0f} rows/s on 10k-row batches. Exact contributions (reasons), riskloop's table
+Raw in-process ceiling (the service's array path, features included, 1 thread): one row
+{raw["single_us"]:.0f} µs (flattened trees, serving/scorer.py) vs {raw["single_xgb_us"]:.0f} µs (`inplace_predict`);
+{raw["batch_rps"]:,.0f} rows/s on 10k-row batches (XGBoost's predictor). Exact contributions (reasons), riskloop's table
 TreeSHAP (serving/treeshap.py) vs XGBoost's `pred_contribs`, same values:
 {raw["explain_us"]:.0f} vs {raw["explain_xgb_us"]:.0f} µs for one row (prediction included);
 {raw["batch_explain_us"]:.0f} vs {raw["batch_explain_xgb_us"]:.0f} µs a row in 64-row batches

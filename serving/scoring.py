@@ -6,20 +6,10 @@ the probability and reads directly as "expected defaults per 100 such customers"
 
 from __future__ import annotations
 
-import json
-import logging
-from collections.abc import Callable
-
 import numpy as np
 import xgboost as xgb
 
 from riskloop.settings import ServingSettings
-from serving.treeshap import BLOCK_FROM, TreeShap
-
-log = logging.getLogger(__name__)
-# features -> (contributions with the bias column last, probabilities of default when the
-# explainer scores the rows in the same pass, else None)
-Explainer = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
 
 
 def inputs_matrix(builder, records: list) -> np.ndarray:
@@ -34,17 +24,6 @@ def inputs_matrix(builder, records: list) -> np.ndarray:
     )  # a None (nullable column) becomes NaN: XGBoost's missing
 
 
-def predict(
-    model, values: np.ndarray, explain: Explainer | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Features, probabilities and (given an `explainer`) exact TreeSHAP contributions (last
-    column: the base value), on arrays end to end. Uses only the model's `builder` and
-    `booster` with riskloop's current feature code (features/ is shared with training)."""
-    feats = model.builder.transform_array(values)
-    contrib, p = explain(feats) if explain else (None, None)
-    return feats, probabilities(model.booster, feats) if p is None else p, contrib
-
-
 def probabilities(booster: xgb.Booster, feats: np.ndarray) -> np.ndarray:
     """Feature matrix -> probabilities of default (XGBoost's own predictor)."""
     return booster.inplace_predict(feats, predict_type="value", validate_features=False)
@@ -56,45 +35,6 @@ def contributions(booster: xgb.Booster, feats: np.ndarray) -> np.ndarray:
     return booster.predict(
         xgb.DMatrix(feats, nthread=1), pred_contribs=True, validate_features=False
     )
-
-
-def explainer(booster: xgb.Booster, probe: np.ndarray, tolerance: float = 1e-4) -> Explainer:
-    """The same exact contributions as `contributions`, from riskloop's table-driven TreeSHAP
-    (serving/treeshap.py, ~8x cheaper a row) when the model's trees allow it and it reproduces
-    XGBoost on `probe` rows (features) within `tolerance`; else XGBoost's own. The table
-    TreeSHAP also scores the rows it explains (its pass over the nodes finds each tree's
-    leaf), for a binary:logistic model whose probabilities it reproduces on `probe`."""
-    fallback: Explainer = lambda feats: (contributions(booster, feats), None)  # noqa: E731
-    fast = TreeShap.from_booster(booster)
-    if fast is None:
-        log.info("reason codes from XGBoost's pred_contribs: the trees need its general TreeSHAP")
-        return fallback
-    # one row (the per-row kernel) and a batch (the block kernel): both checked against
-    # XGBoost, and both compiled before the first request
-    rows = np.concatenate([probe[:1], np.tile(probe, (BLOCK_FROM, 1))])
-    contrib, margin = (
-        np.concatenate(parts)
-        for parts in zip(fast.explain(rows[:1]), fast.explain(rows[1:]), strict=True)
-    )
-    gap = float(np.abs(contrib - contributions(booster, rows)).max())
-    if gap > tolerance:
-        log.warning("table TreeSHAP differs from XGBoost by %.2g: using XGBoost's", gap)
-        return fallback
-    if _logistic(booster):
-        p_gap = float(np.abs(sigmoid(margin) - probabilities(booster, rows)).max())
-        if p_gap <= 1e-6:
-            return lambda feats: _scored(fast, feats)
-        log.warning("table TreeSHAP's margins miss XGBoost's probabilities by %.2g", p_gap)
-    return lambda feats: (fast.contributions(feats), None)
-
-
-def _scored(fast: TreeShap, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    contrib, margin = fast.explain(feats)
-    return contrib, sigmoid(margin)
-
-
-def _logistic(booster: xgb.Booster) -> bool:
-    return json.loads(booster.save_config())["learner"]["objective"]["name"] == "binary:logistic"
 
 
 def sigmoid(margin: np.ndarray) -> np.ndarray:

@@ -51,6 +51,7 @@ from serving.schemas import (
     predict_request_model,
     record_model,
 )
+from serving.scorer import Scorer
 from serving.security import FixedWindowLimiter
 
 log = logging.getLogger("riskloop.serving")
@@ -132,12 +133,10 @@ class RiskService:
         # one thread per prediction: on 2 cores, more threads make single rows ~10x slower
         self.model.booster.set_param({"nthread": 1})
         self.feature_names = list(self.model.builder.feature_names_)
-        # exact TreeSHAP for reason codes, checked against XGBoost's on the OpenAPI example
-        # (and compiled) here, before the first request
+        # the flattened trees (exact TreeSHAP for reason codes, and small batches' scores),
+        # checked against XGBoost on the OpenAPI example (and compiled) before the first request
         example = scoring.inputs_matrix(self.model.builder, [RecordModel(**EXAMPLE)])
-        self.explain = scoring.explainer(
-            self.model.booster, self.model.builder.transform_array(example)
-        )
+        self.scorer = Scorer(self.model.booster, self.model.builder.transform_array(example))
         self.model_name = PARAMS.registry.model_name
         self.model_version = str(self.bento_model.info.labels.get("registry_version", "unknown"))
         url = ENV.store_url()
@@ -184,7 +183,7 @@ class RiskService:
         contrib, top, p = None, [[]] * len(feats), None
         if explain_rows:
             rows = np.concatenate(explain_rows)
-            c, p_explained = self.explain(feats[rows])
+            c, p_explained = self.scorer.explain(feats[rows])
             contrib = np.full((len(feats), c.shape[1]), np.nan)
             contrib[rows] = c
             top = list(top)
@@ -197,9 +196,9 @@ class RiskService:
                 rest = np.ones(len(feats), dtype=bool)
                 rest[rows] = False
                 if rest.any():
-                    p[rest] = scoring.probabilities(self.model.booster, feats[rest])
+                    p[rest] = self.scorer.probabilities(feats[rest])
         if p is None:
-            p = scoring.probabilities(self.model.booster, feats)
+            p = self.scorer.probabilities(feats)
         scores = scoring.risk_scores(p)
         bands = scoring.risk_bands(scores, PARAMS.serving.bands)
         decisions = scoring.decisions(scores, PARAMS.serving)

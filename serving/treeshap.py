@@ -56,6 +56,8 @@ class TreeShap:
     table: np.ndarray  # float32, per leaf [agreement bits along the path][slot]
     leaf_value: np.ndarray  # float32
     leaf_full: np.ndarray  # int64: the bits of a row that takes every step of the path
+    node_left: np.ndarray  # int32: the left child (the right one is next), -1 for a leaf
+    tree_root: np.ndarray  # int32
     base_margin: float = 0.0  # XGBoost's margin before any tree (its transform of base_score)
 
     @classmethod
@@ -103,6 +105,17 @@ class TreeShap:
         out[:, -1] = self.bias
         return out, margin
 
+    def margins(self, feats: np.ndarray) -> np.ndarray:
+        """Each row's margin alone, by walking each tree from its root to the row's leaf: the
+        same float32 sums as `explain`'s, at ~11 µs a row (vs ~130 µs with contributions)."""
+        x = np.ascontiguousarray(feats, dtype=np.float64)
+        margin = np.empty(x.shape[0], dtype=np.float32)
+        from serving.treeshap_kernels import margins
+
+        margins(x, self.node_feature, self.node_threshold, self.node_default_left, self.node_left,
+                self.tree_root, np.float32(self.base_margin), margin)  # fmt: skip
+        return margin
+
 
 def _flatten(trees: list[dict], n_features: int) -> dict[str, np.ndarray] | None:
     """All trees' nodes in one breadth-first index space; per leaf its path features, their
@@ -113,6 +126,7 @@ def _flatten(trees: list[dict], n_features: int) -> dict[str, np.ndarray] | None
         "default_left": [],
         "parent": [],
         "is_left": [],
+        "left": [],
     }
     leaf_node, leaf_d, leaf_value, leaf_steps_n, z_all, steps_all = [], [], [], [], [], []
     leaf_slots, slot_feature, leaf_steps = [0], [], [0]
@@ -135,6 +149,8 @@ def _flatten(trees: list[dict], n_features: int) -> dict[str, np.ndarray] | None
             nodes["default_left"].append(bool(tree["default_left"][node]))
             nodes["parent"].append(where[path[-1][0]] if path else -1)
             nodes["is_left"].append(bool(path and path[-1][1]))
+            # breadth-first: a node's children are appended one after the other
+            nodes["left"].append(-1 if leaf else where[left[node]])
             if not leaf:
                 continue
             if len(path) > MAX_PATH:
@@ -186,6 +202,8 @@ def _flatten(trees: list[dict], n_features: int) -> dict[str, np.ndarray] | None
         "table": table,
         "leaf_value": np.array(leaf_value, dtype=np.float32),
         "leaf_full": (np.int64(1) << np.array(leaf_steps_n, dtype=np.int64)) - 1,
+        "node_left": np.array(nodes["left"], dtype=np.int32),
+        "tree_root": np.flatnonzero(np.array(nodes["parent"]) < 0).astype(np.int32),
     }
 
 

@@ -148,3 +148,20 @@ def block_kernel(width: int):
                 margin[start + j] = m[j]
 
     return contributions
+
+
+@njit(nogil=True)
+def margins(x, node_feature, node_threshold, node_default_left, node_left, tree_root,
+            base_margin, out):  # pragma: no cover  # fmt: skip
+    """Each row's margin: base plus, tree by tree, the value of the leaf the row reaches (a
+    leaf keeps its value in node_threshold), in float32 like the contribution kernels."""
+    for r in range(x.shape[0]):
+        m = base_margin
+        for t in range(tree_root.shape[0]):
+            n = tree_root[t]
+            while node_feature[n] >= 0:
+                v = np.float32(x[r, node_feature[n]])  # NaN compares False: the default way
+                goes_left = (v < node_threshold[n]) | (node_default_left[n] & (v != v))
+                n = node_left[n] if goes_left else node_left[n] + 1
+            m += node_threshold[n]
+        out[r] = m

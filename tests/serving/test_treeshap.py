@@ -7,6 +7,7 @@ import pytest
 import xgboost as xgb
 
 from serving import scoring
+from serving.scorer import SMALL_BATCH, Scorer
 from serving.treeshap import BLOCK_FROM, MAX_PATH, TreeShap
 from serving.treeshap_kernels import BLOCK
 from tests.conftest import stratified_sample
@@ -37,12 +38,25 @@ def test_project_model_matches_pred_contribs(raw, params):
     np.testing.assert_allclose(ours, theirs, atol=2e-5)
     margin = model.booster.predict(xgb.DMatrix(feats), output_margin=True, validate_features=False)
     np.testing.assert_allclose(ours.sum(axis=1), margin, atol=1e-4)
-    # the same pass finds each tree's leaf: margins and probabilities as XGBoost's predictor
+    # the same pass finds each tree's leaf, and so does the tree walk: XGBoost's margins
     np.testing.assert_allclose(table.explain(feats)[1], margin, atol=2e-6)
-    contrib, p = scoring.explainer(model.booster, feats[:5])(feats)
+    np.testing.assert_array_equal(table.margins(feats), table.explain(feats)[1])
+    scorer = Scorer(model.booster, feats[:5])
+    assert scorer.scores
+    contrib, p = scorer.explain(feats)
     np.testing.assert_array_equal(contrib, ours)
-    assert p is not None
-    np.testing.assert_allclose(p, scoring.probabilities(model.booster, feats), rtol=1e-6, atol=1e-7)
+    xgb_p = scoring.probabilities(model.booster, feats)
+    np.testing.assert_allclose(p, xgb_p, rtol=1e-6, atol=1e-7)
+    # small batches are scored by the tree walk, large ones by XGBoost's predictor
+    assert len(feats) >= SMALL_BATCH
+    small = feats[: SMALL_BATCH - 1]
+    np.testing.assert_array_equal(
+        scorer.probabilities(small), scoring.sigmoid(table.margins(small))
+    )
+    np.testing.assert_allclose(
+        scorer.probabilities(small), xgb_p[: SMALL_BATCH - 1], rtol=1e-6, atol=1e-7
+    )
+    np.testing.assert_array_equal(scorer.probabilities(feats), xgb_p)
 
 
 def test_repeated_features_and_missing_values_match():
@@ -60,6 +74,10 @@ def test_repeated_features_and_missing_values_match():
     block = table.explain(x[: BLOCK + 3])  # a full block and a partial one
     np.testing.assert_array_equal(np.concatenate([c for c, _ in one_by_one]), block[0])
     np.testing.assert_array_equal(np.concatenate([m for _, m in one_by_one]), block[1])
+    # the tree walk reaches the same leaves (missing values take each split's default)
+    np.testing.assert_array_equal(table.margins(x), table.explain(x)[1])
+    margin = booster.predict(xgb.DMatrix(x), output_margin=True)
+    np.testing.assert_allclose(table.margins(x), margin, atol=2e-6)
 
 
 @pytest.mark.parametrize(
@@ -76,26 +94,30 @@ def test_unsupported_models_fall_back_to_xgboost(params):
         y = np.digitize(x[:, 0], [-0.5, 0.5])
     booster = _train(x, y, rounds=5, **params)
     assert TreeShap.from_booster(booster) is None
-    explain = scoring.explainer(booster, x[:5])
-    contrib, p = explain(x[:20])
-    np.testing.assert_array_equal(contrib, scoring.contributions(booster, x[:20]))
+    _assert_xgboost_only(Scorer(booster, x[:5]), booster, x[:20])
+
+
+def _assert_xgboost_only(scorer: Scorer, booster: xgb.Booster, x: np.ndarray) -> None:
+    assert scorer.table is None and not scorer.scores
+    contrib, p = scorer.explain(x)
+    np.testing.assert_array_equal(contrib, scoring.contributions(booster, x))
     assert p is None  # XGBoost's pred_contribs does not score: the service predicts
+    np.testing.assert_array_equal(
+        scorer.probabilities(x[:2]), scoring.probabilities(booster, x[:2])
+    )
 
 
-def test_explainer_uses_xgboost_when_the_tables_disagree():
+def test_scorer_uses_xgboost_when_the_tables_disagree():
     x, y = _synthetic()
     booster = _train(x, y)
-    contrib, p = scoring.explainer(booster, x[:20])(x)
+    contrib, p = Scorer(booster, x[:20]).explain(x)
     np.testing.assert_allclose(contrib, scoring.contributions(booster, x), atol=2e-5)
     np.testing.assert_allclose(p, scoring.probabilities(booster, x), rtol=1e-6, atol=1e-7)
     # a tolerance nothing meets stands for a table that fails the load-time check
-    checked = scoring.explainer(booster, x[:20], tolerance=-1.0)
-    contrib, p = checked(x[:20])
-    np.testing.assert_array_equal(contrib, scoring.contributions(booster, x[:20]))
-    assert p is None
+    _assert_xgboost_only(Scorer(booster, x[:20], tolerance=-1.0), booster, x[:20])
 
 
-def test_explainer_scores_only_a_logistic_model():
+def test_scorer_scores_only_a_logistic_model():
     """Margins become probabilities through binary:logistic's link only; with another
     objective the table still explains and XGBoost scores."""
     x, y = _synthetic(missing=0.0)
@@ -104,6 +126,11 @@ def test_explainer_scores_only_a_logistic_model():
     assert table is not None
     margin = booster.predict(xgb.DMatrix(x), output_margin=True)
     np.testing.assert_allclose(table.explain(x)[1], margin, atol=2e-6)
-    contrib, p = scoring.explainer(booster, x[:20])(x)
+    scorer = Scorer(booster, x[:20])
+    assert scorer.table is not None and not scorer.scores
+    contrib, p = scorer.explain(x)
     np.testing.assert_allclose(contrib, scoring.contributions(booster, x), atol=2e-5)
     assert p is None
+    np.testing.assert_array_equal(
+        scorer.probabilities(x[:2]), scoring.probabilities(booster, x[:2])
+    )
