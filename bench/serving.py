@@ -67,7 +67,7 @@ def rss_mb(proc: subprocess.Popen) -> float:
 
 
 def hey(url: str, body: bytes, n: int, c: int, headers: dict[str, str], tmp: Path,
-        timeout_s: int = 20, content_type: str = "application/json") -> dict:  # fmt: skip
+        timeout_s: int = 20, content_type: str = "application/json", keepalive: bool = True) -> dict:  # fmt: skip
     payload = tmp / "body.json"
     payload.write_bytes(body)
     cmd = [
@@ -87,6 +87,8 @@ def hey(url: str, body: bytes, n: int, c: int, headers: dict[str, str], tmp: Pat
     ]
     for k, v in headers.items():
         cmd += ["-H", f"{k}: {v}"]
+    if not keepalive:
+        cmd.append("-disable-keepalive")
     out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     pct = {
@@ -219,7 +221,7 @@ def main() -> None:
                 # a 10k-row request with exact contributions (~50-150 µs a row) can take
                 # longer than hey's default 20 s timeout on a busy machine
                 results[f"bento-10k-{explain}"] = hey("http://127.0.0.1:3901/predict", body, 24, 2,
-                                                      {"X-API-Key": KEY}, tmp, 300)  # fmt: skip
+                                                      {"X-API-Key": KEY}, tmp, 300, keepalive=False)  # fmt: skip
             # the 10k records as an Arrow IPC stream (serving/arrowio.py), integers as int64
             arrow = stream_bytes(
                 pa.Table.from_pandas(pd.DataFrame(recs).infer_objects(), preserve_index=False)
@@ -227,12 +229,15 @@ def main() -> None:
             for explain in ("none", "top"):
                 results[f"bento-10k-arrow-{explain}"] = hey(
                     f"http://127.0.0.1:3901/predict?explain={explain}", arrow, 24, 2, {"X-API-Key": KEY},
-                    tmp, 300, ARROW)  # fmt: skip
+                    tmp, 300, ARROW, keepalive=False)  # fmt: skip
+            # the same with the 2 connections kept alive: where they land decides (see RESULTS)
+            results["bento-10k-arrow-none-keepalive"] = hey(
+                "http://127.0.0.1:3901/predict?explain=none", arrow, 24, 2, {"X-API-Key": KEY}, tmp, 300, ARROW)  # fmt: skip
             mbody = json.dumps(
                 {"dataframe_split": {"columns": cols, "data": [[r[c] for c in cols] for r in recs]}}
             )
             results["mlflow-10k"] = hey(
-                "http://127.0.0.1:3902/invocations", mbody.encode(), 24, 2, {}, tmp
+                "http://127.0.0.1:3902/invocations", mbody.encode(), 24, 2, {}, tmp, keepalive=False
             )
             rss = {"bento": rss_mb(bento), "mlflow": rss_mb(mlf)}
             # Logging is asynchronous: how long until every answered prediction is in the store?
@@ -267,6 +272,12 @@ def main() -> None:
         line("bento, 1 row, no reasons", "bento-1-none", 1, ""),
         line("`mlflow models serve`, 1 row", "mlflow-1", 1, "peer", f"{rss['mlflow']:.0f}"),
         line("bento, 10k rows, Arrow, no reasons", "bento-10k-arrow-none", 10_000, "≥ 150k rows/s"),
+        line(
+            "bento, 10k rows, Arrow, no reasons, 2 kept-alive conns",
+            "bento-10k-arrow-none-keepalive",
+            10_000,
+            "",
+        ),
         line("bento, 10k rows, Arrow, reasons (top-3)", "bento-10k-arrow-top", 10_000, ""),
         line("bento, 10k rows, JSON, no reasons", "bento-10k-none", 10_000, ""),
         line("bento, 10k rows, JSON, reasons (top-3)", "bento-10k-top", 10_000, ""),
@@ -282,7 +293,11 @@ def main() -> None:
 Command: `make bench-serving` (`python -m bench.serving --requests {args.requests} --workers {args.workers} --repeat {args.repeat}`),
 {time.strftime("%Y-%m-%d %H:%M", time.gmtime())} UTC, {platform.machine()}, {os.cpu_count()} cores; `hey` and both
 servers share the machine. Same champion, same payloads; auth and prediction logging on for the bento
-(SQLite store). 32 concurrent clients for single rows, 2 for 10k-row requests. Single rows: after
+(SQLite store). 32 concurrent clients for single rows (kept-alive connections); 2 for 10k-row
+requests, each on a new connection, as a batch job without a session sends them, unless the line
+says otherwise. The bento's workers share one listening socket: the kernel wakes one waiting
+worker and asyncio accepts every pending connection at once, so a few kept-alive connections
+opened together often all land on one worker, which then serves alone. Single rows: after
 1,000 warm-up requests, the median of {args.repeat} runs of {args.requests} requests (req/s of each run:
 reasons {results["bento-1-top"]["runs"]}, no reasons {results["bento-1-none"]["runs"]}); non-200 counts every run.
 
