@@ -190,7 +190,7 @@ class RiskService:
             found = scoring.reasons(c, feats[rows], self.feature_names, PARAMS.serving.top_reasons)
             for r, reasons in zip(rows.tolist(), found, strict=True):
                 top[r] = reasons
-            if p_explained is not None:  # the explainer scored these rows in the same pass
+            if p_explained is not None:  # the same pass scored these rows
                 p = np.empty(len(feats), dtype=p_explained.dtype)
                 p[rows] = p_explained
                 rest = np.ones(len(feats), dtype=bool)

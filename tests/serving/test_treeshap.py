@@ -1,4 +1,5 @@
-"""The table-driven TreeSHAP must return XGBoost's exact pred_contribs, or step aside."""
+"""The table-driven TreeSHAP must return XGBoost's exact pred_contribs, and the flattened
+trees XGBoost's probabilities, or step aside."""
 
 from __future__ import annotations
 
