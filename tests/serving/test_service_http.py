@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from serving.arrowio import stream_bytes
+from serving.scorer import SMALL_BATCH
 from tests.conftest import ROOT, pg_databases
 from tests.proxy import TcpProxy
 from tests.serving.server import (
@@ -115,6 +116,20 @@ def test_predict_by_record(served, params):
         assert len(pred["reasons"]) == params.serving.top_reasons
         assert pred["model_name"] == "credit-risk" and pred["model_version"] == "1"
         assert len(pred["prediction_id"]) == 32
+
+
+@pytest.mark.parametrize("n", [5, SMALL_BATCH + 8], ids=["tree-walk", "xgboost"])
+def test_predict_without_reasons(served, params, n):
+    """Without reasons a small batch is scored by walking the flattened trees, a large one by
+    XGBoost's predictor (serving/scorer.py): both give the model's probabilities."""
+    recs = records(served["customers"], params, n, start=40)
+    resp = post(served, "/predict", {"records": recs, "explain": "none"})
+    assert resp.status_code == 200, resp.text
+    preds = resp.json()["predictions"]
+    expected = served["model"].predict_proba(pd.DataFrame(recs))
+    for pred, p in zip(preds, expected, strict=True):
+        assert pred["probability_of_default"] == pytest.approx(float(p), rel=1e-6)
+        assert pred["reasons"] == []
 
 
 def test_reasons_sum_with_base_value_to_margin(served, params):
