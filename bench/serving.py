@@ -28,11 +28,11 @@ import features.transform  # noqa: F401 - imported before any model: current fea
 from bench.results import write_section
 from riskloop.settings import load_params
 from riskloop.stores import tracking_uri
+from serving.arrowio import CONTENT_TYPE as ARROW
 from serving.arrowio import stream_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "bench-key"
-ARROW = "application/vnd.apache.arrow.stream"
 
 
 def start(cmd: list[str], env: dict, ready_url: str, log: Path) -> subprocess.Popen:

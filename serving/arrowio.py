@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import parse_qsl
 
 import numpy as np
@@ -28,11 +28,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from riskloop.settings import DataSettings, ServingSettings
+from serving.schemas import ID_CHARS, MAX_ID_LENGTH, Explain
 
 CONTENT_TYPE = "application/vnd.apache.arrow.stream"
 MAX_ROW_ERRORS = 10  # offending rows named per column; the count says how many in all
-_CUSTOMER_ID = r"^[A-Za-z0-9_.:-]{1,64}$"
-_EXPLAIN = ("top", "all", "none")
+_CUSTOMER_ID = rf"^[{ID_CHARS}]{{1,{MAX_ID_LENGTH}}}$"  # RE2: `$` is the end of the text
+_EXPLAIN = get_args(Explain)
 REASONS = pa.list_(
     pa.struct([("feature", pa.string()), ("value", pa.float64()), ("contribution", pa.float64())])
 )
@@ -130,8 +131,10 @@ class ArrowCodec:
                 _error("explain", f"must be one of {', '.join(_EXPLAIN)}", "literal_error")
             )
         request_id = params.get("request_id")
-        if request_id is not None and len(request_id) > 64:
-            errors.append(_error("request_id", "at most 64 characters", "string_too_long"))
+        if request_id is not None and len(request_id) > MAX_ID_LENGTH:
+            errors.append(
+                _error("request_id", f"at most {MAX_ID_LENGTH} characters", "string_too_long")
+            )
         if errors:
             raise ArrowRequestError(422, errors)
         return explain, request_id

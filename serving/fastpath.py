@@ -31,12 +31,13 @@ import numpy as np
 
 from riskloop.settings import DataSettings, NumericColumn, ServingSettings
 from serving.arrowio import CONTENT_TYPE
+from serving.schemas import ID_CHARS, MAX_ID_LENGTH, Explain
 from serving.security import EXEMPT, FixedWindowLimiter, match_key
 
 # pydantic's pattern (regex crate) anchors `$` at the very end; Python's `$` also matches
 # before a final newline, so the strict twin uses `\Z`.
 _CUSTOMER_ID = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+\Z")
+    str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH, pattern=rf"^[{ID_CHARS}]+\Z")
 ]
 MAX_BODY_BYTES = 64 * 2**20
 ARROW_STREAM = CONTENT_TYPE.encode()
@@ -73,8 +74,8 @@ def record_struct(data: DataSettings, first: list[str]) -> type[msgspec.Struct]:
 def request_struct(record: type[msgspec.Struct], serving: ServingSettings) -> type[msgspec.Struct]:
     return msgspec.defstruct("PredictRequestStrict", [
         ("records", Annotated[list[record], msgspec.Meta(min_length=1, max_length=serving.max_records)]),  # type: ignore[valid-type]
-        ("request_id", Annotated[str, msgspec.Meta(max_length=64)] | None, None),
-        ("explain", Literal["top", "all", "none"], "top"),
+        ("request_id", Annotated[str, msgspec.Meta(max_length=MAX_ID_LENGTH)] | None, None),
+        ("explain", Explain, "top"),
     ], forbid_unknown_fields=True)  # fmt: skip
 
 

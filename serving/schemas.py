@@ -10,7 +10,14 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from riskloop.settings import DataSettings, NumericColumn, ServingSettings
 
-CUSTOMER_ID = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+# Pieces of the request contract shared with the strict msgspec twin (serving/fastpath.py)
+# and the Arrow codec (serving/arrowio.py).
+Explain = Literal["top", "all", "none"]
+ID_CHARS = "A-Za-z0-9_.:-"  # a customer id: 1 to MAX_ID_LENGTH of these
+MAX_ID_LENGTH = 64  # customer and request ids
+CUSTOMER_ID = Annotated[
+    str, Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=rf"^[{ID_CHARS}]+$")
+]
 
 
 def _numeric_type(rule: NumericColumn) -> Any:
@@ -51,8 +58,8 @@ def predict_request_model(
             extra="forbid", json_schema_extra={"examples": [{"records": [example]}]}
         ),
         records=(list[record], Field(min_length=1, max_length=serving.max_records)),  # type: ignore[valid-type]
-        request_id=(Annotated[str, Field(max_length=64)] | None, None),
-        explain=(Literal["top", "all", "none"], "top"),
+        request_id=(Annotated[str, Field(max_length=MAX_ID_LENGTH)] | None, None),
+        explain=(Explain, "top"),
     )
 
 
@@ -63,8 +70,8 @@ def customer_request_model(serving: ServingSettings) -> type[BaseModel]:
             extra="forbid", json_schema_extra={"examples": [{"customer_ids": ["1", "2"]}]}
         ),
         customer_ids=(list[CUSTOMER_ID], Field(min_length=1, max_length=serving.max_customer_ids)),
-        request_id=(Annotated[str, Field(max_length=64)] | None, None),
-        explain=(Literal["top", "all", "none"], "top"),
+        request_id=(Annotated[str, Field(max_length=MAX_ID_LENGTH)] | None, None),
+        explain=(Explain, "top"),
     )
 
 

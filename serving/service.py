@@ -215,14 +215,12 @@ class RiskService:
             n = len(job)
             log.request_id.extend([job.request_id] * n)
             log.customer_id.extend(job.customers)
-            if job.inputs_json is not None:
-                log.inputs.extend(job.inputs_json)
-            else:
-                log.inputs.extend(orjson.dumps(record_inputs(r)).decode() for r in job.records)
             part = slice(i, i + n)
             if job.inputs_json is not None:  # columnar request: columnar answer
+                log.inputs.extend(job.inputs_json)
                 out.append(self._columns(job, part, ids, p, scores, bands, decisions, top, contrib))
             else:
+                log.inputs.extend(orjson.dumps(record_inputs(r)).decode() for r in job.records)
                 out.append(
                     self._dicts(job, part, ids, probs, score_list, bands, decisions, top, contrib)
                 )
@@ -262,6 +260,14 @@ class RiskService:
             )
         return cols
 
+    async def score_records(self, records: list, values: np.ndarray, explain: str,
+                            request_id: str | None) -> list[dict]:  # fmt: skip
+        """Validated records (pydantic or strict msgspec) and their model-input matrix."""
+        customers = [r.customer_id for r in records]
+        return await self.score(
+            self.batcher.jobs(values, customers, explain, request_id, records=records)
+        )
+
     async def score(self, jobs: list[Job]) -> list[Any]:
         """Scores a request's jobs; JSON-API results as one list of dicts."""
         parts = await self.batcher.submit(jobs)
@@ -277,9 +283,8 @@ class RiskService:
         start = time.perf_counter()
         records = request.records
         values = np.array([astuple(r)[:N_INPUTS] for r in records], dtype="float64")
-        jobs = self.batcher.jobs(values, [r.customer_id for r in records], request.explain,
-                                 request.request_id, records=records)  # fmt: skip
-        body = orjson.dumps({"predictions": await self.score(jobs)})
+        results = await self.score_records(records, values, request.explain, request.request_id)
+        body = orjson.dumps({"predictions": results})
         _PREDICT_LATENCY.observe(time.perf_counter() - start)
         _PREDICT_OK.inc()
         return body
@@ -330,10 +335,7 @@ class RiskService:
     async def _run(self, records: list, explain: str, request_id: str | None) -> list[dict]:
         """Pydantic-validated records (the FastAPI routes)."""
         values = scoring.inputs_matrix(self.model.builder, records)
-        customers = [r.customer_id for r in records]
-        return await self.score(
-            self.batcher.jobs(values, customers, explain, request_id, records=records)
-        )
+        return await self.score_records(records, values, explain, request_id)
 
     async def _from_store(self, endpoint: str, call, *args) -> tuple[Any, ORJSONResponse | None]:
         """A store call off the event loop; a dead store answers 503 (retry later), never 500."""
