@@ -18,15 +18,16 @@ SCENARIO ?= stable
 ROWS ?= 2000
 RATE ?= 500
 
-.PHONY: help install data repro run promote rollback tune-worker ui bento serve traffic monitor \
-	retrain monitor-ui demo lint test bench bench-serving bench-monitoring clean
+.PHONY: help install data repro run promote rollback deploy history tune-worker ui bento serve \
+	traffic monitor retrain monitor-ui demo lint test bench bench-serving bench-monitoring clean
 
 help:
 	@echo "make run          install, fetch data, dvc repro, promote the first model, say where to look"
 	@echo "make test         install, ruff, pytest (PostgreSQL tests skip if no server)"
 	@echo "make ui           MLflow UI on the embedded store (UI_PORT=$(UI_PORT))"
 	@echo "make bento        import @champion into BentoML and build the bento | make serve (PORT=$(PORT))"
-	@echo "make promote      gated: @champion <- @challenger   | make rollback"
+	@echo "make promote      gated: @champion <- @challenger, then deploy | make rollback"
+	@echo "make deploy       serve @champion: bento + swap it into the running service | make history"
 	@echo "make tune-worker  join the running Optuna study (needs shared OPTUNA_STORAGE)"
 	@echo "make traffic      SCENARIO=stable|recession|new_segment ROWS= RATE= against the served bento"
 	@echo "make monitor      Evidently drift + realized performance -> retrain or not (reports/monitoring/)"
@@ -46,16 +47,18 @@ $(VENV)/.installed: pyproject.toml uv.lock
 
 install: $(VENV)/.installed
 
+# The raw file is checked against params.yaml's md5, then cached by DVC only if it is the
+# version data.dvc pins (`dvc commit` without -f refuses anything else: nothing is re-pinned).
 data: install
 	$(BIN)/python -m pipelines.fetch_data
-	$(BIN)/dvc commit -q -f data.dvc
+	$(BIN)/dvc commit -q data.dvc < /dev/null
 
 repro: data
 	$(BIN)/dvc repro
 
 run: repro
 	$(BIN)/python -m pipelines.promote --if-no-champion --reason "first model (make run)"
-	$(BIN)/python -m pipelines.bento
+	$(BIN)/python -m pipelines.deploy --reason "make run"
 	@echo
 	@echo "Done. Where to look:"
 	@echo "  dvc metrics show            test-split metrics (metrics.json)"
@@ -64,13 +67,21 @@ run: repro
 	@echo "  reports/evaluate/           fairness, importance, challenger vs champion"
 	@echo "Serve the champion:  API_KEYS=change-me make serve      (http://127.0.0.1:$(PORT), docs at /docs)"
 	@echo "Score an applicant:  curl -s -XPOST localhost:$(PORT)/predict -H 'X-API-Key: change-me' \\"
-	@echo "                       -H 'content-type: application/json' -d '{\"records\": [$$(tr -d ' \n' < serving/example_record.json)]}'"
+	@echo "                       -H 'content-type: application/json' -d @$(RISKLOOP_STATE_DIR)/bento/example_request.json"
 
 promote: install
-	$(BIN)/python -m pipelines.promote $(if $(REASON),--reason "$(REASON)")
+	$(BIN)/python -m pipelines.promote $(if $(REASON),--reason "$(REASON)") $(if $(VERSION),--version $(VERSION))
+	$(BIN)/python -m pipelines.deploy --reason "promotion: $(or $(REASON),make promote)"
 
 rollback: install
 	$(BIN)/python -m pipelines.rollback $(if $(REASON),--reason "$(REASON)")
+	$(BIN)/python -m pipelines.deploy --reason "rollback: $(or $(REASON),make rollback)"
+
+deploy: install
+	$(BIN)/python -m pipelines.deploy $(if $(REASON),--reason "$(REASON)")
+
+history: install
+	$(BIN)/python -m pipelines.history
 
 tune-worker: install
 	$(BIN)/python -m pipelines.tune_worker

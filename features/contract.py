@@ -1,8 +1,19 @@
-"""The raw-data contract: every rule names its column, the rule and a few offending rows."""
+"""The data contract, compiled: one `Rule` per record field, from params.yaml's `data` section
+(training) or from a registered model's `contract.json` (serving, monitoring, retraining).
+Every validator is built from these rules: the frame checks here (prepare, the MLflow pyfunc,
+the monitor's and retrain's readers) and serving's pydantic, msgspec and Arrow codecs.
+
+Protected attributes are optional everywhere: a record, a file or a logged window may leave
+them out (many lenders do not collect them); the model never reads them."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -11,43 +22,250 @@ from riskloop.errors import DataContractError
 from riskloop.settings import DataSettings
 
 MAX_EXAMPLES = 3
+CONTRACT_SCHEMA = 1  # version of contract.json's layout
 
 
+@dataclass(frozen=True)
+class Rule:
+    """What one record field may hold."""
+
+    name: str
+    kind: Literal["numeric", "categorical", "onehot"]
+    integer: bool = False
+    nullable: bool = False
+    low: float | None = None
+    high: float | None = None
+    levels: tuple[int | str, ...] = ()
+    protected: bool = False
+
+    @property
+    def text(self) -> bool:
+        """A categorical whose levels are strings (JSON strings, Arrow string columns)."""
+        return any(isinstance(v, str) for v in self.levels)
+
+
+class Contract:
+    """The compiled contract: `rules` for every record field in declaration order,
+    `model_inputs` in the order the model reads them, and the categorical codes (a level's
+    position in its list) the model was trained with."""
+
+    def __init__(self, data: DataSettings) -> None:
+        self.data = data
+        protected = set(data.protected_columns)
+        rules: dict[str, Rule] = {}
+        for col, r in data.numeric.items():
+            rules[col] = Rule(col, "numeric", r.integer, r.nullable or col in protected, r.min,
+                              r.max, protected=col in protected)  # fmt: skip
+        for col, levels in data.categorical.items():
+            rules[col] = Rule(col, "categorical", nullable=col in protected, levels=tuple(levels),
+                              protected=col in protected)  # fmt: skip
+        for members in data.onehot.values():
+            for col in members:
+                rules[col] = Rule(col, "onehot", True, col in protected, 0, 1, protected=col in protected)  # fmt: skip
+        self.rules = rules
+        self.fields = tuple(rules)
+        self.model_inputs = tuple(c for c in self.fields if not rules[c].protected)
+        self.protected_columns = tuple(c for c in self.fields if rules[c].protected)
+        self.codes = {c: {v: float(i) for i, v in enumerate(levels)}
+                      for c, levels in data.categorical.items()}  # fmt: skip
+
+    # ------------------------------------------------------------------ identity
+    def to_json(self) -> dict[str, Any]:
+        """What a registered model carries (contract.json)."""
+        return {"schema": CONTRACT_SCHEMA, "data": self.data.model_dump(mode="json"),
+                "model_inputs": list(self.model_inputs), "fingerprint": self.fingerprint}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Contract:
+        contract = cls(DataSettings.model_validate(doc["data"]))
+        if list(contract.model_inputs) != list(doc["model_inputs"]):
+            raise DataContractError(
+                "contract.json: the declared columns do not give the recorded model input order"
+            )
+        return contract
+
+    @property
+    def fingerprint(self) -> str:
+        """Equal for two contracts that accept the same records and code them the same way."""
+        rules = [[r.name, r.kind, r.integer, r.nullable, r.low, r.high, list(r.levels), r.protected]
+                 for r in self.rules.values()]  # fmt: skip
+        key = json.dumps({"rules": rules, "inputs": self.model_inputs, "onehot": self.data.onehot},
+                         sort_keys=True)  # fmt: skip
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    def __eq__(self, other: object) -> bool:
+        # by fingerprint, not class: a model loaded with its own code has its own Contract class
+        return getattr(other, "fingerprint", None) == self.fingerprint
+
+    def __hash__(self) -> int:
+        return hash(self.fingerprint)
+
+    # ------------------------------------------------------------------ coding
+    def coded(self, frame: pd.DataFrame, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """`columns` (default: the model inputs) as float64, categorical levels as codes."""
+        out = {}
+        for col in columns or self.model_inputs:
+            values = frame[col]
+            if col in self.codes:
+                out[col] = values.map(self.codes[col]).astype("float64")
+            else:
+                out[col] = pd.to_numeric(values, errors="coerce").astype("float64")
+        return pd.DataFrame(out, index=frame.index)
+
+    def row_encoder(self) -> Callable[[Sequence[Sequence[Any]]], np.ndarray]:
+        """Rows of model-input values (validated: levels are exact) -> float64 matrix with
+        categorical codes; None is NaN (XGBoost's missing)."""
+        cats = [(j, self.codes[c]) for j, c in enumerate(self.model_inputs) if c in self.codes]
+        if not cats:
+            return lambda rows: np.array(rows, dtype="float64")
+
+        def encode(rows: Sequence[Sequence[Any]]) -> np.ndarray:
+            out = []
+            for row in rows:
+                row = list(row)
+                for j, codes in cats:
+                    v = row[j]
+                    row[j] = math.nan if v is None else codes[v]
+                out.append(row)
+            return np.array(out, dtype="float64")
+
+        return encode
+
+    def input_frame(self, raw: pd.DataFrame) -> pd.DataFrame:
+        """The model inputs of `raw` typed as the MLflow model's signature declares them:
+        float64 for numbers and integer levels, str for text levels."""
+        out = {}
+        for col in self.model_inputs:
+            if self.rules[col].text:
+                out[col] = raw[col].astype(object).where(raw[col].notna(), None)
+            else:
+                out[col] = pd.to_numeric(raw[col], errors="coerce").astype("float64")
+        return pd.DataFrame(out, index=raw.index)
+
+
+def onehot_error(group: str, values: Sequence[Any], optional: bool) -> str | None:
+    """The one-hot rule on one record's members (each 0, 1 or None): exactly one 1, or, for
+    a group that may be left out (a protected attribute), no member at all."""
+    given = [v for v in values if v is not None]
+    if not given and optional:
+        return None
+    if len(given) != len(values):
+        return f"one-hot group {group!r}: give every member or none"
+    if sum(given) != 1:
+        return f"one-hot group {group!r} must have exactly one 1"
+    return None
+
+
+# ------------------------------------------------------------------------ checking frames
 @dataclass(frozen=True)
 class Violation:
     column: str
     rule: str
     count: int
     examples: str = ""
+    rows: tuple[int, ...] = ()  # positions of the first offending rows
 
     def __str__(self) -> str:
         tail = f"; e.g. {self.examples}" if self.examples else ""
         return f"column {self.column!r}: {self.rule} ({self.count} row(s){tail})"
 
 
-def _examples(df: pd.DataFrame, mask: pd.Series, column: str, id_column: str) -> str:
-    rows = df.loc[mask].head(MAX_EXAMPLES)
-    ids = rows.get(id_column, rows.index)
-    return ", ".join(f"{id_column}={i}: {v!r}" for i, v in zip(ids, rows[column], strict=True))
-
-
 def _check(out: list[Violation], df: pd.DataFrame, mask: pd.Series, column: str, rule: str,
-           id_column: str) -> None:  # fmt: skip
+           id_column: str | None) -> None:  # fmt: skip
+    mask = np.asarray(mask, dtype=bool)
     n = int(mask.sum())
-    if n:
-        out.append(Violation(column, rule, n, _examples(df, mask, column, id_column)))
+    if not n:
+        return
+    pos = np.flatnonzero(mask)[:MAX_EXAMPLES]
+    rows = df.iloc[pos]
+    if id_column and id_column in df.columns:
+        examples = ", ".join(f"{id_column}={i}: {v!r}"
+                             for i, v in zip(rows[id_column], rows[column], strict=True))  # fmt: skip
+    else:
+        examples = ", ".join(f"row {p}: {v!r}" for p, v in zip(pos, rows[column], strict=True))
+    out.append(Violation(column, rule, n, examples, tuple(int(p) for p in pos)))
 
 
-def find_violations(
-    raw: pd.DataFrame, data: DataSettings, require_target: bool = True
-) -> list[Violation]:
-    """All contract violations in `raw`; an empty list means the frame is valid."""
+def _is_number(values: pd.Series) -> pd.Series:
+    """True where a value is a real number (bools and numeric strings are not)."""
+    if pd.api.types.is_bool_dtype(values.dtype):
+        return pd.Series(False, index=values.index)
+    if pd.api.types.is_numeric_dtype(values.dtype):
+        return pd.Series(True, index=values.index)
+    return values.map(lambda v: isinstance(v, int | float | np.integer | np.floating)
+                      and not isinstance(v, bool | np.bool_))  # fmt: skip
+
+
+def check_values(raw: pd.DataFrame, contract: Contract, columns: Sequence[str],
+                 id_column: str | None = None, from_text: bool = False) -> list[Violation]:  # fmt: skip
+    """Row rules for `columns` (present in `raw`). `from_text`: values came from a CSV, where
+    a number may arrive as text; otherwise a string in a numeric column is a violation."""
     out: list[Violation] = []
-    required = [data.id_column, *([data.target] if require_target else []), *data.feature_columns]
+    for col in columns:
+        rule, values = contract.rules[col], raw[col]
+        missing = values.isna()
+        if not rule.nullable:
+            _check(out, raw, missing, col, "missing value", id_column)
+        if rule.kind == "categorical":
+            levels = list(rule.levels)
+            ok = values.map(lambda v, lv=levels: _is_level(v, lv))
+            _check(out, raw, ~ok & ~missing, col, f"not one of {levels}", id_column)
+            continue
+        numbers = pd.to_numeric(values, errors="coerce") if from_text else \
+            pd.to_numeric(values.where(_is_number(values)), errors="coerce")  # fmt: skip
+        _check(out, raw, numbers.isna() & ~missing, col, "not a number", id_column)
+        finite = np.isfinite(numbers.to_numpy(dtype="float64", na_value=np.nan))
+        _check(out, raw, numbers.notna() & ~finite, col, "not a finite number", id_column)
+        with np.errstate(invalid="ignore"):
+            if rule.integer:
+                _check(out, raw, finite & (numbers != np.floor(numbers)), col, "not an integer", id_column)  # fmt: skip
+            if rule.low is not None:
+                _check(out, raw, finite & (numbers < rule.low), col, f"below minimum {rule.low:g}", id_column)  # fmt: skip
+            if rule.high is not None:
+                _check(out, raw, finite & (numbers > rule.high), col, f"above maximum {rule.high:g}", id_column)  # fmt: skip
+    for group, members in contract.data.onehot.items():
+        if not all(m in columns for m in members):
+            continue  # absent members are reported as missing columns
+        block = raw[members].apply(pd.to_numeric, errors="coerce")
+        # a member that is not 0/1 is reported by its own rule above
+        binary = (block.isin([0, 1]) | raw[members].isna()).all(axis=1)
+        # all members missing is a group not collected (protected attributes may be)
+        skipped = block.isna().all(axis=1) & all(contract.rules[m].nullable for m in members)
+        one = block.notna().all(axis=1) & (block.sum(axis=1) == 1)
+        # named at the group's last member, as every serving path names it
+        _check(out, raw, binary & ~skipped & ~one, members[-1],
+               f"one-hot group {group!r} must have exactly one 1 per row", id_column)  # fmt: skip
+    return out
+
+
+def _is_level(value: Any, levels: list) -> bool:
+    if isinstance(value, bool | np.bool_):
+        return False
+    if isinstance(value, float | np.floating) and not float(value).is_integer():
+        return False
+    try:
+        return value in levels
+    except TypeError:
+        return False
+
+
+def compiled(data: DataSettings | Contract) -> Contract:
+    return data if isinstance(data, Contract) else Contract(data)
+
+
+def find_violations(raw: pd.DataFrame, data: DataSettings | Contract, require_target: bool = True,
+                    from_text: bool = True) -> list[Violation]:  # fmt: skip
+    """All contract violations of a raw data file (id, target and every record field);
+    an empty list means the frame is valid. Protected columns may be absent."""
+    contract = compiled(data)
+    data = contract.data
+    out: list[Violation] = []
+    required = [data.id_column, *([data.target] if require_target else []),
+                *(c for c in contract.fields if not contract.rules[c].protected)]  # fmt: skip
     for col in required:
         if col not in raw.columns:
             out.append(Violation(col, "missing column", len(raw)))
-    allowed = {data.id_column, data.target, *data.feature_columns}
+    allowed = {data.id_column, data.target, *contract.fields}
     if data.time_column:
         allowed.add(data.time_column)
     for col in raw.columns:
@@ -58,66 +276,54 @@ def find_violations(
     if out:
         return out  # row-level rules are meaningless on the wrong columns
     idc = data.id_column
-
-    for col, rule in data.numeric.items():
-        values = pd.to_numeric(raw[col], errors="coerce")
-        _check(out, raw, values.isna() & raw[col].notna(), col, "not a number", idc)
-        if not rule.nullable:
-            _check(out, raw, raw[col].isna(), col, "missing value", idc)
-        if rule.integer:
-            _check(
-                out, raw, values.notna() & (values != np.floor(values)), col, "not an integer", idc
-            )
-        if rule.min is not None:
-            _check(out, raw, values < rule.min, col, f"below minimum {rule.min:g}", idc)
-        if rule.max is not None:
-            _check(out, raw, values > rule.max, col, f"above maximum {rule.max:g}", idc)
-
-    for col, levels in data.categorical.items():
-        _check(out, raw, ~raw[col].isin(levels), col, f"not one of {levels}", idc)
-
-    for group, members in data.onehot.items():
-        block = raw[members].apply(pd.to_numeric, errors="coerce")
-        not_binary = ~block.isin([0, 1]).all(axis=1)
-        _check(
-            out,
-            raw,
-            not_binary,
-            members[0],
-            f"one-hot group {group!r} has a value other than 0/1",
-            idc,
-        )
-        _check(out, raw, ~not_binary & (block.sum(axis=1) != 1), members[0],
-               f"one-hot group {group!r} must have exactly one 1 per row", idc)  # fmt: skip
-
+    present = [c for c in contract.fields if c in raw.columns]
+    out += check_values(raw, contract, present, idc, from_text=from_text)
     _check(out, raw, raw[idc].isna(), idc, "missing id", idc)
     _check(out, raw, raw[idc].duplicated(keep=False) & raw[idc].notna(), idc, "duplicate id", idc)
-
     if require_target:
         target = pd.to_numeric(raw[data.target], errors="coerce")
         _check(out, raw, ~target.isin([0, 1]), data.target, "target must be 0 or 1", idc)
-        present = {int(v) for v in target.dropna().unique() if v in (0, 1)}
-        if len(raw) and len(present) < 2:
-            out.append(
-                Violation(data.target, f"one-class target (only {sorted(present)})", len(raw))
-            )
+        present_classes = {int(v) for v in target.dropna().unique() if v in (0, 1)}
+        if len(raw) and len(present_classes) < 2:
+            out.append(Violation(data.target, f"one-class target (only {sorted(present_classes)})",
+                                 len(raw)))  # fmt: skip
     if len(raw) == 0:
         out.append(Violation(idc, "no rows", 0))
     return out
 
 
-def validate_raw(raw: pd.DataFrame, data: DataSettings, source: str = "raw data") -> pd.DataFrame:
-    """Check `raw` against the contract; return a typed frame or raise naming every violation."""
-    violations = find_violations(raw, data)
+def raise_violations(violations: list[Violation], source: str) -> None:
     if violations:
         listing = "\n".join(f"  - {v}" for v in violations)
         raise DataContractError(f"{source} violates the data contract:\n{listing}")
+
+
+def typed(raw: pd.DataFrame, contract: Contract) -> pd.DataFrame:
+    """A checked frame with the contract's dtypes: integers as int64 where no value may be
+    missing, float64 otherwise; levels as given; absent protected columns as missing."""
     clean = raw.copy()
-    for col, rule in data.numeric.items():
-        clean[col] = pd.to_numeric(clean[col]).astype(
-            "float64" if not rule.integer or rule.nullable else "int64"
-        )
-    for members in data.onehot.values():
-        clean[members] = clean[members].astype("int64")
-    clean[data.target] = clean[data.target].astype("int64")
+    for col in contract.fields:
+        rule = contract.rules[col]
+        if col not in clean.columns:
+            clean[col] = np.nan if not rule.text else None
+            continue
+        if rule.kind == "categorical":
+            if not rule.text:
+                numbers = pd.to_numeric(clean[col])
+                clean[col] = numbers.astype("int64" if numbers.notna().all() else "float64")
+            continue
+        numbers = pd.to_numeric(clean[col])
+        clean[col] = numbers.astype("int64" if rule.integer and not rule.nullable else "float64")
+    data = contract.data
+    if data.target in clean.columns:
+        clean[data.target] = clean[data.target].astype("int64")
     return clean.reset_index(drop=True)
+
+
+def validate_raw(raw: pd.DataFrame, data: DataSettings | Contract,
+                 source: str = "raw data") -> pd.DataFrame:  # fmt: skip
+    """Check a raw data file against the contract; return a typed frame or raise naming every
+    violation."""
+    contract = compiled(data)
+    raise_violations(find_violations(raw, contract), source)
+    return typed(raw, contract)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
+from features.contract import Contract
 from riskloop.settings import DataSettings, FeatureSettings
 
 # Status features that must carry a +1 monotone constraint (see params.yaml train section).
@@ -57,8 +58,11 @@ def repayment_arrays(
     columns: Callable[[list[str]], np.ndarray], settings: FeatureSettings
 ) -> dict[str, np.ndarray]:
     """The feature arithmetic on plain arrays; `columns(names)` returns those columns as a
-    float 2-D array. Shared by the DataFrame path (training) and the array path (serving)."""
+    float 2-D array. Shared by the DataFrame path (training) and the array path (serving).
+    Nothing without a `features.repayment` block (data without monthly history)."""
     rep = settings.repayment
+    if rep is None:
+        return {}
     status = columns(rep.status_columns)
     late = status >= rep.delinquent_from
     out: dict[str, np.ndarray] = {
@@ -99,24 +103,39 @@ def repayment_arrays(
 
 class FeatureBuilder:
     """Raw model inputs -> model features. `fit` learns only clip caps for the ratio
-    features (long tails from tiny bills) and the order of categorical levels."""
+    features (long tails from tiny bills); categorical levels are coded by the contract.
 
-    def __init__(self, data: DataSettings, features: FeatureSettings) -> None:
-        self.data = data
+    Pickled inside the one MLflow model with the settings as plain JSON, so a model loads
+    under later versions of riskloop's settings classes."""
+
+    def __init__(self, data: DataSettings | Contract, features: FeatureSettings) -> None:
+        self.contract = data if isinstance(data, Contract) else Contract(data)
         self.features = features
-        self.input_columns: list[str] = data.model_input_columns
+        self.input_columns: list[str] = list(self.contract.model_inputs)
         self.caps_: dict[str, tuple[float, float]] = {}
         self.feature_names_: list[str] = []
+
+    @property
+    def data(self) -> DataSettings:
+        return self.contract.data
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["contract"] = self.contract.to_json()
+        state["features"] = self.features.model_dump(mode="json")
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        state["contract"] = Contract.from_json(state["contract"])
+        state["features"] = FeatureSettings.model_validate(state["features"])
+        self.__dict__.update(state)
 
     def _build(self, x: pd.DataFrame) -> pd.DataFrame:
         missing = [c for c in self.input_columns if c not in x.columns]
         if missing:
             raise KeyError(f"input is missing model columns {missing}")
-        base = x[self.input_columns].copy()
-        for col, levels in self.data.categorical.items():
-            if col in base:
-                base[col] = base[col].map({v: i for i, v in enumerate(levels)}).astype("float64")
-        base = base.astype("float64")
+        base = self.contract.coded(x, self.input_columns)
         return pd.concat([base, repayment_features(base, self.features)], axis=1)
 
     def fit(self, x: pd.DataFrame) -> FeatureBuilder:
@@ -144,8 +163,8 @@ class FeatureBuilder:
 
     def transform_array(self, values: np.ndarray) -> np.ndarray:
         """Serving's fast path (no pandas): `values` holds `input_columns` in order as
-        floats (categoricals already coded); returns features in `feature_names_` order.
-        Same arithmetic as `transform` (repayment_arrays), ~100x less overhead per row."""
+        floats (categoricals coded by the contract); returns features in `feature_names_`
+        order. Same arithmetic as `transform` (repayment_arrays), ~100x less overhead a row."""
         if not self.feature_names_:
             raise RuntimeError("FeatureBuilder.transform_array called before fit")
         index = {c: i for i, c in enumerate(self.input_columns)}
@@ -161,11 +180,6 @@ class FeatureBuilder:
             low, high = np.array(list(self.caps_.values())).T
             out[:, capped] = np.clip(out[:, capped], low, high)
         return out
-
-    def encode(self, column: str, value: object) -> float:
-        """A raw value as the model sees it (categorical levels become their index)."""
-        levels = self.data.categorical.get(column)
-        return float(levels.index(value)) if levels is not None else float(value)
 
     def fit_transform(self, x: pd.DataFrame) -> pd.DataFrame:
         return self.fit(x).transform(x)

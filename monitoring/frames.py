@@ -1,22 +1,24 @@
 """Pure data shaping for a monitoring run: which columns are watched, and the current and
-reference frames in one layout (features, score, predicted-default flag, outcome)."""
+reference frames in one layout (features, protected attributes, score, predicted-default
+flag, outcome). Everything comes from the champion: its feature builder featurizes the
+window, its contract codes the protected attributes, its out-of-sample reference is the
+baseline."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from features.transform import FeatureBuilder
+from features.contract import Contract
 from monitoring.report import INTERVENED, PREDICTED_DEFAULT, SCORE, TARGET, Frames
-from riskloop.settings import DataSettings
+from riskloop.package import REFERENCE_LABEL, REFERENCE_SCORE
 from serving.scoring import risk_scores
 
 
-def monitored_columns(builder: FeatureBuilder, data: DataSettings) -> list[str]:
+def monitored_columns(feature_names: list[str], contract: Contract) -> list[str]:
     """The model's features plus the protected attributes: the model never sees those, but a
     shift in who applies (age, sex, marital status) is drift a lender must know about."""
-    features = list(builder.feature_names_)
-    return features + [c for c in data.protected_columns if c not in features]
+    return list(feature_names) + [c for c in contract.protected_columns if c not in feature_names]
 
 
 def predicted_default(p: np.ndarray, decline_from: int) -> np.ndarray:
@@ -24,34 +26,39 @@ def predicted_default(p: np.ndarray, decline_from: int) -> np.ndarray:
     return (risk_scores(p) >= decline_from).astype(int)
 
 
-def _frame(raw: pd.DataFrame, builder: FeatureBuilder, columns: list[str]) -> pd.DataFrame:
-    feats = builder.transform(raw)
-    extra = [c for c in columns if c not in feats.columns]
-    return pd.concat(
-        [feats.reset_index(drop=True), raw[extra].reset_index(drop=True).astype(float)], axis=1
-    )[columns]
+def protected_coverage(frame: pd.DataFrame, contract: Contract) -> dict[str, float]:
+    """Share of rows that carry each protected attribute (a one-hot group: any member)."""
+    out = {}
+    for name in contract.data.protected:
+        cols = contract.data.onehot.get(name, [name])
+        present = frame.reindex(columns=cols).notna().any(axis=1)
+        out[name] = float(present.mean()) if len(frame) else 0.0
+    return out
 
 
-def build_frames(
-    window: pd.DataFrame,
-    reference: pd.DataFrame,
-    reference_scores: np.ndarray,
-    builder: FeatureBuilder,
-    target: str,
-    decline_from: int,
-) -> Frames:
-    """`window` from monitoring.records.load_window; `reference` is the features stage's
-    reference set (raw inputs, features, target) scored by the champion."""
-    columns = monitored_columns(builder, builder.data)
-    current = _frame(window, builder, columns)
+def build_frames(window: pd.DataFrame, reference: pd.DataFrame, builder, contract: Contract,
+                 decline_from: int, protected_min_rows: int) -> Frames:  # fmt: skip
+    """`window` from monitoring.records.load_window (protected attributes may be absent);
+    `reference` is the champion's out-of-sample reference (features, raw protected
+    attributes, score, label). A protected column is checked for drift when at least
+    `protected_min_rows` rows on each side carry it; its coverage is reported either way."""
+    features = builder.feature_names_
+    protected = [c for c in contract.protected_columns if c not in features]
+    current = builder.transform(window).reset_index(drop=True)
+    current[protected] = contract.coded(window.reindex(columns=protected), protected).to_numpy()
     p = window[SCORE].to_numpy(dtype=float)
     current[SCORE] = p
     current[PREDICTED_DEFAULT] = predicted_default(p, decline_from)
     current[TARGET] = window[TARGET].to_numpy(dtype=float)
     current[INTERVENED] = window[INTERVENED].to_numpy(dtype=int)
-    ref = _frame(reference, builder, columns)
-    ref[SCORE] = reference_scores
-    ref[PREDICTED_DEFAULT] = predicted_default(reference_scores, decline_from)
-    ref[TARGET] = reference[target].to_numpy(dtype=float)
+    ref = reference[features].reset_index(drop=True).copy()
+    ref[protected] = contract.coded(reference.reindex(columns=protected), protected).to_numpy()
+    ref_p = reference[REFERENCE_SCORE].to_numpy(dtype=float)
+    ref[SCORE] = ref_p
+    ref[PREDICTED_DEFAULT] = predicted_default(ref_p, decline_from)
+    ref[TARGET] = reference[REFERENCE_LABEL].to_numpy(dtype=float)
     ref[INTERVENED] = 0
-    return Frames(current=current, reference=ref, columns=tuple(columns))
+    watched = [c for c in protected if current[c].notna().sum() >= protected_min_rows
+               and ref[c].notna().sum() >= protected_min_rows]  # fmt: skip
+    return Frames(current=current, reference=ref, columns=(*features, *watched),
+                  protected=tuple(protected), coverage=protected_coverage(window, contract))  # fmt: skip

@@ -152,7 +152,8 @@ def mark_acted(engine: sa.Engine, run_id: int, action: Mapping[str, Any]) -> Non
 
 
 def require_columns(window: pd.DataFrame, required: Sequence[str]) -> None:
-    """Logged traffic must carry every model input; name the ones that are missing."""
+    """Logged traffic must carry every model input (protected attributes need not be among
+    `required`); name the ones that are missing."""
     missing = [c for c in required if c not in window.columns]
     partial = [c for c in required if c in window.columns and window[c].isna().any()]
     if missing or partial:

@@ -11,7 +11,7 @@ Two runs of the current Evidently API (not evidently.legacy):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,7 @@ from evidently.metrics import (
     DriftedColumnsCount,
     LogLoss,
     MeanValue,
+    MissingValueCount,
     QuantileValue,
     RocAuc,
     RowCount,
@@ -45,11 +46,14 @@ class Frames:
 
     current: pd.DataFrame
     reference: pd.DataFrame
-    columns: tuple[str, ...]  # the monitored input/feature columns
+    columns: tuple[str, ...]  # the columns checked for drift: features + protected with data
+    protected: tuple[str, ...] = ()  # every protected column (missing values counted)
+    coverage: dict[str, float] = field(default_factory=dict)  # share of rows carrying each
 
 
-def _dataset(frame: pd.DataFrame, columns: Sequence[str], labelled: bool = False) -> Dataset:
-    numeric = [*columns, SCORE, INTERVENED]
+def _dataset(frame: pd.DataFrame, columns: Sequence[str], labelled: bool = False,
+             extra: Sequence[str] = ()) -> Dataset:  # fmt: skip
+    numeric = [*columns, *(c for c in extra if c not in columns), SCORE, INTERVENED]
     definition = DataDefinition(
         numerical_columns=numeric,
         categorical_columns=[PREDICTED_DEFAULT, *([TARGET] if labelled else [])],
@@ -77,14 +81,17 @@ def drift_report(frames: Frames, drift_share: float, psi_alert: float) -> Snapsh
             MeanValue(column=PREDICTED_DEFAULT),
             *[QuantileValue(column=SCORE, quantile=q) for q in (0.1, 0.5, 0.9)],
             SumValue(column=INTERVENED),
+            # protected attributes a lender did not collect: the share of rows without them
+            *[MissingValueCount(column=c) for c in frames.protected],
         ]
     )
-    return report.run(_dataset(frames.current, cols), _dataset(frames.reference, cols))
+    return report.run(_dataset(frames.current, cols, extra=frames.protected),
+                      _dataset(frames.reference, cols, extra=frames.protected))  # fmt: skip
 
 
 def performance_report(frames: Frames) -> Snapshot:
-    """Realized performance of the labelled rows of the window (reference: the training set
-    scored by the same model, which is labelled by construction)."""
+    """Realized performance of the labelled rows of the window against the champion's
+    out-of-sample reference (the rows it was evaluated on: its test AUC, not an in-sample one)."""
     current = frames.current[frames.current[TARGET].notna()].copy()
     current[TARGET] = current[TARGET].astype(int)
     reference = frames.reference.copy()
@@ -146,6 +153,8 @@ def summarize_drift(
             out["score"][f"q{round(float(config['quantile']) * 100)}_current"] = float(value)
         elif kind == "SumValue" and column == INTERVENED:
             out["interventions"] = int(value)
+        elif kind == "MissingValueCount":
+            out.setdefault("protected_missing_share", {})[column] = float(value["share"])
     ref = frames.reference
     out["score"]["mean_reference"] = float(ref[SCORE].mean())
     out["predicted_default_rate"]["reference"] = float(ref[PREDICTED_DEFAULT].mean())
@@ -153,6 +162,8 @@ def summarize_drift(
         p = entry.get("psi", float("nan"))
         entry["psi_level"] = "shifted" if p >= psi_alert else "watch" if p >= psi_warn else "stable"
     out["columns"] = per_column
+    out["protected"] = {"collected_share": dict(frames.coverage),
+                        "drift_checked": [c for c in frames.columns if c in frames.protected]}
     return out
 
 

@@ -17,7 +17,7 @@ from monitoring.report import INTERVENED, SCORE
 _V2 = "evidently:metric_v2:"
 
 
-def _panels(key_features: Sequence[str]) -> list:
+def _panels(key_features: Sequence[str], protected: Sequence[str]) -> list:
     drifted_share = PanelMetric(
         legend="share", metric=f"{_V2}DriftedColumnsCount", metric_labels={"value_type": "share"}
     )
@@ -85,6 +85,18 @@ def _panels(key_features: Sequence[str]) -> list:
             size="half",
         ),
         line_plot_panel(
+            "Share of rows without each protected attribute (not collected)",
+            [
+                PanelMetric(
+                    legend=c,
+                    metric=f"{_V2}MissingValueCount",
+                    metric_labels={"column": c, "value_type": "share"},
+                )
+                for c in protected
+            ],
+            size="half",
+        ),
+        line_plot_panel(
             "Interventions in the window",
             [
                 PanelMetric(
@@ -98,7 +110,8 @@ def _panels(key_features: Sequence[str]) -> list:
     ]
 
 
-def project(path: Path, name: str, key_features: Sequence[str]) -> tuple[Workspace, Project]:
+def project(path: Path, name: str, key_features: Sequence[str],
+            protected: Sequence[str] = ()) -> tuple[Workspace, Project]:  # fmt: skip
     """The workspace at `path` and its project `name`, created with the dashboard if new."""
     path.mkdir(parents=True, exist_ok=True)
     ws = Workspace(str(path))
@@ -108,14 +121,13 @@ def project(path: Path, name: str, key_features: Sequence[str]) -> tuple[Workspa
     proj = ws.create_project(
         name, description="riskloop monitoring: drift, PSI, realized performance"
     )
-    for panel in _panels(key_features):
+    for panel in _panels(key_features, protected):
         proj.dashboard.add_panel(panel)
     return ws, proj
 
 
-def add_runs(
-    path: Path, name: str, key_features: Sequence[str], runs: Sequence[tuple[str, Snapshot]]
-) -> None:
-    ws, proj = project(path, name, key_features)
+def add_runs(path: Path, name: str, key_features: Sequence[str],
+             runs: Sequence[tuple[str, Snapshot]], protected: Sequence[str] = ()) -> None:  # fmt: skip
+    ws, proj = project(path, name, key_features, protected)
     for run_name, snapshot in runs:
         ws.add_run(proj.id, snapshot, name=run_name)

@@ -1,5 +1,5 @@
-"""Stage `features`: fit the feature builder on train only, transform every split, and
-write the monitoring reference set (train inputs, features, protected attributes, target)."""
+"""Stage `features`: fit the feature builder on train only and transform every split. (The
+monitoring reference is not here: each model version carries its own, training/package.py.)"""
 
 from __future__ import annotations
 
@@ -26,11 +26,6 @@ def main() -> None:
         feats = builder.transform(frame)
         feats[data.target] = frame[data.target].to_numpy()
         feats.to_parquet(paths.FEATURES / f"{name}.parquet", index=False)
-    train = splits["train"]
-    derived = builder.transform(train).drop(columns=builder.input_columns)
-    reference = pd.concat([train[[data.id_column, *data.feature_columns]], derived,
-                           train[[data.target]]], axis=1)  # fmt: skip
-    reference.to_parquet(paths.REFERENCE, index=False)
     with open(paths.BUILDER, "wb") as fh:
         pickle.dump(builder, fh)
     log.info("%d features from %d inputs", len(builder.feature_names_), len(builder.input_columns))

@@ -1,16 +1,19 @@
 """Stage `evaluate`: score the untouched test split with the registered challenger (through
-the MLflow model itself), write metrics.json, DVC plots, importance, fairness and the
-challenger-vs-champion table; log them to the training run and as version tags."""
+the MLflow model itself, which must reproduce the out-of-sample reference it carries), write
+metrics.json, DVC plots, importance, fairness and the challenger-vs-champion table; log them
+to the training run and as version tags."""
 
 from __future__ import annotations
 
 import logging
 
-import mlflow
+import numpy as np
 import pandas as pd
 
 from pipelines import lineage, paths
+from riskloop import package
 from riskloop.cli import run_main
+from riskloop.errors import RegistryError
 from riskloop.settings import load_params
 from training import metrics as m
 from training import report
@@ -21,10 +24,13 @@ from training.tracking import connect
 log = logging.getLogger("evaluate")
 
 
-def score(uri: str, raw: pd.DataFrame):
-    model = mlflow.pyfunc.load_model(uri)
+def score(uri: str | package.ModelPackage, raw: pd.DataFrame):
+    """(probabilities, the riskloop model) from the MLflow model at `uri`, loaded with its
+    own feature code; its own contract types the input."""
+    pkg = uri if isinstance(uri, package.ModelPackage) else package.ModelPackage.download(uri)
+    model = pkg.load_pyfunc()
     inner = model.unwrap_python_model()
-    return model.predict(raw[inner.input_columns].astype("float64")), inner
+    return model.predict(inner.contract.input_frame(raw)), inner
 
 
 def recent_comparison(version: str, champ, registry, target: str, ev) -> dict | None:
@@ -55,10 +61,18 @@ def main() -> None:
     ev, data = params.evaluate, params.data
     client, _, registry = connect(params.registry)
     trained = paths.read_json(paths.TRAIN_REPORT)
-    version = str(trained["version"])
+    mv = registry.by_fingerprint(trained["model_sha256"])
+    version, run_id = str(mv.version), mv.run_id
     test, test_excluded = lineage.test_split(params)
     y = test[data.target].to_numpy()
-    p, inner = score(version_uri(registry.name, version), test)
+    pkg = package.ModelPackage.download(version_uri(registry.name, version))
+    p, inner = score(pkg, test)
+    carried = pkg.reference()[package.REFERENCE_SCORE].to_numpy()
+    if len(carried) != len(p) or not np.allclose(carried, p, rtol=1e-6, atol=1e-9):
+        raise RegistryError(
+            f"v{version} does not reproduce the out-of-sample reference it carries on this "
+            "test split: train and evaluate saw different data (rerun `dvc repro`)"
+        )
     test_metrics = m.classification_metrics(y, p, ev.decision_threshold, ev.calibration_bins)
 
     champ = registry.champion()
@@ -95,13 +109,11 @@ def main() -> None:
         "test": test_metrics,
         "cv": {"roc_auc_mean": trained["cv_auc_mean"], "roc_auc_std": trained["cv_auc_std"]},
         "valid": {"roc_auc": trained["best_valid_auc"]},
-        "model": {"version": int(version), "champion_version": int(champ.version) if champ else None},
         **({"recent": recent} if recent else {}),
         **({"test_rows": len(test), "test_rows_excluded_as_production_customers": test_excluded}
            if test_excluded else {}),
     })  # fmt: skip
 
-    run_id = trained["run_id"]
     for k, v in test_metrics.items():
         client.log_metric(run_id, f"test_{k}", float(v))
     for f in [*paths.EVAL_DIR.glob("*.csv"), *pngs]:

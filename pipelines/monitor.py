@@ -1,8 +1,10 @@
-"""`make monitor`: compare a window of logged production traffic with the training reference
-(Evidently), score realized performance where outcomes arrived, decide whether to retrain,
-record the decision in the prediction store, write reports/monitoring/<timestamp>.{html,json},
-add the run to the Evidently workspace and, when the decision is retrain and params allow it,
-run the retrain.
+"""`make monitor`: compare a window of logged production traffic with the champion's own
+out-of-sample reference (read from the registry, whatever the DVC workspace holds), featurized
+by the champion's own feature builder (Evidently); score realized performance where outcomes
+arrived against the champion's test metrics; decide whether to retrain, record the decision
+in the prediction store, write reports/monitoring/<timestamp>.{html,json}, add the run to the
+Evidently workspace and, when the decision is retrain and params allow it, run the retrain.
+Warns when the traffic was served by another version than @champion.
 
 Exit codes: 0 a decision was taken (retrain or not: read the JSON), 1 an error (missing
 reference, dead store, bad logged data, no champion), 2 no decision (window too small)."""
@@ -11,16 +13,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import pickle
 import sys
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from features.transform import FeatureBuilder
+from features.contract import Contract, check_values
 from monitoring import records
 from monitoring import report as rep
 from monitoring.frames import build_frames, monitored_columns
@@ -29,6 +30,7 @@ from pipelines import paths
 from riskloop import stores
 from riskloop.cli import run_main
 from riskloop.errors import MonitoringError
+from riskloop.package import ModelPackage
 from riskloop.settings import Params, load_params
 from serving.config import ServingEnv
 
@@ -55,24 +57,18 @@ def parse_since(text: str | None) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def load_reference(params: Params) -> tuple[pd.DataFrame, FeatureBuilder]:
-    if not paths.REFERENCE.exists() or not paths.BUILDER.exists():
-        raise MonitoringError(
-            f"reference set {paths.REFERENCE} (or {paths.BUILDER}) not found: run `dvc repro` "
-            "(or `dvc pull`) so the training baseline exists"
-        )
-    reference = pd.read_parquet(paths.REFERENCE)
-    with open(paths.BUILDER, "rb") as fh:
-        builder = pickle.load(fh)
-    unknown = [c for c in params.monitoring.psi.key_features
-               if c not in monitored_columns(builder, params.data)]  # fmt: skip
-    if unknown:
-        raise MonitoringError(f"monitoring.psi.key_features names unknown column(s) {unknown}")
-    return reference, builder
+@dataclass
+class Champion:
+    """What monitoring needs of @champion, all from the registered version itself."""
+
+    info: dict[str, Any]  # name, version, age, test metrics, uri (the JSON report's "champion")
+    model: Any  # training.model.CreditRiskModel, loaded with its own feature code
+    contract: Contract
+    reference: pd.DataFrame  # its out-of-sample reference (the rows it was evaluated on)
 
 
-def champion_info(params: Params) -> dict[str, Any]:
-    from training.registry import alias_uri
+def load_champion(params: Params) -> Champion:
+    from training.registry import version_uri
     from training.tracking import connect
 
     _, _, registry = connect(params.registry)
@@ -81,13 +77,41 @@ def champion_info(params: Params) -> dict[str, Any]:
         raise MonitoringError(
             f"{registry.name} has no @champion: nothing is being served to monitor"
         )
+    uri = version_uri(registry.name, champ.version)
+    try:
+        pkg = ModelPackage.download(uri)
+        reference, meta = pkg.reference(), pkg.reference_meta
+        contract = Contract.from_json(pkg.contract_doc)
+    except FileNotFoundError as exc:
+        raise MonitoringError(f"@champion v{champ.version}: {exc}") from exc
+    model = pkg.load_pyfunc().unwrap_python_model()
+    unknown = [c for c in params.monitoring.psi.key_features
+               if c not in monitored_columns(model.feature_names, contract)]  # fmt: skip
+    if unknown:
+        raise MonitoringError(
+            f"monitoring.psi.key_features names column(s) {unknown} that champion "
+            f"v{champ.version} neither uses nor protects"
+        )
     age = (datetime.now(UTC).timestamp() * 1000 - champ.creation_timestamp) / 86_400_000
-    tests = {
-        k.removeprefix("test_"): float(v) for k, v in champ.tags.items() if k.startswith("test_")
-    }
     info = {"name": registry.name, "version": str(champ.version), "age_days": round(age, 3),
-            "test_metrics": tests, "uri": alias_uri(registry.name, params.registry.champion_alias)}  # fmt: skip
-    return info
+            "test_metrics": meta["metrics"], "uri": uri,
+            "reference": {"rows": meta["rows"], "split": meta["split"],
+                          "data_hash": meta.get("data_hash")}}  # fmt: skip
+    return Champion(info, model, contract, reference)
+
+
+def check_window(window: pd.DataFrame, contract: Contract) -> None:
+    """Logged traffic must carry the champion's model inputs within its contract (the
+    protected attributes may be missing); name what is wrong."""
+    missing = [c for c in contract.model_inputs if c not in window.columns]
+    if missing:
+        raise MonitoringError(
+            f"logged predictions cannot be compared with the reference: missing column(s) {missing}"
+        )
+    problems = check_values(window, contract, list(contract.model_inputs))
+    if problems:
+        raise MonitoringError("logged predictions do not fit the champion's contract: "
+                              + "; ".join(str(v) for v in problems[:5]))  # fmt: skip
 
 
 def output_stem(now: datetime) -> Path:
@@ -117,7 +141,6 @@ def record(
 def run(params: Params, last_n: int | None, since: datetime | None, act: bool) -> int:
     mon = params.monitoring
     now = datetime.now(UTC)
-    reference, builder = load_reference(params)
     engine = records.open_store(ServingEnv().store_url())
     try:
         window = records.load_window(engine, last_n, since)
@@ -133,13 +156,10 @@ def run(params: Params, last_n: int | None, since: datetime | None, act: bool) -
             print(f"no decision: {decision.reasons[0]}", file=sys.stderr)
             print(f"decision: {stem.with_suffix('.json')}")
             return EXIT_NO_DECISION
-        records.require_columns(window, params.data.feature_columns)
-        champion = champion_info(params)
-        from pipelines.evaluate import score
-
-        ref_scores, _ = score(champion["uri"], reference)
-        frames = build_frames(window, reference, np.asarray(ref_scores, dtype=float), builder,
-                              params.data.target, params.serving.decisions.decline_from)  # fmt: skip
+        champion = load_champion(params)
+        check_window(window, champion.contract)
+        frames = build_frames(window, champion.reference, champion.model.builder, champion.contract,
+                              params.serving.decisions.decline_from, mon.protected_min_rows)  # fmt: skip
         drift_snap = rep.drift_report(frames, mon.drift_share, mon.psi.alert)
         drift = rep.summarize_drift(drift_snap, frames, mon.psi.warn, mon.psi.alert)
         labelled = int(frames.current[rep.TARGET].notna().sum())
@@ -155,7 +175,7 @@ def run(params: Params, last_n: int | None, since: datetime | None, act: bool) -
             psi={c: v["psi"] for c, v in drift["columns"].items() if "psi" in v},
             labelled_rows=labelled,
             realized_auc=realized["evidently_roc_auc"] if realized else None,
-            model_age_days=champion["age_days"],
+            model_age_days=champion.info["age_days"],
         )  # fmt: skip
         last = records.last_retrain_decision(engine, timedelta(hours=mon.cooldown_hours))
         decision = decide(evidence, mon, last["created_at"] if last else None, now)
@@ -167,8 +187,12 @@ def run(params: Params, last_n: int | None, since: datetime | None, act: bool) -
             perf_snap.save_html(str(perf_html))
             reports["performance_html"] = str(perf_html)
         served = sorted(window["model_version"].astype(str).unique())
+        others = [v for v in served if v != champion.info["version"]]
+        warnings = [f"traffic in this window was served by v{', v'.join(others)}, not @champion "
+                    f"v{champion.info['version']}: run `make deploy`"] if others else []  # fmt: skip
         payload = {
-            **base, **decision.as_dict(), "reports": reports, "champion": champion,
+            **base, **decision.as_dict(), "reports": reports, "champion": champion.info,
+            "warnings": warnings,
             "window": {**base["window"], "labelled_rows": labelled, "served_by_versions": served,
                        "start": window["created_at"].min().isoformat(),
                        "end": window["created_at"].max().isoformat()},
@@ -182,7 +206,8 @@ def run(params: Params, last_n: int | None, since: datetime | None, act: bool) -
             runs = [(f"{stem.name} drift", drift_snap)]
             if perf_snap is not None:
                 runs.append((f"{stem.name} performance", perf_snap))
-            add_runs(workspace_dir(), params.registry.model_name, mon.psi.key_features, runs)
+            add_runs(workspace_dir(), params.registry.model_name, mon.psi.key_features, runs,
+                     frames.protected)  # fmt: skip
         except Exception as exc:  # the dashboard is a view; the decision is already recorded
             log.warning("could not add the run to the Evidently workspace: %s", exc)
         _print(decision, payload, stem)
@@ -198,6 +223,8 @@ def run(params: Params, last_n: int | None, since: datetime | None, act: bool) -
 
 
 def _print(decision: Decision, payload: dict[str, Any], stem: Path) -> None:
+    for warning in payload["warnings"]:
+        print(f"WARNING: {warning}", file=sys.stderr)
     drift = payload["drift"]
     print(f"window: {payload['window']['rows']} predictions, {payload['window']['labelled_rows']} labelled; "
           f"drifted share {drift['drift_share']:.0%}; score PSI {drift['score'].get('psi', float('nan')):.3f}")  # fmt: skip

@@ -5,7 +5,6 @@ from pathlib import Path
 PREPARED = Path("data/prepared")
 FEATURES = Path("data/features")
 BUILDER = FEATURES / "feature_builder.pkl"
-REFERENCE = FEATURES / "reference.parquet"
 REPORTS = Path("reports")
 PREPARE_REPORT = REPORTS / "prepare.json"
 TRAIN_REPORT = REPORTS / "train.json"

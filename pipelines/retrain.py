@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from features.contract import validate_raw
+from features.contract import Contract, validate_raw
 from monitoring import records
 from pipelines import lineage, paths
 from riskloop.cli import run_main
@@ -43,10 +43,12 @@ def next_ids(params: Params, n: int) -> range:
 def build_batch(
     labelled: pd.DataFrame, ids: list[int], params: Params
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(records in the raw file's layout under `ids`, lineage), in prediction order. Pure."""
+    """(records in the raw file's layout under `ids`, lineage), in prediction order; the
+    protected attributes left empty where applications did not send them. Pure."""
     data = params.data
-    records.require_columns(labelled, data.feature_columns)
-    raw = labelled[data.feature_columns].copy()
+    contract = Contract(data)
+    records.require_columns(labelled, list(contract.model_inputs))
+    raw = labelled.reindex(columns=data.feature_columns)
     raw.insert(0, data.id_column, ids)
     raw[data.target] = labelled["defaulted"].astype(int).to_numpy()
     trace = labelled[LINEAGE_COLUMNS].copy()

@@ -1,4 +1,7 @@
-"""`make rollback`: restore the previous champion (recorded on the current one)."""
+"""`make rollback`: restore the previous champion (recorded on the current one). The rolled-back
+version is tagged `rolled_back` and keeps @challenger if it has it, so a reviewer sees it and a
+plain `make promote` will not put it back; the move is an audit entry (`make history`).
+`make rollback` then deploys the restored champion (`make deploy`)."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ def main() -> None:
     args = ap.parse_args()
     _, _, registry = connect(load_params().registry)
     old, new = registry.rollback(args.reason)
-    print(f"{registry.name} @champion: v{old} -> v{new}")
+    print(f"{registry.name} @champion: v{old} -> v{new} (v{old} tagged rolled_back)")
 
 
 if __name__ == "__main__":

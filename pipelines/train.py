@@ -1,6 +1,8 @@
 """Stage `train`: Optuna search (one MLflow parent run per study, a child run per trial),
 refit of the best parameters on train+valid, CV of that configuration, then ONE MLflow
-model (feature builder + booster, returning probabilities) registered as @challenger."""
+model (feature builder + booster, returning probabilities) registered as @challenger. The
+model carries its contract, golden batch and out-of-sample reference (training/package.py):
+the test split is scored here only to package that reference, never to choose anything."""
 
 from __future__ import annotations
 
@@ -12,21 +14,19 @@ from importlib.metadata import version
 import mlflow
 import pandas as pd
 import xgboost as xgb
-from mlflow.models import infer_signature
 
 from features.transform import FeatureBuilder
-from pipelines import paths
+from pipelines import lineage, paths
 from riskloop import stores
 from riskloop.cli import run_main
 from riskloop.errors import RiskloopError
 from riskloop.settings import load_params
 from training import fit, search
 from training.model import CreditRiskModel
+from training.package import log_model
 from training.tracking import connect, dvc_data_hash, git_commit
 
 log = logging.getLogger("train")
-# Code the pickled model needs at load time (bento, `mlflow models serve`, evaluate).
-CODE_PATHS = ["features", "training", "riskloop"]
 MODEL_REQUIREMENTS = ["mlflow", "xgboost-cpu", "pandas", "numpy", "scikit-learn", "pyyaml", "pydantic",
                       "pydantic-settings"]  # fmt: skip
 
@@ -61,7 +61,9 @@ def main() -> None:
             {f"train.{k}": v for k, v in tr.model_dump(exclude={"search_space"}).items()}
         )
         logger = search.TrialLogger(client, exp_id, run_id, name)
-        search.optimize(study, search.make_objective(dtrain, dvalid, tr, monotone, logger), tr)
+        truncated = search.optimize(
+            study, search.make_objective(dtrain, dvalid, tr, monotone, logger), tr
+        )
         try:
             best = study.best_trial
         except ValueError as exc:
@@ -75,15 +77,14 @@ def main() -> None:
             best.user_attrs["best_iteration"], len(frames["train"]), len(both)
         )
         y = both[target].to_numpy()
+        log.info("best trial %d (valid AUC %.4f): %d-fold CV and refit on train+valid, %d rounds",
+                 best.number, best.value, tr.cv_folds, rounds)  # fmt: skip
         cv_mean, cv_std = fit.cross_validate(
             both[names], y, best_params, rounds, tr.cv_folds, tr.seed
         )
         booster = fit.fit_booster(both[names], y, best_params, rounds)
         model = CreditRiskModel(builder, booster)
 
-        raw_train = pd.read_parquet(paths.PREPARED / "train.parquet")
-        # float64 signature: JSON clients send 3 or 3.0 alike, and MLflow upcasts ints safely
-        example = raw_train[builder.input_columns].head(5).astype("float64")
         summary = {"best_valid_auc": best.value, "cv_auc_mean": cv_mean, "cv_auc_std": cv_std,
                    "boost_rounds": rounds, "n_trials": search.finished(study)}  # fmt: skip
         mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
@@ -95,23 +96,27 @@ def main() -> None:
                 ds = mlflow.data.from_pandas(src, source=str(params.data.raw_path.resolve()), targets=target,
                                              name=f"{split}@{data_hash[:8]}", digest=data_hash[:8])  # fmt: skip
                 mlflow.log_input(ds, context="training" if split == "train" else "validation")
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=model, code_paths=CODE_PATHS, input_example=example,
-            signature=infer_signature(example, model.predict_proba(example)),
-            pip_requirements=pinned(MODEL_REQUIREMENTS),
-        )  # fmt: skip
+        test, _ = lineage.test_split(params)
+        lineage_info = {"data_hash": data_hash, "git_commit": commit, "study_name": name}
+        info, carried = log_model(model, test, target, params.evaluate, lineage_info,
+                                  pinned(MODEL_REQUIREMENTS))  # fmt: skip
         mlflow.log_dict(params.model_dump(mode="json"), "params.json")
 
     tags = {"git_commit": commit, "data_hash": data_hash, "study_name": name, "run_id": run_id,
             "params": params.train.model_dump_json(exclude={"search_space"}),
-            "best_params": str(best.params), **{k: f"{v:.6g}" for k, v in summary.items()}}  # fmt: skip
+            "best_params": str(best.params), "study_truncated": str(truncated).lower(),
+            **{k: f"{v:.6g}" for k, v in summary.items()},
+            **{k: carried[k] for k in ("model_sha256", "contract_sha", "feature_code_sha")}}  # fmt: skip
     mv = registry.register_challenger(info.model_uri, tags)
+    # Deterministic content only (no run id, no registry version): a fresh clone's `dvc repro`
+    # rewrites dvc.lock byte for byte. The evaluate stage finds the version by model_sha256.
     paths.write_json(paths.TRAIN_REPORT, {
-        "model_name": registry.name, "version": mv.version, "run_id": run_id, "study_name": name,
-        "model_uri": info.model_uri, "data_hash": data_hash, "best_params": best.params, **summary,
+        "model_name": registry.name, "study_name": name, "data_hash": data_hash,
+        "best_params": best.params, "study_truncated": truncated, "model_sha256": carried["model_sha256"],
+        "contract_sha": carried["contract_sha"], "feature_code_sha": carried["feature_code_sha"], **summary,
     })  # fmt: skip
-    log.info("registered %s v%s as @%s (cv auc %.4f ± %.4f)", registry.name, mv.version,
-             params.registry.challenger_alias, cv_mean, cv_std)  # fmt: skip
+    log.info("registered %s v%s as @%s (cv auc %.4f ± %.4f, test auc %.4f)", registry.name, mv.version,
+             params.registry.challenger_alias, cv_mean, cv_std, carried["test_metrics"]["roc_auc"])  # fmt: skip
 
 
 if __name__ == "__main__":

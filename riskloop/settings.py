@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from riskloop.errors import SettingsError
 
@@ -94,7 +101,20 @@ class DataSettings(Frozen):
         for group, members in self.onehot.items():
             if len(members) < 2:
                 raise ValueError(f"one-hot group {group!r} needs at least two columns")
+        for col, levels in self.categorical.items():
+            if len(set(map(repr, levels))) != len(levels) or not levels:
+                raise ValueError(f"categorical {col!r} needs distinct levels")
         return self
+
+    @field_validator("categorical", mode="before")
+    @classmethod
+    def _no_booleans(cls, value: object) -> object:
+        # YAML reads [no, yes] as [False, True]: a level must be written as it arrives
+        for col, levels in (value or {}).items() if isinstance(value, dict) else ():
+            if any(isinstance(v, bool) for v in levels or []):
+                raise ValueError(f"categorical {col!r} has YAML booleans as levels ({levels}): "
+                                 "quote them ('no', 'yes') or use numbers")  # fmt: skip
+        return value
 
 
 class SplitSettings(Frozen):
@@ -130,7 +150,7 @@ class RepaymentSettings(Frozen):
 
 
 class FeatureSettings(Frozen):
-    repayment: RepaymentSettings
+    repayment: RepaymentSettings | None = None  # monthly history features, where the data has it
     ratio_clip_quantile: Annotated[float, Field(gt=0.5, le=1.0)] = 0.99
 
 
@@ -283,6 +303,8 @@ class MonitoringSettings(Frozen):
     psi: PsiSettings = PsiSettings()
     auc_floor: Annotated[float, Field(ge=0.5, le=1)] = 0.75
     min_labelled: Annotated[int, Field(ge=2)] = 200  # realized metrics need this many outcomes
+    # a protected attribute is drift-checked on the rows that carry it, when this many do
+    protected_min_rows: Annotated[int, Field(ge=1)] = 100
     max_model_age_days: Annotated[float, Field(gt=0)] = 90
     cooldown_hours: Annotated[float, Field(ge=0)] = 24
     retrain: RetrainSettings = RetrainSettings()
@@ -302,6 +324,8 @@ class Params(Frozen):
     @model_validator(mode="after")
     def _columns_exist(self) -> Params:
         rep = self.features.repayment
+        if rep is None:
+            return self
         declared = set(self.data.numeric)
         named = [*rep.status_columns, *rep.bill_columns, *rep.payment_columns]
         if rep.limit_column:

@@ -41,6 +41,11 @@ def state_dir(env: StoreEnv | None = None) -> Path:
     return path.expanduser().resolve()
 
 
+def deployment_file(env: StoreEnv | None = None) -> Path:
+    """The deployment record `make deploy` writes and a running service follows."""
+    return state_dir(env) / "deploy" / "current.json"
+
+
 def normalize_db_url(url: str, var: str) -> str:
     """Check a SQLAlchemy URL's scheme; a bare postgresql:// gets psycopg2, which is what
     is installed (SQLAlchemy 2.1 would otherwise pick psycopg 3)."""

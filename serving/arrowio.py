@@ -5,10 +5,12 @@ vectorized checks and answered with columns (bench/RESULTS.md).
 
 Request: one record batch stream whose columns are the record fields of the JSON API (the
 raw dataset's columns, optional `customer_id`), one row per record. `explain` and
-`request_id` travel in the query string. The same data contract as the JSON path: integer
-columns need an integer type, every value within its bounds and levels, non-nullable columns
-without nulls, no unknown columns, at most `max_records` rows. A violation is a 422 whose
-body names the column and the first offending rows (`records.<row>.<column>`).
+`request_id` travel in the query string. The same data contract as the JSON path (compiled
+from the same `features.contract.Contract`): numbers in numeric columns (an integer column
+takes an integer type or whole floats), every value within its bounds and levels, text levels
+as strings, non-nullable columns without nulls, one-hot groups with exactly one 1, no unknown
+columns, at most `max_records` rows. A violation is a 422 whose body names the column and
+the first offending rows (`records.<row>.<column>`).
 
 Response: an Arrow stream with one row per record: prediction_id, customer_id,
 probability_of_default, risk_score, risk_band, decision, reasons (list of {feature, value,
@@ -19,7 +21,7 @@ contribution}), model_name, model_version; with `explain=all` also base_value an
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, get_args
 from urllib.parse import parse_qsl
 
@@ -27,7 +29,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from riskloop.settings import DataSettings, ServingSettings
+from features.contract import Contract, Rule
+from riskloop.settings import ServingSettings
 from serving.schemas import ID_CHARS, MAX_ID_LENGTH, Explain
 
 CONTENT_TYPE = "application/vnd.apache.arrow.stream"
@@ -60,40 +63,19 @@ class ColumnarRequest:
         return len(self.customers)
 
 
-@dataclass(frozen=True)
-class _Rule:
-    kind: str  # numeric | categorical | onehot
-    integer: bool = False
-    nullable: bool = False
-    low: float | None = None
-    high: float | None = None
-    levels: tuple = ()
-
-
 def _error(field: str, message: str, kind: str) -> dict[str, str]:
     return {"field": field, "message": message, "type": kind}
 
 
 class ArrowCodec:
     """Decodes and validates request streams against the data contract; encodes answers.
-    `inputs` are the model's input columns in order (protected columns are optional)."""
+    Values come out in the model's input order (protected columns are optional)."""
 
-    def __init__(self, data: DataSettings, serving: ServingSettings, inputs: list[str]) -> None:
-        self.inputs, self.serving = inputs, serving
-        self.rules: dict[str, _Rule] = {
-            col: _Rule("numeric", r.integer, r.nullable, r.min, r.max)
-            for col, r in data.numeric.items()
-        }
-        self.rules.update(
-            {c: _Rule("categorical", levels=tuple(v)) for c, v in data.categorical.items()}
-        )
-        for members in data.onehot.values():
-            self.rules.update(dict.fromkeys(members, _Rule("onehot", integer=True)))
-        protected = set(data.protected_columns)
-        # protected attributes are optional and may be null, as in the JSON API
-        for col in protected:
-            self.rules[col] = replace(self.rules[col], nullable=True)
-        self.required = [c for c in self.rules if c not in protected]
+    def __init__(self, contract: Contract, serving: ServingSettings) -> None:
+        self.contract, self.serving = contract, serving
+        self.inputs = list(contract.model_inputs)
+        self.rules: dict[str, Rule] = dict(contract.rules)
+        self.required = [c for c, r in self.rules.items() if not r.protected]
 
     # ------------------------------------------------------------------ decoding
     def decode(self, body: bytes, query: str) -> ColumnarRequest:
@@ -104,6 +86,7 @@ class ArrowCodec:
             raise ArrowRequestError(422, errors)
         n = table.num_rows
         coded: dict[str, np.ndarray] = {}
+        refused: set[str] = set()
         texts: list[tuple[str, pa.Array]] = []  # (column, JSON text of each value)
         for col in table.column_names:
             if col == "customer_id":
@@ -111,8 +94,11 @@ class ArrowCodec:
             column = table.column(col).combine_chunks()
             value, text, problems = self._column(col, column)
             errors += problems
+            if problems:
+                refused.add(col)
             coded[col] = value
             texts.append((col, text))
+        self._onehot(table, refused, errors)
         customers = self._customers(table, errors)
         if errors:
             raise ArrowRequestError(422, errors)
@@ -168,8 +154,7 @@ class ArrowCodec:
         rule, typ = self.rules[col], column.type
         if rule.kind == "categorical":
             return self._categorical(col, column, rule)
-        numeric = pa.types.is_integer(typ) or (pa.types.is_floating(typ) and not rule.integer)
-        if not numeric:
+        if not (pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_null(typ)):
             want = "an integer type" if rule.integer else "a numeric type"
             return (
                 np.zeros(len(column)),
@@ -184,42 +169,74 @@ class ArrowCodec:
         finite = np.isfinite(values) | nulls
         if not finite.all():
             problems += _rows(col, ~finite, "must be a finite number", "finite_number")
-        low, high = (0, 1) if rule.kind == "onehot" else (rule.low, rule.high)
+        valid = finite & ~nulls
         with np.errstate(invalid="ignore"):
-            if low is not None:
-                below = values < low
-                problems += _rows(col, below & finite, f"must be >= {low:g}", "greater_than_equal")
-            if high is not None:
-                above = values > high
-                problems += _rows(col, above & finite, f"must be <= {high:g}", "less_than_equal")
-        shown = values[~nulls]
-        if (
-            pa.types.is_floating(typ)
-            and np.all(np.abs(shown) < 2**53)
-            and np.all(shown == np.trunc(shown))
-        ):
+            if rule.integer:
+                fraction = valid & (values != np.trunc(values))
+                problems += _rows(col, fraction, "must be an integer", "int_from_float")
+            if rule.low is not None:
+                below = values < rule.low
+                problems += _rows(col, below & valid, f"must be >= {rule.low:g}", "greater_than_equal")
+            if rule.high is not None:
+                above = values > rule.high
+                problems += _rows(col, above & valid, f"must be <= {rule.high:g}", "less_than_equal")
+        shown = values[valid]
+        if pa.types.is_null(typ):
+            column = pa.nulls(len(column), pa.int64())
+        elif pa.types.is_floating(typ) and np.all(np.abs(shown) < 2**53) and np.all(shown == np.trunc(shown)):
             column = column.cast(pa.int64())  # whole amounts: integer text costs ~1/3 of float text
         text = pc.cast(column, pa.string())
         return values, pc.fill_null(text, "null") if rule.nullable else text, problems
 
     def _categorical(
-        self, col: str, column: pa.Array, rule: _Rule
+        self, col: str, column: pa.Array, rule: Rule
     ) -> tuple[np.ndarray, pa.Array, list]:
         levels = pa.array(list(rule.levels))
-        if pa.types.is_integer(levels.type) != pa.types.is_integer(column.type):
+        typ = column.type
+        if rule.text:
+            fits = pa.types.is_string(typ) or pa.types.is_large_string(typ)
+        else:
+            fits = pa.types.is_integer(typ) or pa.types.is_floating(typ)
+        if not (fits or pa.types.is_null(typ)):
+            want = "a string type" if rule.text else "a numeric type"
             return (
                 np.zeros(len(column)),
                 column,
-                [_error(col, f"levels are {levels.type}, got {column.type}", "type_error")],
+                [_error(col, f"needs {want} (levels {list(rule.levels)}), got {typ}", "type_error")],
             )
-        index = pc.index_in(column.cast(levels.type), value_set=levels)
+        if pa.types.is_null(typ):
+            index = pa.nulls(len(column), pa.int32())
+        elif pa.types.is_floating(typ):  # whole floats name integer levels (3.0 is 3)
+            values = column.to_numpy(zero_copy_only=False)
+            whole = np.isfinite(values) & (values == np.trunc(values))
+            as_int = pa.array(np.where(whole, values, 0).astype("int64"), mask=~whole)
+            index = pc.index_in(as_int, value_set=levels)
+        else:
+            index = pc.index_in(column.cast(levels.type), value_set=levels)
         missing = index.is_null().to_numpy(zero_copy_only=False)
-        if rule.nullable:  # a null stays null: only a value outside the levels is refused
-            missing &= ~column.is_null().to_numpy(zero_copy_only=False)
-        problems = _rows(col, missing, f"must be one of {list(rule.levels)}", "literal_error")
+        nulls = column.is_null().to_numpy(zero_copy_only=False)
+        problems: list[dict[str, str]] = []
+        if not rule.nullable and nulls.any():
+            problems += _rows(col, nulls, "a value is required", "missing")
+        problems += _rows(col, missing & ~nulls, f"must be one of {list(rule.levels)}", "literal_error")
         code = index.to_numpy(zero_copy_only=False).astype("float64")
         as_json = pa.array([json.dumps(v) for v in rule.levels])
         return code, pc.fill_null(as_json.take(index), "null"), problems
+
+    def _onehot(self, table: pa.Table, refused: set[str], errors: list) -> None:
+        """Exactly one 1 per row in each one-hot group (none at all where it may be left out),
+        named at the group's last member as every path names it."""
+        for group, members in self.contract.data.onehot.items():
+            if not all(m in table.column_names and m not in refused for m in members):
+                continue  # a missing or refused member is named by its own rule
+            block = np.column_stack([table.column(m).combine_chunks().to_numpy(zero_copy_only=False)
+                                     .astype("float64") for m in members])  # fmt: skip
+            given = ~np.isnan(block)
+            binary = np.all(~given | (block == 0) | (block == 1), axis=1)
+            optional = all(self.rules[m].nullable for m in members)
+            ok = (given.all(axis=1) & (np.nansum(block, axis=1) == 1)) | (~given.any(axis=1) & optional)
+            errors += _rows(members[-1], binary & ~ok, f"one-hot group {group!r} must have exactly "
+                                                       "one 1 (or, if optional, none)", "onehot")  # fmt: skip
 
     @staticmethod
     def _customers(table: pa.Table, errors: list) -> list[str | None]:
@@ -270,3 +287,19 @@ def _json_objects(texts: list[tuple[str, pa.Array]], n: int) -> list[str]:
     if not parts:
         return ["{}"] * n
     return pc.binary_join_element_wise(*parts, "}", "").to_pylist()  # last arg: separator
+
+
+def records_table(contract: Contract, records: list[dict[str, Any]]) -> pa.Table:
+    """JSON-API records as the Arrow table a client would send: one typed column per field
+    present in any record (integers as int64, text levels as strings, nulls where absent)."""
+    present = [c for c in contract.fields if any(c in r for r in records)]
+    extra = ["customer_id"] if any(r.get("customer_id") is not None for r in records) else []
+    columns = {}
+    for col in present:
+        rule = contract.rules[col]
+        typ = (pa.string() if rule.text else
+               pa.int64() if rule.kind != "numeric" or rule.integer else pa.float64())  # fmt: skip
+        columns[col] = pa.array([r.get(col) for r in records], typ)
+    for col in extra:
+        columns[col] = pa.array([r.get(col) for r in records], pa.string())
+    return pa.table(columns)

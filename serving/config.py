@@ -33,6 +33,8 @@ class ServingEnv(BaseSettings):
     debug: bool = Field(default=False, validation_alias="DEBUG")
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
     spool_dir: Path | None = Field(default=None, validation_alias="SPOOL_DIR")
+    # the record `make deploy` writes; a worker that sees a new one swaps that model in
+    deployment_file: Path | None = Field(default=None, validation_alias="DEPLOYMENT_FILE")
     enable_interventions: bool = Field(default=False, validation_alias="ENABLE_INTERVENTIONS")
     auto_trigger_threshold: int = Field(
         default=80, ge=0, le=100, validation_alias="AUTO_TRIGGER_THRESHOLD"
@@ -53,6 +55,9 @@ class ServingEnv(BaseSettings):
 
     def spool_path(self) -> Path:
         return self.spool_dir or stores.state_dir() / "spool"
+
+    def deployment_path(self) -> Path:
+        return self.deployment_file or stores.deployment_file()
 
     def check(self) -> None:
         if self.production and self.debug:

@@ -29,9 +29,10 @@ from typing import Annotated, Any, Literal
 import msgspec
 import numpy as np
 
-from riskloop.settings import DataSettings, NumericColumn, ServingSettings
+from features.contract import Contract, Rule
+from riskloop.settings import ServingSettings
 from serving.arrowio import CONTENT_TYPE
-from serving.schemas import ID_CHARS, MAX_ID_LENGTH, Explain
+from serving.schemas import ID_CHARS, MAX_ID_LENGTH, Explain, attribute_names
 from serving.security import EXEMPT, FixedWindowLimiter, match_key
 
 # pydantic's pattern (regex crate) anchors `$` at the very end; Python's `$` also matches
@@ -43,31 +44,37 @@ MAX_BODY_BYTES = 64 * 2**20
 ARROW_STREAM = CONTENT_TYPE.encode()
 
 
-def _numeric(rule: NumericColumn) -> Any:
-    if rule.integer:  # msgspec wants integer bounds for an int: the same set of values
-        low = None if rule.min is None else math.ceil(rule.min)
-        high = None if rule.max is None else math.floor(rule.max)
+def _strict_type(rule: Rule) -> Any:
+    if rule.kind == "categorical":
+        typ: Any = Literal[tuple(rule.levels)]  # type: ignore[valid-type]
+    elif rule.kind == "onehot":
+        typ = Literal[0, 1]
+    elif rule.integer:  # msgspec wants integer bounds for an int: the same set of values
+        low = None if rule.low is None else math.ceil(rule.low)
+        high = None if rule.high is None else math.floor(rule.high)
         typ = Annotated[int, msgspec.Meta(ge=low, le=high)]
     else:
-        typ = Annotated[float, msgspec.Meta(ge=rule.min, le=rule.max)]
+        typ = Annotated[float, msgspec.Meta(ge=rule.low, le=rule.high)]
     return typ | None if rule.nullable else typ
 
 
-def record_struct(data: DataSettings, first: list[str]) -> type[msgspec.Struct]:
-    """Strict twin of schemas.record_model. Fields `first` (the model's input columns) come
-    first and in that order, so `astuple(record)[:len(first)]` is a model input row."""
-    protected = set(data.protected_columns)
-    types: dict[str, Any] = {col: _numeric(rule) for col, rule in data.numeric.items()}
-    types.update({col: Literal[tuple(levels)] for col, levels in data.categorical.items()})  # type: ignore[misc]
-    for members in data.onehot.values():
-        types.update(dict.fromkeys(members, Literal[0, 1]))
-    names = [*first, *(c for c in types if c not in first)]
-    required = [(n, types[n]) for n in names if n not in protected]
-    optional = [(n, types[n] | None, None) for n in names if n in protected]
-    # msgspec wants required fields before defaulted ones; `first` holds no protected column
-    if any(n in protected for n in first):
-        raise ValueError("a model input column is protected: the fast path cannot order it first")
-    return msgspec.defstruct("ApplicantRecordStrict", [*required, *optional, ("customer_id", _CUSTOMER_ID | None, None)],
+def record_struct(contract: Contract) -> type[msgspec.Struct]:
+    """Strict twin of schemas.record_model. The model's input columns come first and in its
+    order, so `astuple(record)[:len(contract.model_inputs)]` is a model input row."""
+    attrs = attribute_names(contract)
+
+    def spec(col: str, optional: bool) -> tuple:
+        typ, name = _strict_type(contract.rules[col]), {} if attrs[col] == col else {"name": col}
+        if optional:
+            return (attrs[col], typ, msgspec.field(default=None, **name))
+        return (attrs[col], typ, msgspec.field(**name)) if name else (attrs[col], typ)
+
+    # msgspec wants required fields before defaulted ones; model inputs are never protected
+    rest = [c for c in contract.fields if c not in contract.model_inputs]
+    fields = [spec(c, False) for c in contract.model_inputs]
+    fields += [spec(c, False) for c in rest if not contract.rules[c].protected]
+    fields += [spec(c, True) for c in rest if contract.rules[c].protected]
+    return msgspec.defstruct("ApplicantRecordStrict", [*fields, ("customer_id", _CUSTOMER_ID | None, None)],
                              forbid_unknown_fields=True, frozen=True)  # fmt: skip
 
 
@@ -77,17 +84,6 @@ def request_struct(record: type[msgspec.Struct], serving: ServingSettings) -> ty
         ("request_id", Annotated[str, msgspec.Meta(max_length=MAX_ID_LENGTH)] | None, None),
         ("explain", Explain, "top"),
     ], forbid_unknown_fields=True)  # fmt: skip
-
-
-def record_inputs(record: Any) -> dict[str, Any]:
-    """What the prediction log keeps of a record: every given field except the customer id."""
-    if isinstance(record, msgspec.Struct):
-        inputs = msgspec.structs.asdict(record)  # a fresh dict, built in C
-        del inputs["customer_id"]
-        if None not in inputs.values():  # the usual case: no optional field left out
-            return inputs
-        return {k: v for k, v in inputs.items() if v is not None}
-    return {k: v for k, v in record.__dict__.items() if v is not None and k != "customer_id"}
 
 
 def new_ids(n: int) -> list[str]:
@@ -225,11 +221,11 @@ class Gateway:
       send JSON, and BentoML's CORS middleware sits behind this one).
 
     `state()` returns the service instance once it is initialised (else None); `predict(svc,
-    request) -> bytes` scores a decoded request; `predict_arrow(svc, body, query) -> (status,
+    request) -> bytes | None` scores a decoded request (None: the FastAPI route answers); `predict_arrow(svc, body, query) -> (status,
     body, content type)` an Arrow one."""
 
     def __init__(self, app, keys: list[str], limiter: FixedWindowLimiter, state: Callable[[], Any],
-                 decoder: msgspec.json.Decoder, predict: Callable[[Any, Any], Awaitable[bytes]],
+                 decoder: msgspec.json.Decoder, predict: Callable[[Any, Any], Awaitable[bytes | None]],
                  predict_arrow: Callable[[Any, bytes, str], Awaitable[tuple[int, bytes, bytes]]],
                  on_reject: Callable[[int], None] | None = None) -> None:  # fmt: skip
         self.app, self.keys, self.limiter, self.state = app, keys, limiter, state
@@ -281,9 +277,12 @@ class Gateway:
         try:
             request = self.decoder.decode(body)
         except (msgspec.ValidationError, msgspec.DecodeError):
+            request = None
+        answer = None if request is None else await self.predict(svc, request)
+        if answer is None:
             await self.app(scope, _replay(body, receive), send)  # pydantic answers
             return
-        await _respond(send, 200, await self.predict(svc, request))
+        await _respond(send, 200, answer)
 
     async def _arrow(self, svc, scope, receive, send, origin: bool) -> None:
         if origin:
@@ -324,14 +323,7 @@ class Gateway:
         if svc is None:
             status, body = 503, {"status": "not_ready", "model_loaded": False}
         else:
-            store_up = svc.writer.stats()["store_up"]
-            body = {"status": "ready" if store_up else "degraded", "model_loaded": True, "store_up": store_up,
-                    "model_version": svc.model_version}  # fmt: skip
-            if not store_up:
-                body["detail"] = (
-                    "prediction store unreachable: scoring continues, rows spool to disk"
-                )
-            status = 200
+            status, body = 200, svc.readiness()
         await _respond(send, status, json.dumps(body).encode())
 
 

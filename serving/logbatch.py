@@ -4,7 +4,7 @@ module, which BentoML's parent process imports too, does not load SQLAlchemy for
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -28,6 +28,7 @@ class PredictionColumns:
     risk_band: list[str]
     decision: list[str]
     reasons: list[str | None]
+    interventions: list[tuple[int, str]] = field(default_factory=list)  # (row, action)
 
     def __len__(self) -> int:
         return len(self.prediction_id)
@@ -36,8 +37,17 @@ class PredictionColumns:
         """JSON-safe dict rows, as `submit` takes them (spool files, PostgreSQL, retries)."""
         per_row = zip(self.prediction_id, self.request_id, self.customer_id, self.inputs, self.probability,
                       self.risk_score, self.risk_band, self.decision, self.reasons, strict=True)  # fmt: skip
-        return [{"prediction_id": pid, "created_at": self.created_at, "request_id": req,
+        rows = [{"prediction_id": pid, "created_at": self.created_at, "request_id": req,
                  "model_name": self.model_name, "model_version": self.model_version, "customer_id": cid,
                  "inputs": orjson.loads(inputs), "probability": p, "risk_score": score, "risk_band": band,
                  "decision": decision, "reasons": None if reasons is None else orjson.loads(reasons)}
                 for pid, req, cid, inputs, p, score, band, decision, reasons in per_row]  # fmt: skip
+        for i, action in self.interventions:
+            rows[i]["intervention"] = action
+        return rows
+
+    def intervention_rows(self) -> list[dict[str, Any]]:
+        """The interventions this block triggered, as the store records them."""
+        return [{"customer_id": self.customer_id[i], "prediction_id": self.prediction_id[i],
+                 "risk_score": self.risk_score[i], "risk_band": self.risk_band[i], "action": action,
+                 "created_at": self.created_at} for i, action in self.interventions]  # fmt: skip

@@ -10,7 +10,11 @@ are replayed at start. Because inserts are idempotent, a file replayed twice (a 
 commit and delete, two workers sharing one spool directory) never duplicates a row.
 
 Rows the database refuses as data (a NOT NULL or type violation) cannot be fixed by retrying;
-they are appended to `rejected.jsonl` in the spool directory for a person to look at."""
+they are appended to `rejected.jsonl` in the spool directory for a person to look at.
+
+A prediction that triggered an intervention carries it (`intervention`: the action): the
+intervention is recorded in the same transaction as the prediction, spooled and replayed with
+it, once, with the per-customer cooldown applied by the store (serving/interventions.py)."""
 
 from __future__ import annotations
 
@@ -30,9 +34,11 @@ import sqlalchemy as sa
 from riskloop.stores import redact
 from serving.logbatch import PredictionColumns
 from serving.store import (
+    insert_interventions,
     insert_predictions,
     insert_sqlite_columns,
     insert_sqlite_values,
+    intervention_of,
     make_engine,
     now_utc,
     prediction_row,
@@ -109,6 +115,7 @@ class PredictionLogWriter:
         batch_size: int = 500,
         flush_interval_s: float = 0.05,
         retry_interval_s: float = 1.0,
+        cooldown_s: float = 0.0,
     ) -> None:
         self._owns_engine = isinstance(engine, str)
         if isinstance(engine, str):
@@ -121,6 +128,7 @@ class PredictionLogWriter:
         self._batch_size = batch_size
         self._flush_interval_s = flush_interval_s
         self._retry_interval_s = retry_interval_s
+        self._cooldown_s = cooldown_s  # between two interventions of one customer
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._submit_lock = threading.Lock()  # orders submit() against close()
         self._count_lock = threading.Lock()
@@ -285,12 +293,16 @@ class PredictionLogWriter:
                 prepared.append((row, values))
             except (KeyError, TypeError, ValueError):
                 bad.append(row)
+        triggered = [i for raw, _ in prepared if (i := intervention_of(raw))]
+        triggered += [i for block in blocks for i in block.intervention_rows()]
         try:
             with self._engine.begin() as conn:
                 insert = insert_sqlite_values if fast else insert_predictions
                 insert(conn, [values for _, values in prepared])
                 for block in blocks:
                     insert_sqlite_columns(conn, block)
+                if triggered:
+                    insert_interventions(conn, triggered, self._cooldown_s)
         except _BAD_DATA:
             if len(prepared) == 1 and not blocks:
                 bad.append(prepared[0][0])

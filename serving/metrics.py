@@ -16,7 +16,17 @@ PREDICTIONS = Counter(
     "riskloop_predictions_total", "Scored records by risk band", ["band"], registry=REGISTRY
 )
 INTERVENTIONS = Counter(
-    "riskloop_interventions_total", "Interventions recorded", ["action"], registry=REGISTRY
+    "riskloop_interventions_total", "Interventions triggered (the store applies the cooldown)",
+    ["action"], registry=REGISTRY,
+)
+# Per worker (liveall: a dead worker's series go): 1 for the version it serves, so a deploy can
+# wait until every worker serves the new champion, and Prometheus can alert on a mix.
+SERVED_MODEL = Gauge("riskloop_served_model", "1 for the model version this worker serves",
+                     ["version"], multiprocess_mode="liveall", registry=REGISTRY)  # fmt: skip
+ENGINE_FALLBACK = Gauge(
+    "riskloop_engine_fallback",
+    "1 where a fast engine failed its golden-batch check and XGBoost's own serves instead",
+    ["engine"], multiprocess_mode="liveall", registry=REGISTRY,
 )
 QUEUE_DEPTH = Gauge(
     "riskloop_log_queue_depth", "Prediction rows waiting to be written", registry=REGISTRY
@@ -31,6 +41,16 @@ WRITTEN = Gauge(
     "riskloop_log_rows_written", "Prediction rows committed to the store", registry=REGISTRY
 )
 STORE_UP = Gauge("riskloop_store_up", "1 when the prediction store answers", registry=REGISTRY)
+
+
+def served(old, new) -> None:
+    """A worker's model changed (`old` None at start): the served-model and engine gauges."""
+    if old is not None:
+        SERVED_MODEL.labels(old.version).set(0)
+    SERVED_MODEL.labels(new.version).set(1)
+    status = new.scorer.status
+    ENGINE_FALLBACK.labels("contributions").set(int(status.contributions != "table"))
+    ENGINE_FALLBACK.labels("scores").set(int(status.scores != "trees"))
 
 
 def update_writer_gauges(writer_stats: dict) -> None:

@@ -1,14 +1,29 @@
-"""Request and response schemas, generated from the data contract in params.yaml so the
-API accepts exactly the raw dataset's columns (a CSV row without id and target scores as
-is) with their types and bounds. Unknown fields are rejected."""
+"""Request and response schemas, generated from the served model's data contract so the API
+accepts exactly the columns it was trained on (a CSV row without id and target scores as is)
+with their types, bounds, levels and one-hot groups. Unknown fields are rejected.
+
+Numbers must be JSON numbers (a string or a boolean is refused, as Arrow and the MLflow model
+refuse them); an integer column takes 3 or 3.0, not 3.5. A column whose name is not a Python
+identifier (`loan-amount`, `months employed`) is an alias of a safe attribute name."""
 
 from __future__ import annotations
 
+import keyword
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    create_model,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
-from riskloop.settings import DataSettings, NumericColumn, ServingSettings
+from features.contract import Contract, Rule, onehot_error
+from riskloop.settings import ServingSettings
 
 # Pieces of the request contract shared with the strict msgspec twin (serving/fastpath.py)
 # and the Arrow codec (serving/arrowio.py).
@@ -20,32 +35,68 @@ CUSTOMER_ID = Annotated[
 ]
 
 
-def _numeric_type(rule: NumericColumn) -> Any:
-    base = int if rule.integer else float
-    typ = Annotated[base, Field(ge=rule.min, le=rule.max, allow_inf_nan=False)] if base is float else \
-        Annotated[base, Field(ge=rule.min, le=rule.max)]  # fmt: skip
+def attribute_names(contract: Contract) -> dict[str, str]:
+    """Record field -> the attribute that holds it in the pydantic and msgspec models."""
+    out = {}
+    for i, col in enumerate(contract.fields):
+        safe = (col.isidentifier() and not keyword.iskeyword(col) and not col.startswith("_")
+                and not hasattr(BaseModel, col) and col != "customer_id")  # fmt: skip
+        out[col] = col if safe else f"field_{i}"
+    return out
+
+
+def _a_number(value: Any) -> Any:
+    if isinstance(value, str | bool):
+        raise PydanticCustomError("number_type", "Input should be a number")
+    return value
+
+
+def field_type(rule: Rule) -> Any:
+    if rule.kind == "categorical":
+        typ: Any = Literal[tuple(rule.levels)]  # type: ignore[valid-type]
+    elif rule.kind == "onehot":
+        typ = Literal[0, 1]
+    elif rule.integer:
+        typ = Annotated[int, BeforeValidator(_a_number), Field(ge=rule.low, le=rule.high)]
+    else:
+        typ = Annotated[float, BeforeValidator(_a_number),
+                        Field(ge=rule.low, le=rule.high, allow_inf_nan=False)]  # fmt: skip
     return typ | None if rule.nullable else typ
 
 
-def record_model(data: DataSettings) -> type[BaseModel]:
+def _group_validator(group: str, attrs: list[str], optional: bool):
+    """The one-hot rule, on the group's last member (it sees the others in info.data)."""
+
+    def check(cls, value: Any, info: ValidationInfo) -> Any:
+        if not all(a in info.data for a in attrs[:-1]):
+            return value  # a member failed its own rule: that error is enough
+        error = onehot_error(group, [*(info.data[a] for a in attrs[:-1]), value], optional)
+        if error:
+            raise PydanticCustomError("onehot", error)
+        return value
+
+    return field_validator(attrs[-1])(classmethod(check))
+
+
+def record_model(contract: Contract) -> type[BaseModel]:
     """One applicant/customer record. Protected attributes are accepted (and logged for
     fairness monitoring) but optional, since the model never reads them."""
-    protected = set(data.protected_columns)
+    attrs = attribute_names(contract)
     fields: dict[str, Any] = {}
-    for col, rule in data.numeric.items():
-        typ = _numeric_type(rule)
-        fields[col] = (typ | None, None) if col in protected else (typ, ...)
-    for col, levels in data.categorical.items():
-        typ = Literal[tuple(levels)]  # type: ignore[valid-type]
-        fields[col] = (typ | None, None) if col in protected else (typ, ...)
-    for members in data.onehot.values():
-        for col in members:
-            typ = Literal[0, 1]
-            fields[col] = (typ | None, None) if col in protected else (typ, ...)
+    for col, rule in contract.rules.items():
+        typ = field_type(rule)
+        alias = {} if attrs[col] == col else {"alias": col}
+        fields[attrs[col]] = (typ, Field(None if rule.protected else ..., **alias))
     fields["customer_id"] = (CUSTOMER_ID | None, None)
+    validators = {
+        f"onehot_{i}": _group_validator(group, [attrs[m] for m in members],
+                                        all(contract.rules[m].nullable for m in members))
+        for i, (group, members) in enumerate(contract.data.onehot.items())
+    }  # fmt: skip
     return create_model(
-        "ApplicantRecord", __config__=ConfigDict(extra="forbid", frozen=True), **fields
-    )
+        "ApplicantRecord", __config__=ConfigDict(extra="forbid", frozen=True),
+        __validators__=validators, **fields,
+    )  # fmt: skip
 
 
 def predict_request_model(
@@ -109,3 +160,4 @@ class Prediction(BaseModel):
     base_value: float | None = None
     model_name: str
     model_version: str
+    intervention: str | None = None

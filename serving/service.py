@@ -1,56 +1,52 @@
 """The BentoML service that scores applicants and customers with the champion.
 
+Everything about the model comes from the model: its data contract (request schemas, column
+order, categorical codes, the OpenAPI example), its feature code (loaded from the model
+itself, riskloop/package.py) and its golden batch, on which every decoder and engine is
+checked at load. The working tree's params.yaml contributes only the serving policy (bands,
+decisions, limits, interventions).
+
 Hot routes are FastAPI class views mounted on the BentoML service (`@bentoml.asgi_app`):
 they run in BentoML's server and lifecycle but skip its per-API IO-descriptor machinery,
 which costs ~0.7 ms a request. Predictions are logged off the request path by a batched
-writer that spools to disk when the store is down (serving/logwriter.py).
+writer that spools to disk when the store is down (serving/logwriter.py). A new champion
+deployed with `make deploy` is swapped in without a restart (serving/deployment.py).
 """
 
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
+import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
 import bentoml
-import msgspec
 import numpy as np
 import orjson
 import pyarrow as pa
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, ORJSONResponse
-from msgspec.structs import astuple
+from pydantic import ValidationError
 
-import features.transform  # noqa: F401 - current feature code wins over a model's bundled copy
+from features.contract import Contract
+from riskloop.package import ModelPackage, model_code
 from riskloop.settings import load_params
-from serving import arrowio, metrics, scoring
+from serving import arrowio, deployment, golden, metrics, scoring
+from serving.codecs import Codecs
 from serving.config import load_env
-from serving.fastpath import (
-    Gateway,
-    Job,
-    MicroBatcher,
-    new_ids,
-    record_inputs,
-    record_struct,
-    request_struct,
-)
+from serving.fastpath import Gateway, Job, MicroBatcher, new_ids
+from serving.interventions import Interventions
 from serving.logbatch import PredictionColumns
 from serving.model_tag import model_tag
-from serving.schemas import (
-    OutcomesRequest,
-    Prediction,
-    customer_request_model,
-    predict_request_model,
-    record_model,
-)
+from serving.schemas import OutcomesRequest, Prediction
 from serving.scorer import Scorer
 from serving.security import FixedWindowLimiter
 
@@ -59,17 +55,21 @@ HERE = Path(__file__).resolve().parent
 PARAMS = load_params(os.environ.get("RISKLOOP_PARAMS", HERE.parent / "params.yaml"))
 ENV = load_env()
 MODEL_TAG = model_tag(PARAMS.registry.model_name)
-EXAMPLE = json.loads((HERE / "example_record.json").read_text())
+MLFLOW_DIR = "mlflow_model"  # where bentoml.mlflow keeps the MLflow model in a BentoML model
 
-RecordModel = record_model(PARAMS.data)
-PredictRequest = predict_request_model(RecordModel, PARAMS.serving, EXAMPLE)
-PredictCustomerRequest = customer_request_model(PARAMS.serving)
-# the strict twin for the fast path: model input columns first (see serving/fastpath.py)
-RecordStrict = record_struct(PARAMS.data, PARAMS.data.model_input_columns)
-PREDICT_DECODER = msgspec.json.Decoder(request_struct(RecordStrict, PARAMS.serving))
-ARROW = arrowio.ArrowCodec(PARAMS.data, PARAMS.serving, PARAMS.data.model_input_columns)
+
+def package_of(bento_model: bentoml.Model) -> ModelPackage:
+    return ModelPackage(bento_model.path_of(MLFLOW_DIR))
+
+
+# The served model's contract, read from the model without loading it: the request schemas
+# below are built from it when the module is imported (also by BentoML's parent process).
+PACKAGE = package_of(bentoml.models.get(MODEL_TAG))
+CONTRACT = Contract.from_json(PACKAGE.contract_doc)
+CODECS = Codecs(CONTRACT, PARAMS.serving, PACKAGE.example)
+PredictRequest = CODECS.PredictRequest
+PredictCustomerRequest = CODECS.PredictCustomerRequest
 _NO_REASONS = "[]"
-N_INPUTS = len(PARAMS.data.model_input_columns)
 _PREDICT_LATENCY = metrics.LATENCY.labels("predict")  # label lookups cost more than the update
 _PREDICT_OK = metrics.REQUESTS.labels("predict", "200")
 
@@ -101,6 +101,44 @@ def _concat(parts: list) -> Any:
     return pa.concat_arrays(parts)
 
 
+class ModelRefused(RuntimeError):
+    """A model this service cannot serve correctly (its contract or golden batch says why)."""
+
+
+@dataclass(frozen=True)
+class Engine:
+    """Everything one served model needs to score: swapped as a whole on a deploy."""
+
+    model: Any  # training.model.CreditRiskModel, with the model's own feature code
+    scorer: Scorer
+    version: str
+    tag: str
+    feature_names: list[str]
+
+
+def load_engine(bento_model: bentoml.Model) -> Engine:
+    """Load a BentoML model and check it before it serves anything: same contract as the
+    request schemas, every decoder reproducing its golden features, every engine its outputs."""
+    pkg = package_of(bento_model)
+    contract = Contract.from_json(pkg.contract_doc)
+    if contract != CONTRACT:
+        raise ModelRefused(
+            f"{bento_model.tag}'s data contract ({contract.fingerprint}) differs from the one "
+            f"this server's request schemas were built from ({CONTRACT.fingerprint}): restart "
+            "the server (`make serve`) to serve it"
+        )
+    with model_code():  # the model's own feature code, not the bento's copy
+        model = bentoml.mlflow.load_model(bento_model).unwrap_python_model()
+    # one thread per prediction: on 2 cores, more threads make single rows ~10x slower
+    model.booster.set_param({"nthread": 1})
+    problems = golden.verify(CODECS, model.builder, pkg.golden)
+    if problems:
+        raise ModelRefused(f"{bento_model.tag} fails its golden batch: " + "; ".join(problems))
+    scorer = Scorer(model.booster, golden.golden_features(pkg.golden), pkg.golden)
+    version = str(bento_model.info.labels.get("registry_version", "unknown"))
+    return Engine(model, scorer, version, str(bento_model.tag), list(model.builder.feature_names_))
+
+
 class _State:
     """What the gateway needs from the running service instance."""
 
@@ -128,17 +166,11 @@ class RiskService:
         from serving.logwriter import PredictionLogWriter
         from serving.store import PredictionStore, make_engine, upgrade
 
-        pyfunc = bentoml.mlflow.load_model(self.bento_model)
-        self.model = pyfunc.unwrap_python_model()
-        # one thread per prediction: on 2 cores, more threads make single rows ~10x slower
-        self.model.booster.set_param({"nthread": 1})
-        self.feature_names = list(self.model.builder.feature_names_)
-        # the flattened trees (exact TreeSHAP for reason codes, and small batches' scores),
-        # checked against XGBoost on the OpenAPI example (and compiled) before the first request
-        example = scoring.inputs_matrix(self.model.builder, [RecordModel(**EXAMPLE)])
-        self.scorer = Scorer(self.model.booster, self.model.builder.transform_array(example))
+        self.engine = load_engine(self.bento_model)
+        self.deployment: dict[str, Any] = {"status": "serving", "source": "bento"}
+        self._swap_lock = threading.Lock()
         self.model_name = PARAMS.registry.model_name
-        self.model_version = str(self.bento_model.info.labels.get("registry_version", "unknown"))
+        metrics.served(None, self.engine)
         url = ENV.store_url()
         try:
             upgrade(url)
@@ -147,7 +179,10 @@ class RiskService:
                 "prediction store not migrated at start (%s); scoring continues", type(exc).__name__
             )
         self.store = PredictionStore(make_engine(url))
-        self.writer = PredictionLogWriter(url, ENV.spool_path())
+        self.writer = PredictionLogWriter(
+            url, ENV.spool_path(), cooldown_s=PARAMS.serving.interventions.cooldown_hours * 3600
+        )
+        self.triggers = Interventions(PARAMS.serving.interventions, ENV.auto_trigger_threshold)
         self.batcher = MicroBatcher(self._compute)
         _State.service = self
         # Everything loaded so far (MLflow, pandas, the model...) lives as long as the worker:
@@ -155,10 +190,13 @@ class RiskService:
         # objects and stalls every in-flight request for hundreds of milliseconds.
         gc.collect()
         gc.freeze()
+        self.watcher = deployment.Watcher(ENV.deployment_path(), lambda: self.engine.tag,
+                                          self._deploy)  # fmt: skip
 
     @bentoml.on_shutdown
     def shutdown(self) -> None:
         _State.service = None
+        self.watcher.stop()
         self.batcher.close()
         self.writer.close()
 
@@ -170,24 +208,61 @@ class RiskService:
         metrics.update_writer_gauges(self.writer.stats())
         return content
 
+    # ------------------------------------------------------------------ deployment
+    def _deploy(self, record: deployment.DeploymentRecord) -> None:
+        """Load the deployed model beside the served one, then swap it in (watcher thread)."""
+        with self._swap_lock:
+            self.deployment = {"status": "loading", "wanted": record.version, "tag": record.model_tag}
+            try:
+                engine = load_engine(bentoml.models.get(record.model_tag))
+            except Exception as exc:
+                restart = isinstance(exc, ModelRefused) and "contract" in str(exc)
+                self.deployment = {"status": "restart_required" if restart else "failed",
+                                   "wanted": record.version, "tag": record.model_tag,
+                                   "detail": str(exc)[:500]}  # fmt: skip
+                log.error("deployment of v%s not served: %s", record.version, exc)
+                return
+            gc.unfreeze()
+            old, self.engine = self.engine, engine  # the next batch is scored by the new model
+            metrics.served(old, engine)
+            self.deployment = {"status": "serving", "source": "deployment", "version": engine.version,
+                               "deployed_at": record.deployed_at, "reason": record.reason}  # fmt: skip
+            log.info("now serving v%s (%s), was v%s", engine.version, engine.tag, old.version)
+            del old
+            gc.collect()
+            gc.freeze()
+
+    def readiness(self) -> dict[str, Any]:
+        """/readyz: which model serves, which engines, the store, the latest deployment."""
+        store_up = self.writer.stats()["store_up"]
+        engine = self.engine
+        body = {"status": "ready" if store_up else "degraded", "model_loaded": True,
+                "store_up": store_up, "model_name": self.model_name, "model_version": engine.version,
+                "model_tag": engine.tag, "contract": CONTRACT.fingerprint,
+                "engine": engine.scorer.status.as_dict(), "deployment": self.deployment}  # fmt: skip
+        if not store_up:
+            body["detail"] = "prediction store unreachable: scoring continues, rows spool to disk"
+        return body
+
     # ------------------------------------------------------------------ scoring
     def _compute(self, jobs: list[Job]) -> list[Any]:
         """One batch, in the scoring thread: every job's rows as one matrix; exact TreeSHAP
         only for the rows whose request asked for reasons. Returns each job's results (dicts
         for the JSON API, columns for a columnar request) and queues the batch's
-        prediction-log rows as one block of columns."""
+        prediction-log rows (and the interventions they trigger) as one block of columns."""
+        engine = self.engine  # one model for the whole batch, even if a deploy swaps it now
         values = jobs[0].values if len(jobs) == 1 else np.concatenate([j.values for j in jobs])
-        feats = self.model.builder.transform_array(values)
+        feats = engine.model.builder.transform_array(values)
         explain_rows = [np.arange(len(j)) + off for j, off in zip(jobs, _offsets(jobs), strict=True)
                         if j.explain != "none"]  # fmt: skip
         contrib, top, p = None, [[]] * len(feats), None
         if explain_rows:
             rows = np.concatenate(explain_rows)
-            c, p_explained = self.scorer.explain(feats[rows])
+            c, p_explained = engine.scorer.explain(feats[rows])
             contrib = np.full((len(feats), c.shape[1]), np.nan)
             contrib[rows] = c
             top = list(top)
-            found = scoring.reasons(c, feats[rows], self.feature_names, PARAMS.serving.top_reasons)
+            found = scoring.reasons(c, feats[rows], engine.feature_names, PARAMS.serving.top_reasons)
             for r, reasons in zip(rows.tolist(), found, strict=True):
                 top[r] = reasons
             if p_explained is not None:  # the same pass scored these rows
@@ -196,9 +271,9 @@ class RiskService:
                 rest = np.ones(len(feats), dtype=bool)
                 rest[rows] = False
                 if rest.any():
-                    p[rest] = self.scorer.probabilities(feats[rest])
+                    p[rest] = engine.scorer.probabilities(feats[rest])
         if p is None:
-            p = self.scorer.probabilities(feats)
+            p = engine.scorer.probabilities(feats)
         scores = scoring.risk_scores(p)
         bands = scoring.risk_bands(scores, PARAMS.serving.bands)
         decisions = scoring.decisions(scores, PARAMS.serving)
@@ -206,57 +281,67 @@ class RiskService:
         ids = new_ids(len(p))
         log = PredictionColumns(
             created_at=datetime.now(UTC).isoformat(), model_name=self.model_name,
-            model_version=self.model_version, prediction_id=ids, request_id=[], customer_id=[],
+            model_version=engine.version, prediction_id=ids, request_id=[], customer_id=[],
             inputs=[], probability=probs, risk_score=score_list, risk_band=bands,
             decision=decisions, reasons=[_NO_REASONS if not t else orjson.dumps(t).decode() for t in top],
         )  # fmt: skip
+        for job in jobs:
+            log.request_id.extend([job.request_id] * len(job))
+            log.customer_id.extend(job.customers)
+            if job.inputs_json is not None:  # columnar request: its inputs are JSON text already
+                log.inputs.extend(job.inputs_json)
+            else:
+                log.inputs.extend(orjson.dumps(CODECS.inputs_of(r)).decode() for r in job.records)
+        triggered = self.triggers.trigger(log) if ENV.enable_interventions else {}
+        self.writer.submit_columns(log)
         out, i = [], 0
         for job in jobs:
-            n = len(job)
-            log.request_id.extend([job.request_id] * n)
-            log.customer_id.extend(job.customers)
-            part = slice(i, i + n)
+            part = slice(i, i + len(job))
             if job.inputs_json is not None:  # columnar request: columnar answer
-                log.inputs.extend(job.inputs_json)
-                out.append(self._columns(job, part, ids, p, scores, bands, decisions, top, contrib))
+                out.append(self._columns(job, engine, part, ids, p, scores, bands, decisions, top,
+                                         contrib, triggered))  # fmt: skip
             else:
-                log.inputs.extend(orjson.dumps(record_inputs(r)).decode() for r in job.records)
-                out.append(
-                    self._dicts(job, part, ids, probs, score_list, bands, decisions, top, contrib)
-                )
-            i += n
-        self.writer.submit_columns(log)
+                out.append(self._dicts(job, engine, part, ids, probs, score_list, bands, decisions,
+                                       top, contrib, triggered))  # fmt: skip
+            i += len(job)
         # one increment per band: each is a write to prometheus' multiprocess files
         for band, k in Counter(bands).items():
             metrics.PREDICTIONS.labels(band).inc(k)
         return out
 
-    def _dicts(self, job: Job, part: slice, ids, probs, scores, bands, decisions, top, contrib) -> list[dict]:  # fmt: skip
+    def _dicts(self, job: Job, engine: Engine, part: slice, ids, probs, scores, bands, decisions,
+               top, contrib, triggered: dict[int, str]) -> list[dict]:  # fmt: skip
         results = []
         for i, customer in zip(range(part.start, part.stop), job.customers, strict=True):
             result = {"prediction_id": ids[i], "customer_id": customer, "probability_of_default": probs[i],
                       "risk_score": scores[i], "risk_band": bands[i], "decision": decisions[i],
-                      "reasons": top[i], "model_name": self.model_name, "model_version": self.model_version}  # fmt: skip
+                      "reasons": top[i], "model_name": self.model_name, "model_version": engine.version}  # fmt: skip
+            if i in triggered:
+                result["intervention"] = triggered[i]
             if job.explain == "all":
                 result["base_value"] = float(contrib[i, -1])
                 result["contributions"] = dict(
-                    zip(self.feature_names, contrib[i, :-1].tolist(), strict=True)
+                    zip(engine.feature_names, contrib[i, :-1].tolist(), strict=True)
                 )
             results.append(result)
         return results
 
-    def _columns(self, job: Job, part: slice, ids, p, scores, bands, decisions, top, contrib) -> dict:  # fmt: skip
+    def _columns(self, job: Job, engine: Engine, part: slice, ids, p, scores, bands, decisions,
+                 top, contrib, triggered: dict[int, str]) -> dict:  # fmt: skip
         n = part.stop - part.start
         cols = {"prediction_id": ids[part], "customer_id": pa.array(job.customers, pa.string()),
                 "probability_of_default": p[part].astype("float64"), "risk_score": scores[part],
                 "risk_band": bands[part], "decision": decisions[part],
                 "reasons": pa.array(top[part], arrowio.REASONS),
                 "model_name": pa.repeat(pa.scalar(self.model_name), n),
-                "model_version": pa.repeat(pa.scalar(self.model_version), n)}  # fmt: skip
+                "model_version": pa.repeat(pa.scalar(engine.version), n)}  # fmt: skip
+        if ENV.enable_interventions:
+            cols["intervention"] = pa.array([triggered.get(i) for i in range(part.start, part.stop)],
+                                            pa.string())  # fmt: skip
         if job.explain == "all":
             cols["base_value"] = contrib[part, -1]
             cols.update(
-                {f"contribution.{f}": contrib[part, j] for j, f in enumerate(self.feature_names)}
+                {f"contribution.{f}": contrib[part, j] for j, f in enumerate(engine.feature_names)}
             )
         return cols
 
@@ -273,16 +358,16 @@ class RiskService:
         parts = await self.batcher.submit(jobs)
         if jobs[0].inputs_json is not None:
             return parts
-        out = parts[0] if len(parts) == 1 else [r for part in parts for r in part]
-        if ENV.enable_interventions and any(r["customer_id"] for r in out):
-            await anyio.to_thread.run_sync(self._intervene, out)
-        return out
+        return parts[0] if len(parts) == 1 else [r for part in parts for r in part]
 
-    async def predict_fast(self, request: Any) -> bytes:
-        """`POST /predict` decoded by the strict decoder (the Gateway's fast path)."""
+    async def predict_fast(self, request: Any) -> bytes | None:
+        """`POST /predict` decoded by the strict decoder (the Gateway's fast path); None when
+        a cross-field rule (a one-hot group) refuses it: the pydantic route then answers."""
         start = time.perf_counter()
         records = request.records
-        values = np.array([astuple(r)[:N_INPUTS] for r in records], dtype="float64")
+        values = CODECS.strict_matrix(records)
+        if values is None:
+            return None
         results = await self.score_records(records, values, request.explain, request.request_id)
         body = orjson.dumps({"predictions": results})
         _PREDICT_LATENCY.observe(time.perf_counter() - start)
@@ -294,7 +379,7 @@ class RiskService:
         body, content type); a request the contract refuses gets its 4xx, never a 5xx."""
         start = time.perf_counter()
         try:
-            req = ARROW.decode(body, query)
+            req = CODECS.arrow.decode(body, query)
         except arrowio.ArrowRequestError as exc:
             metrics.REQUESTS.labels("invalid", str(exc.status)).inc()
             return exc.status, orjson.dumps({"detail": exc.errors}), b"application/json"
@@ -304,38 +389,14 @@ class RiskService:
         cols = (
             parts[0] if len(parts) == 1 else {k: _concat([c[k] for c in parts]) for k in parts[0]}
         )
-        if ENV.enable_interventions and any(req.customers):
-            cols["intervention"] = await anyio.to_thread.run_sync(self._intervene_columns, cols)
-        out = ARROW.encode(cols)
+        out = CODECS.arrow.encode(cols)
         _PREDICT_LATENCY.observe(time.perf_counter() - start)
         _PREDICT_OK.inc()
         return 200, out, arrowio.CONTENT_TYPE.encode()
 
-    def _intervene_columns(self, cols: dict) -> list[str | None]:
-        """Interventions for a columnar answer: the `intervention` column."""
-        rows = [{"customer_id": c, "prediction_id": pid, "risk_score": int(s), "risk_band": b}
-                for c, pid, s, b in zip(cols["customer_id"].to_pylist(), cols["prediction_id"],
-                                        cols["risk_score"], cols["risk_band"], strict=True)]  # fmt: skip
-        self._intervene(rows)
-        return [r.get("intervention") for r in rows]
-
-    def _intervene(self, results: list[dict]) -> None:
-        cooldown_s = PARAMS.serving.interventions.cooldown_hours * 3600
-        for r in results:
-            action = PARAMS.serving.interventions.actions.get(r["risk_band"])
-            if r["customer_id"] and action and r["risk_score"] >= ENV.auto_trigger_threshold:
-                try:
-                    if self.store.record_intervention(r["customer_id"], r["prediction_id"], r["risk_score"],
-                                                      r["risk_band"], action, cooldown_s):  # fmt: skip
-                        metrics.INTERVENTIONS.labels(action).inc()
-                        r["intervention"] = action
-                except Exception as exc:
-                    log.warning("intervention not recorded: %s", type(exc).__name__)
-
     async def _run(self, records: list, explain: str, request_id: str | None) -> list[dict]:
         """Pydantic-validated records (the FastAPI routes)."""
-        values = scoring.inputs_matrix(self.model.builder, records)
-        return await self.score_records(records, values, explain, request_id)
+        return await self.score_records(records, CODECS.model_matrix(records), explain, request_id)
 
     async def _from_store(self, endpoint: str, call, *args) -> tuple[Any, ORJSONResponse | None]:
         """A store call off the event loop; a dead store answers 503 (retry later), never 500."""
@@ -364,16 +425,20 @@ class RiskService:
         )
         if unavailable:
             return unavailable
-        # stored records were validated when materialized: construct without re-validating
-        records = [
-            RecordModel.model_construct(**found[c]["record"], customer_id=c)
-            for c in ids
-            if c in found
-        ]
+        # a stored record is checked by the served model's contract like any other: one the
+        # model cannot take (another schema, a missing field) is this customer's error, not a 500
+        records, refused = [], {}
+        for c in ids:
+            if c in found:
+                try:
+                    records.append(CODECS.RecordModel.model_validate({**found[c]["record"], "customer_id": c}))
+                except ValidationError as exc:
+                    fields = sorted({".".join(map(str, e["loc"])) for e in exc.errors()})
+                    refused[c] = f"stored record does not fit the model's contract: {fields}"
         scored = await self._run(records, body.explain, body.request_id) if records else []
         by_id = {r["customer_id"]: r for r in scored}
         results = [
-            by_id.get(c) or {"customer_id": c, "error": "unknown customer"}
+            by_id.get(c) or {"customer_id": c, "error": refused.get(c, "unknown customer")}
             for c in body.customer_ids
         ]
         metrics.LATENCY.labels("predict_customer").observe(time.perf_counter() - start)
@@ -402,7 +467,7 @@ class RiskService:
 
 RiskService.add_asgi_middleware(
     Gateway, keys=ENV.api_keys, limiter=FixedWindowLimiter(ENV.rate_limit_max, ENV.rate_limit_window, ENV.api_keys),
-    state=lambda: _State.service, decoder=PREDICT_DECODER,
+    state=lambda: _State.service, decoder=CODECS.decoder,
     predict=lambda svc, request: svc.predict_fast(request),
     predict_arrow=lambda svc, body, query: svc.predict_arrow(body, query),
     on_reject=lambda status: metrics.REQUESTS.labels("auth", str(status)).inc(),

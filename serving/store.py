@@ -97,6 +97,8 @@ interventions = sa.Table(
     sa.Column("action", sa.String(64), nullable=False),
     sa.Column("created_at", TS, nullable=False),
     sa.Index("ix_interventions_customer_created", "customer_id", "created_at"),
+    # one per prediction: the log writer's replays never record one twice (migration 0004)
+    sa.Index("ux_interventions_prediction", "prediction_id", unique=True),
 )
 
 online_features = sa.Table(
@@ -366,6 +368,54 @@ def insert_predictions(conn: sa.Connection, rows: Sequence[Mapping[str, Any]]) -
         conn.execute(stmt, list(rows))
 
 
+def intervention_of(row: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The intervention a logged prediction row triggered (its `intervention` action), if any."""
+    action = row.get("intervention")
+    if not action:
+        return None
+    return {"customer_id": row.get("customer_id"), "prediction_id": row.get("prediction_id"),
+            "risk_score": row.get("risk_score"), "risk_band": row.get("risk_band"), "action": action,
+            "created_at": row["created_at"]}  # fmt: skip
+
+
+def insert_interventions(conn: sa.Connection, rows: Sequence[Mapping[str, Any]],
+                         cooldown_s: float) -> int:  # fmt: skip
+    """Record interventions ({customer_id, prediction_id, risk_score, risk_band, action,
+    created_at}); returns how many were new. At most one per prediction (a replay records
+    nothing twice), and none within cooldown_s of another intervention of the same customer,
+    before or after it: exact whatever order workers and spool replays write in. Check and
+    insert are one INSERT … SELECT … WHERE NOT EXISTS, which SQLite runs under its write lock;
+    on PostgreSQL a per-customer advisory lock keeps two transactions from both passing it."""
+    if cooldown_s < 0:
+        raise ValueError(f"cooldown_s must be >= 0, got {cooldown_s}")
+    window = timedelta(seconds=cooldown_s)
+    added = 0
+    for row in rows:
+        at, customer = as_utc(row["created_at"]), str(row["customer_id"])
+        clash = sa.select(interventions.c.id).where(
+            interventions.c.customer_id == customer,
+            interventions.c.created_at > at - window,
+            interventions.c.created_at < at + window,
+        )
+        values = {
+            "customer_id": (customer, sa.String()),
+            "prediction_id": (row.get("prediction_id"), sa.String()),
+            "risk_score": (row.get("risk_score"), sa.Integer()),
+            "risk_band": (row.get("risk_band"), sa.String()),
+            "action": (row["action"], sa.String()),
+            "created_at": (at, TS),
+        }
+        select = sa.select(*(sa.literal(v, t) for v, t in values.values())).where(~sa.exists(clash))
+        stmt = _insert(conn, interventions).from_select(list(values), select)
+        if row.get("prediction_id") is not None:
+            stmt = stmt.on_conflict_do_nothing(index_elements=["prediction_id"])
+        if conn.dialect.name == "postgresql":
+            key = sa.func.hashtext(sa.literal(customer, sa.String()))
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_LOCK_NS, key)))
+        added += conn.execute(stmt).rowcount
+    return added
+
+
 # --- adapter ------------------------------------------------------------------------------
 
 
@@ -453,34 +503,12 @@ class PredictionStore:
         action: str,
         cooldown_s: float,
     ) -> bool:
-        """Record an intervention unless the customer had one within cooldown_s; True if
-        recorded. Check and insert are one INSERT … SELECT … WHERE NOT EXISTS statement, which
-        SQLite runs under its write lock; on PostgreSQL a per-customer advisory lock keeps two
-        concurrent transactions from both passing the check."""
-        if cooldown_s < 0:
-            raise ValueError(f"cooldown_s must be >= 0, got {cooldown_s}")
-        now = now_utc()
-        recent = sa.select(interventions.c.id).where(
-            interventions.c.customer_id == customer_id,
-            interventions.c.created_at > now - timedelta(seconds=cooldown_s),
-        )
-        values = {
-            "customer_id": (customer_id, sa.String()),
-            "prediction_id": (prediction_id, sa.String()),
-            "risk_score": (risk_score, sa.Integer()),
-            "risk_band": (risk_band, sa.String()),
-            "action": (action, sa.String()),
-            "created_at": (now, TS),
-        }
-        select = sa.select(*(sa.literal(v, t) for v, t in values.values())).where(
-            ~sa.exists(recent)
-        )
-        stmt = sa.insert(interventions).from_select(list(values), select)
+        """Record an intervention now unless the customer had one within cooldown_s; True if
+        recorded (the log writer records triggered ones the same way)."""
+        row = {"customer_id": customer_id, "prediction_id": prediction_id, "risk_score": risk_score,
+               "risk_band": risk_band, "action": action, "created_at": now_utc()}  # fmt: skip
         with self.engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                key = sa.func.hashtext(sa.literal(customer_id, sa.String()))
-                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_LOCK_NS, key)))
-            return conn.execute(stmt).rowcount == 1
+            return insert_interventions(conn, [row], cooldown_s) == 1
 
     def list_interventions(
         self, limit: int = 100, customer_id: str | None = None

@@ -30,12 +30,15 @@ def fit_small_model(raw: pd.DataFrame, params: Params, rounds: int, fit_on: tupl
     return CreditRiskModel(builder, fit.fit_booster(x, y, xgb_params, rounds)), parts
 
 
-def register_champion(state, model: CreditRiskModel, params: Params) -> str:
-    """Log `model` in a fresh MLflow store under `state`, register it and make it @champion;
-    returns the store URI."""
+def register(state, model: CreditRiskModel, params: Params, test: pd.DataFrame,
+             champion: bool = True) -> str:  # fmt: skip
+    """Log `model` the way the train stage does (with its contract, golden batch and the
+    out-of-sample reference of `test`) in the MLflow store under `state` (created if new),
+    register it as @challenger and, if `champion`, make it @champion; returns the version."""
     import mlflow
     from mlflow import MlflowClient
 
+    from training.package import log_model
     from training.registry import Registry
 
     uri = f"sqlite:///{state / 'mlflow.db'}"
@@ -43,15 +46,23 @@ def register_champion(state, model: CreditRiskModel, params: Params) -> str:
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient(uri, uri)
-    exp = client.create_experiment(
-        "credit-risk", artifact_location=(state / "mlartifacts").as_uri()
-    )
-    with mlflow.start_run(experiment_id=exp):
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=model, code_paths=["features", "training", "riskloop"]
-        )
+    exp = client.get_experiment_by_name("credit-risk")
+    exp_id = exp.experiment_id if exp else client.create_experiment(
+        "credit-risk", artifact_location=(state / "mlartifacts").as_uri())  # fmt: skip
+    with mlflow.start_run(experiment_id=exp_id):
+        info, carried = log_model(model, test, params.data.target, params.evaluate,
+                                  {"data_hash": "test"}, [])  # fmt: skip
     registry = Registry(params.registry, client)
-    mv = registry.register_challenger(info.model_uri, {"data_hash": "test"})
-    registry.set_tags(mv.version, {"test_roc_auc": "0.78"})
-    registry.move_champion(mv.version, "tests", None)
-    return uri
+    tags = {"data_hash": "test", **{k: v for k, v in carried.items() if k.endswith(("sha", "sha256"))},
+            **{f"test_{k}": f"{v:.6g}" for k, v in carried["test_metrics"].items()}}  # fmt: skip
+    mv = registry.register_challenger(info.model_uri, tags)
+    if champion:
+        current = registry.champion()
+        registry.move_champion(mv.version, "tests", current.version if current else None)
+    return str(mv.version)
+
+
+def register_champion(state, model: CreditRiskModel, params: Params, test: pd.DataFrame) -> str:
+    """A fresh MLflow store under `state` whose @champion is `model`; returns the store URI."""
+    register(state, model, params, test)
+    return f"sqlite:///{state / 'mlflow.db'}"

@@ -1,8 +1,10 @@
 """The one artifact that ships: feature builder + XGBoost booster as an MLflow pyfunc that
-returns probabilities of default (MLflow's own XGBClassifier flavour would return labels)."""
+returns probabilities of default (MLflow's own XGBClassifier flavour would return labels).
+It checks its input against the data contract it was trained on, as serving does."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import mlflow.pyfunc
@@ -10,6 +12,7 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
+from features.contract import Contract, Violation, check_values, raise_violations
 from features.transform import FeatureBuilder
 
 
@@ -19,12 +22,24 @@ class CreditRiskModel(mlflow.pyfunc.PythonModel):
         self.booster = booster
 
     @property
+    def contract(self) -> Contract:
+        return self.builder.contract
+
+    @property
     def input_columns(self) -> list[str]:
         return list(self.builder.input_columns)
 
     @property
     def feature_names(self) -> list[str]:
         return list(self.builder.feature_names_)
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the booster and the fitted feature builder: equal models, equal prints."""
+        h = hashlib.sha256(bytes(self.booster.save_raw("ubj")))
+        h.update(repr((self.builder.caps_, self.builder.feature_names_)).encode())
+        h.update(self.contract.fingerprint.encode())
+        return h.hexdigest()
 
     def features(self, raw: pd.DataFrame) -> pd.DataFrame:
         return self.builder.transform(raw)
@@ -44,7 +59,17 @@ class CreditRiskModel(mlflow.pyfunc.PythonModel):
         contrib = self.booster.predict(self._dmatrix(raw), pred_contribs=True)
         return pd.DataFrame(contrib, columns=[*self.feature_names, "bias"], index=raw.index)
 
+    def violations(self, frame: pd.DataFrame) -> list[Violation]:
+        """The contract's rules for the model inputs (what serving checks on a record)."""
+        missing = [Violation(c, "missing column", len(frame)) for c in self.input_columns
+                   if c not in frame.columns]  # fmt: skip
+        if missing:
+            return missing
+        return check_values(frame, self.contract, self.input_columns)
+
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict | None = None
     ) -> np.ndarray:
-        return self.predict_proba(pd.DataFrame(model_input))
+        frame = pd.DataFrame(model_input).reset_index(drop=True)
+        raise_violations(self.violations(frame), "model input")
+        return self.predict_proba(frame)

@@ -10,24 +10,33 @@ from training.metrics import group_report
 
 
 def protected_groups(raw: pd.DataFrame, data: DataSettings) -> dict[str, pd.Series]:
-    """One grouping per protected attribute: levels, the active one-hot member, or quartiles."""
+    """One grouping per protected attribute: levels, the active one-hot member, or quartiles;
+    missing (None) where a row does not carry the attribute (many lenders do not collect it)."""
     out: dict[str, pd.Series] = {}
     for name in data.protected:
         if name in data.onehot:
-            out[name] = raw[data.onehot[name]].idxmax(axis=1)
-        elif name in data.categorical:
-            out[name] = raw[name].astype(str)
+            block = raw.reindex(columns=data.onehot[name]).astype("float64")
+            active = block.fillna(-1).idxmax(axis=1)
+            out[name] = active.where(block.notna().any(axis=1), None)
         else:
-            out[name] = pd.qcut(raw[name], 4, duplicates="drop").astype(str)
+            values = raw[name] if name in raw.columns else pd.Series(None, index=raw.index)
+            if name not in data.categorical:
+                values = pd.qcut(pd.to_numeric(values), 4, duplicates="drop")
+            out[name] = values.astype(object).where(values.notna(), None).map(
+                lambda v: None if v is None else str(v)
+            )
     return out
 
 
 def fairness_table(raw: pd.DataFrame, y: np.ndarray, p: np.ndarray, data: DataSettings,
                    threshold: float) -> pd.DataFrame:  # fmt: skip
+    """Per protected group on the rows that carry the attribute; `collected_share` says how
+    many rows that is."""
     parts = []
     for name, groups in protected_groups(raw, data).items():
         table = group_report(y, p, groups, threshold)
         table.insert(0, "attribute", name)
+        table["collected_share"] = float(groups.notna().mean()) if len(groups) else 0.0
         parts.append(table)
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import socket
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -122,16 +123,53 @@ def finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=DONE_STATES))
 
 
-def optimize(study: optuna.Study, objective, train: TrainSettings) -> None:
-    """Run trials until the study as a whole (all workers together) has n_trials done."""
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+class Progress:
+    """Optuna callback: one line per finished trial of this process (trial k of n, its
+    valid AUC or its pruning, the best so far, time elapsed and left), instead of silence."""
+
+    def __init__(self, n_trials: int) -> None:
+        self.n_trials, self.start, self.ran = n_trials, time.monotonic(), 0
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.ran += 1
+        done = finished(study)
+        elapsed = time.monotonic() - self.start
+        left = elapsed / self.ran * max(self.n_trials - done, 0)
+        got = f"valid AUC {trial.value:.4f}" if trial.state == TrialState.COMPLETE else trial.state.name.lower()
+        try:
+            best = f"best {study.best_value:.4f} (trial {study.best_trial.number})"
+        except ValueError:
+            best = "no completed trial yet"
+        log.info("trial %d/%d: %s · %s · %s elapsed, ~%s left", min(done, self.n_trials),
+                 self.n_trials, got, best, _duration(elapsed), _duration(left))  # fmt: skip
+
+
+def optimize(study: optuna.Study, objective, train: TrainSettings) -> bool:
+    """Run trials until the study as a whole (all workers together) has n_trials done; the
+    trial count is the budget. Returns True, loudly, when train.timeout_s cut it short."""
     remaining = train.n_trials - finished(study)
     if remaining <= 0:
         log.info("study %s already has %d finished trials", study.study_name, finished(study))
-        return
+        return False
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    log.info("study %s: %d trial(s) to run (n_trials %d)", study.study_name, remaining,
+             train.n_trials)  # fmt: skip
     study.optimize(objective, timeout=train.timeout_s, n_jobs=train.n_jobs,
-                   callbacks=[MaxTrialsCallback(train.n_trials, states=DONE_STATES)],
-                   gc_after_trial=False)  # fmt: skip
+                   callbacks=[MaxTrialsCallback(train.n_trials, states=DONE_STATES),
+                              Progress(train.n_trials)], gc_after_trial=False)  # fmt: skip
+    done = finished(study)
+    if done < train.n_trials:
+        log.warning("STUDY CUT SHORT: train.timeout_s=%gs stopped study %s after %d of %d trials; "
+                    "the model now depends on how busy the machine was (recorded on the version "
+                    "as study_truncated). Unset train.timeout_s to make the trial count the budget.",
+                    train.timeout_s, study.study_name, done, train.n_trials)  # fmt: skip
+        return True
+    return False
 
 
 def open_study(name: str, train: TrainSettings, seed: int, url: str | None = None) -> optuna.Study:

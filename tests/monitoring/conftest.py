@@ -112,7 +112,7 @@ def champion(raw, params, tmp_path_factory):
     """A small monotone champion on the full train split, its builder and the splits."""
     model, parts = fit_small_model(raw, params, 60, ("train",), max_depth=3, learning_rate=0.1)
     state = tmp_path_factory.mktemp("monitoring-state")
-    register_champion(state, model, params)
+    register_champion(state, model, params, parts["test"])
     return model, parts, state
 
 

@@ -43,7 +43,7 @@ def train_champion(
     """A small monotone model on a sample, registered and promoted in a fresh MLflow store."""
     sample = stratified_sample(raw, params.data.target, 4000)
     model, parts = fit_small_model(sample, params, 60, ("train",), max_depth=3, learning_rate=0.1)
-    register_champion(state, model, params)
+    register_champion(state, model, params, parts["test"])
     return model, pd.concat([parts["valid"], parts["test"]], ignore_index=True)
 
 

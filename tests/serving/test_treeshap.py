@@ -8,7 +8,7 @@ import pytest
 import xgboost as xgb
 
 from serving import scoring
-from serving.scorer import SMALL_BATCH, Scorer
+from serving.scorer import SMALL_BATCH, GoldenMismatch, Scorer
 from serving.treeshap import BLOCK_FROM, MAX_PATH, TreeShap
 from serving.treeshap_kernels import BLOCK
 from tests.conftest import stratified_sample
@@ -22,6 +22,16 @@ def _synthetic(n: int = 3000, features: int = 6, seed: int = 0, missing: float =
     y = (x[:, 0] * x[:, 1] + np.sin(3 * x[:, 2]) + 0.3 * rng.normal(size=n) > 0).astype(int)
     x[rng.random(x.shape) < missing] = np.nan  # missing values follow each split's default
     return x, y
+
+
+def golden(booster: xgb.Booster, x: np.ndarray) -> dict:
+    """A golden batch as training writes it: XGBoost's own probabilities and contributions."""
+    return {"probability": scoring.probabilities(booster, x).tolist(),
+            "contributions": scoring.contributions(booster, x).tolist(), "xgboost": xgb.__version__}  # fmt: skip
+
+
+def checked(booster: xgb.Booster, x: np.ndarray) -> Scorer:
+    return Scorer(booster, x, golden(booster, x))
 
 
 def _train(x, y, rounds: int = 40, **params) -> xgb.Booster:
@@ -42,7 +52,7 @@ def test_project_model_matches_pred_contribs(raw, params):
     # the same pass finds each tree's leaf, and so does the tree walk: XGBoost's margins
     np.testing.assert_allclose(table.explain(feats)[1], margin, atol=2e-6)
     np.testing.assert_array_equal(table.margins(feats), table.explain(feats)[1])
-    scorer = Scorer(model.booster, feats[:5])
+    scorer = checked(model.booster, feats[:40])
     assert scorer.scores
     contrib, p = scorer.explain(feats)
     np.testing.assert_array_equal(contrib, ours)
@@ -95,7 +105,7 @@ def test_unsupported_models_fall_back_to_xgboost(params):
         y = np.digitize(x[:, 0], [-0.5, 0.5])
     booster = _train(x, y, rounds=5, **params)
     assert TreeShap.from_booster(booster) is None
-    _assert_xgboost_only(Scorer(booster, x[:5]), booster, x[:20])
+    _assert_xgboost_only(checked(booster, x[:5]), booster, x[:20])
 
 
 def _assert_xgboost_only(scorer: Scorer, booster: xgb.Booster, x: np.ndarray) -> None:
@@ -111,11 +121,27 @@ def _assert_xgboost_only(scorer: Scorer, booster: xgb.Booster, x: np.ndarray) ->
 def test_scorer_uses_xgboost_when_the_tables_disagree():
     x, y = _synthetic()
     booster = _train(x, y)
-    contrib, p = Scorer(booster, x[:20]).explain(x)
+    contrib, p = checked(booster, x[:20]).explain(x)
     np.testing.assert_allclose(contrib, scoring.contributions(booster, x), atol=2e-5)
     np.testing.assert_allclose(p, scoring.probabilities(booster, x), rtol=1e-6, atol=1e-7)
-    # a tolerance nothing meets stands for a table that fails the load-time check
-    _assert_xgboost_only(Scorer(booster, x[:20], tolerance=-1.0), booster, x[:20])
+    # golden contributions the table cannot reproduce: it steps aside, and says why
+    off = golden(booster, x[:20])
+    off["contributions"] = (np.asarray(off["contributions"]) + 1e-3).tolist()
+    scorer = Scorer(booster, x[:20], off)
+    _assert_xgboost_only(scorer, booster, x[:20])
+    assert scorer.status.contributions == "xgboost" and scorer.status.scores == "xgboost"
+    assert "differs from XGBoost's contributions" in scorer.status.fallbacks[0]
+
+
+def test_scorer_refuses_a_model_xgboost_does_not_reproduce():
+    """XGBoost itself must give the golden batch's probabilities (another version, another
+    model file): the model is refused, never served with other scores."""
+    x, y = _synthetic()
+    booster = _train(x, y)
+    off = golden(booster, x[:20])
+    off["probability"] = (np.asarray(off["probability"]) * 0.9).tolist()
+    with pytest.raises(GoldenMismatch, match="probabilities"):
+        Scorer(booster, x[:20], off)
 
 
 def test_scorer_scores_only_a_logistic_model():
@@ -127,7 +153,7 @@ def test_scorer_scores_only_a_logistic_model():
     assert table is not None
     margin = booster.predict(xgb.DMatrix(x), output_margin=True)
     np.testing.assert_allclose(table.explain(x)[1], margin, atol=2e-6)
-    scorer = Scorer(booster, x[:20])
+    scorer = checked(booster, x[:20])
     assert scorer.table is not None and not scorer.scores
     contrib, p = scorer.explain(x)
     np.testing.assert_allclose(contrib, scoring.contributions(booster, x), atol=2e-5)
