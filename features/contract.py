@@ -199,41 +199,49 @@ def _is_number(values: pd.Series) -> pd.Series:
 def check_values(raw: pd.DataFrame, contract: Contract, columns: Sequence[str],
                  id_column: str | None = None, from_text: bool = False) -> list[Violation]:  # fmt: skip
     """Row rules for `columns` (present in `raw`). `from_text`: values came from a CSV, where
-    a number may arrive as text; otherwise a string in a numeric column is a violation."""
+    a number may arrive as text; otherwise a string or a boolean in a numeric column is a
+    violation. A one-hot group is checked on the rows where every member passed its own rule
+    (as serving does), and named at its last member."""
     out: list[Violation] = []
+    refused: dict[str, np.ndarray] = {}  # rows where a column broke its own rule
+
+    def flag(col: str, mask: pd.Series | np.ndarray, rule_text: str) -> None:
+        mask = np.asarray(mask, dtype=bool)
+        refused[col] = refused.get(col, np.zeros(len(raw), dtype=bool)) | mask
+        _check(out, raw, mask, col, rule_text, id_column)
+
     for col in columns:
         rule, values = contract.rules[col], raw[col]
-        missing = values.isna()
+        missing = values.isna().to_numpy()
         if not rule.nullable:
-            _check(out, raw, missing, col, "missing value", id_column)
+            flag(col, missing, "missing value")
         if rule.kind == "categorical":
             levels = list(rule.levels)
-            ok = values.map(lambda v, lv=levels: _is_level(v, lv))
-            _check(out, raw, ~ok & ~missing, col, f"not one of {levels}", id_column)
+            ok = values.map(lambda v, lv=levels: _is_level(v, lv)).to_numpy(dtype=bool)
+            flag(col, ~ok & ~missing, f"not one of {levels}")
             continue
         numbers = pd.to_numeric(values, errors="coerce") if from_text else \
             pd.to_numeric(values.where(_is_number(values)), errors="coerce")  # fmt: skip
-        _check(out, raw, numbers.isna() & ~missing, col, "not a number", id_column)
-        finite = np.isfinite(numbers.to_numpy(dtype="float64", na_value=np.nan))
-        _check(out, raw, numbers.notna() & ~finite, col, "not a finite number", id_column)
+        x = numbers.to_numpy(dtype="float64", na_value=np.nan)
+        flag(col, np.isnan(x) & ~missing, "not a number")
+        finite = np.isfinite(x)
+        flag(col, ~np.isnan(x) & ~finite, "not a finite number")
         with np.errstate(invalid="ignore"):
             if rule.integer:
-                _check(out, raw, finite & (numbers != np.floor(numbers)), col, "not an integer", id_column)  # fmt: skip
+                flag(col, finite & (x != np.floor(x)), "not an integer")
             if rule.low is not None:
-                _check(out, raw, finite & (numbers < rule.low), col, f"below minimum {rule.low:g}", id_column)  # fmt: skip
+                flag(col, finite & (x < rule.low), f"below minimum {rule.low:g}")
             if rule.high is not None:
-                _check(out, raw, finite & (numbers > rule.high), col, f"above maximum {rule.high:g}", id_column)  # fmt: skip
+                flag(col, finite & (x > rule.high), f"above maximum {rule.high:g}")
     for group, members in contract.data.onehot.items():
         if not all(m in columns for m in members):
             continue  # absent members are reported as missing columns
         block = raw[members].apply(pd.to_numeric, errors="coerce")
-        # a member that is not 0/1 is reported by its own rule above
-        binary = (block.isin([0, 1]) | raw[members].isna()).all(axis=1)
+        checked = ~np.any([refused.get(m, np.zeros(len(raw), dtype=bool)) for m in members], axis=0)
         # all members missing is a group not collected (protected attributes may be)
         skipped = block.isna().all(axis=1) & all(contract.rules[m].nullable for m in members)
         one = block.notna().all(axis=1) & (block.sum(axis=1) == 1)
-        # named at the group's last member, as every serving path names it
-        _check(out, raw, binary & ~skipped & ~one, members[-1],
+        _check(out, raw, checked & ~skipped & ~one, members[-1],
                f"one-hot group {group!r} must have exactly one 1 per row", id_column)  # fmt: skip
     return out
 

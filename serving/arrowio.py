@@ -81,15 +81,13 @@ class ArrowCodec:
     def decode(self, body: bytes, query: str) -> ColumnarRequest:
         explain, request_id = self._query(query)
         table = self._read(body)
-        errors = self._check_columns(table)
-        if errors:
-            raise ArrowRequestError(422, errors)
+        errors = self._check_columns(table)  # named with every value problem, as pydantic does
         n = table.num_rows
         coded: dict[str, np.ndarray] = {}
         refused: set[str] = set()
         texts: list[tuple[str, pa.Array]] = []  # (column, JSON text of each value)
         for col in table.column_names:
-            if col == "customer_id":
+            if col == "customer_id" or col not in self.rules or table.column_names.count(col) > 1:
                 continue
             column = table.column(col).combine_chunks()
             value, text, problems = self._column(col, column)
@@ -224,19 +222,22 @@ class ArrowCodec:
         return code, pc.fill_null(as_json.take(index), "null"), problems
 
     def _onehot(self, table: pa.Table, refused: set[str], errors: list) -> None:
-        """Exactly one 1 per row in each one-hot group (none at all where it may be left out),
-        named at the group's last member as every path names it."""
+        """Exactly one 1 per row in each one-hot group (none at all where it may be left out:
+        an absent optional member is missing), named at the group's last member as every
+        path names it; rows are checked only where every member passed its own rule."""
+        names = table.column_names
         for group, members in self.contract.data.onehot.items():
-            if not all(m in table.column_names and m not in refused for m in members):
-                continue  # a missing or refused member is named by its own rule
-            block = np.column_stack([table.column(m).combine_chunks().to_numpy(zero_copy_only=False)
-                                     .astype("float64") for m in members])  # fmt: skip
+            if any(m in refused or (m not in names and not self.rules[m].nullable) for m in members):
+                continue  # a refused or missing member is named by its own rule
+            block = np.column_stack([
+                table.column(m).combine_chunks().to_numpy(zero_copy_only=False).astype("float64")
+                if m in names else np.full(table.num_rows, np.nan) for m in members
+            ])  # fmt: skip
             given = ~np.isnan(block)
-            binary = np.all(~given | (block == 0) | (block == 1), axis=1)
             optional = all(self.rules[m].nullable for m in members)
             ok = (given.all(axis=1) & (np.nansum(block, axis=1) == 1)) | (~given.any(axis=1) & optional)
-            errors += _rows(members[-1], binary & ~ok, f"one-hot group {group!r} must have exactly "
-                                                       "one 1 (or, if optional, none)", "onehot")  # fmt: skip
+            errors += _rows(members[-1], ~ok, f"one-hot group {group!r} must have exactly one 1 "
+                                              "(or, if optional, none)", "onehot")  # fmt: skip
 
     @staticmethod
     def _customers(table: pa.Table, errors: list) -> list[str | None]:

@@ -51,11 +51,18 @@ def _a_number(value: Any) -> Any:
     return value
 
 
+def _not_a_boolean(value: Any) -> Any:
+    # a Literal[1, 2] would take `true` as 1 (True == 1 in Python)
+    if isinstance(value, bool):
+        raise PydanticCustomError("literal_error", "Input should be a level, not a boolean")
+    return value
+
+
 def field_type(rule: Rule) -> Any:
     if rule.kind == "categorical":
-        typ: Any = Literal[tuple(rule.levels)]  # type: ignore[valid-type]
+        typ: Any = Annotated[Literal[tuple(rule.levels)], BeforeValidator(_not_a_boolean)]  # type: ignore[valid-type]
     elif rule.kind == "onehot":
-        typ = Literal[0, 1]
+        typ = Annotated[Literal[0, 1], BeforeValidator(_not_a_boolean)]
     elif rule.integer:
         typ = Annotated[int, BeforeValidator(_a_number), Field(ge=rule.low, le=rule.high)]
     else:
@@ -86,7 +93,9 @@ def record_model(contract: Contract) -> type[BaseModel]:
     for col, rule in contract.rules.items():
         typ = field_type(rule)
         alias = {} if attrs[col] == col else {"alias": col}
-        fields[attrs[col]] = (typ, Field(None if rule.protected else ..., **alias))
+        # validate_default: a one-hot group's rule runs on its last member even when it is left out
+        default = {"default": None, "validate_default": True} if rule.protected else {"default": ...}
+        fields[attrs[col]] = (typ, Field(**default, **alias))
     fields["customer_id"] = (CUSTOMER_ID | None, None)
     validators = {
         f"onehot_{i}": _group_validator(group, [attrs[m] for m in members],

@@ -61,11 +61,10 @@ class CreditRiskModel(mlflow.pyfunc.PythonModel):
 
     def violations(self, frame: pd.DataFrame) -> list[Violation]:
         """The contract's rules for the model inputs (what serving checks on a record)."""
+        present = [c for c in self.input_columns if c in frame.columns]
         missing = [Violation(c, "missing column", len(frame)) for c in self.input_columns
-                   if c not in frame.columns]  # fmt: skip
-        if missing:
-            return missing
-        return check_values(frame, self.contract, self.input_columns)
+                   if c not in present]  # fmt: skip
+        return missing + check_values(frame, self.contract, present)
 
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict | None = None

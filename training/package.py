@@ -18,7 +18,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 import xgboost as xgb
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature, infer_signature
+from mlflow.types.schema import AnyType, ColSpec, Schema
 
 from features.contract import Contract
 from riskloop import package
@@ -117,6 +118,18 @@ def reference_frame(model: CreditRiskModel, test: pd.DataFrame, target: str) -> 
     return out
 
 
+def signature(model: CreditRiskModel, example: pd.DataFrame) -> ModelSignature:
+    """The model's input columns in its order, typed Any and not required by MLflow: its
+    numeric schema refuses int64 data for a double column and floats for a long one (no typing
+    takes both a CSV's integer columns and an integer column that may be missing), and it stops
+    at the first problem. The model checks every record against its data contract itself and
+    names every violation, as serving does (training/model.py); contract.json carries the
+    types, bounds and levels."""
+    inputs = Schema([ColSpec(AnyType(), name=c, required=False)
+                     for c in model.contract.model_inputs])  # fmt: skip
+    return ModelSignature(inputs, infer_signature(example, model.predict_proba(example)).outputs)
+
+
 def log_model(model: CreditRiskModel, test: pd.DataFrame, target: str, ev: EvaluateSettings,
               lineage: dict[str, Any], pip_requirements: list[str]) -> tuple[Any, dict[str, Any]]:  # fmt: skip
     """Log the pyfunc with its contract, golden batch and out-of-sample reference; returns
@@ -145,7 +158,7 @@ def log_model(model: CreditRiskModel, test: pd.DataFrame, target: str, ev: Evalu
             warnings.simplefilter("ignore", UserWarning)
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=model, code_paths=CODE_PATHS, input_example=example,
-                signature=infer_signature(example, model.predict_proba(example)),
+                signature=signature(model, example),
                 artifacts={key: str(out / name) for key, name in package.ARTIFACTS.items()},
                 pip_requirements=pip_requirements,
             )  # fmt: skip

@@ -1,12 +1,12 @@
-"""A real monitoring setup without the HTTP hop: a champion in a real MLflow store, the
-training reference on disk, and a real prediction store (SQLite or PostgreSQL) filled with
-traffic scored by that champion through the store's own write path."""
+"""A real monitoring setup without the HTTP hop: a champion in a real MLflow store (carrying
+its out-of-sample reference, as the train stage logs it) and a real prediction store (SQLite
+or PostgreSQL) filled with traffic scored by that champion through the store's own write
+path. Traffic is drawn from the validation split, independent of the reference (test)."""
 
 from __future__ import annotations
 
 import json
 import os
-import pickle
 import shutil
 import subprocess
 import sys
@@ -49,19 +49,23 @@ class Loop:
         return env
 
     def log_traffic(self, scenario: str, rows: int, seed: int, labelled: bool = True,
-                    at: datetime | None = None) -> pd.DataFrame:  # fmt: skip
+                    at: datetime | None = None, protected: bool = True,
+                    version: str = "1") -> pd.DataFrame:  # fmt: skip
         """Score `rows` held-out rows under `scenario` with the champion and log them (and,
-        if labelled, their real outcomes) the way the service does."""
+        if labelled, their real outcomes) the way the service does; `protected=False`: the
+        application sent no protected attribute; `version`: the model version that served."""
         src = sample(self.held_out, rows, seed)
         shifted = apply(scenario, src, seed, self.params.data, self.params.features)
         p = self.model.predict_proba(shifted[self.model.input_columns].astype("float64"))
         at = at or datetime.now(UTC)
         ids = [uuid.uuid4().hex for _ in range(rows)]
-        records = shifted[self.params.data.feature_columns].to_dict("records")
+        kept = [c for c in self.params.data.feature_columns
+                if protected or c not in self.params.data.protected_columns]  # fmt: skip
+        records = shifted[kept].to_dict("records")
         customers = src[self.params.data.id_column].astype(str).tolist()
         logged = [prediction_row({
             "prediction_id": pid, "created_at": at + timedelta(milliseconds=i), "model_name": "credit-risk",
-            "model_version": "1", "customer_id": cid, "inputs": rec, "probability": float(pi),
+            "model_version": version, "customer_id": cid, "inputs": rec, "probability": float(pi),
             "risk_score": round(100 * pi),
             "risk_band": "low", "decision": "approve", "reasons": None,
         }) for i, (pid, rec, pi, cid) in enumerate(zip(ids, records, p, customers, strict=True))]  # fmt: skip
@@ -117,14 +121,14 @@ def champion(raw, params, tmp_path_factory):
 
 
 def make_loop(tmp_path: Path, champion, params: Params, db_url: str) -> Loop:
+    """The job runs in `work` with nothing but params.yaml: it reads the champion from the
+    registry, never from a DVC workspace."""
     model, parts, state = champion
     work = tmp_path / "work"
-    (work / "data/features").mkdir(parents=True)
+    work.mkdir()
     shutil.copy(ROOT / "params.yaml", work / "params.yaml")
-    parts["train"].to_parquet(work / "data/features/reference.parquet", index=False)
-    with open(work / "data/features/feature_builder.pkl", "wb") as fh:
-        pickle.dump(model.builder, fh)
     own_state = tmp_path / "state"
     shutil.copytree(state, own_state)  # each test gets its own registry copy and workspace
     upgrade(db_url)
-    return Loop(work, own_state, db_url, model, parts["test"], params)
+    return Loop(work, own_state, db_url, model, parts["valid"], params)
+

@@ -83,14 +83,80 @@ def test_too_few_rows_and_an_empty_window_take_no_decision(sqlite_loop):
     assert [r["retrain"] for r in sqlite_loop.runs()] == [False, False]
 
 
-def test_bad_inputs_exit_non_zero_naming_the_problem(sqlite_loop, tmp_path):
+def test_the_champion_is_judged_by_its_own_reference(sqlite_loop, champion):
+    """The reference, the feature builder and the test metrics are the champion's, read from
+    the registry: the job's directory holds nothing but params.yaml."""
+    loop = sqlite_loop
+    model, parts, _ = champion
+    assert sorted(p.name for p in loop.work.iterdir()) == ["params.yaml"]
+    loop.log_traffic("stable", 1000, seed=5)
+    proc, out = loop.monitor("--last", "1000")
+    assert proc.returncode == 0, proc.stderr
+    assert out["champion"]["version"] == "1"
+    assert out["champion"]["reference"] == {"rows": len(parts["test"]), "split": "test",
+                                            "data_hash": "test"}  # fmt: skip
+    # realized performance is compared with the champion's out-of-sample test AUC
+    test_auc = roc_auc_score(parts["test"]["default-payment-next-month"],
+                             model.predict_proba(parts["test"]))  # fmt: skip
+    assert out["champion"]["test_metrics"]["roc_auc"] == pytest.approx(test_auc, abs=1e-9)
+    assert out["warnings"] == []
+
+
+def test_traffic_without_protected_attributes_is_monitored(loop, params):
+    """Applications need not send SEX / AGE / MARRIAGE: such traffic is monitored on the
+    model's inputs, the coverage of each protected attribute is reported, and one that too
+    few rows carry is left out of the drift check instead of failing the window."""
+    loop.log_traffic("stable", 1500, seed=6, protected=False)
+    loop.log_traffic("stable", 500, seed=7)
+    proc, out = loop.monitor("--last", "2000")
+    assert proc.returncode == 0, proc.stderr
+    assert out["status"] == "no_retrain", out["reasons"]
+    coverage = out["drift"]["protected"]["collected_share"]
+    assert coverage == {"SEX": pytest.approx(0.25), "MARRIAGE": pytest.approx(0.25),
+                        "AGE": pytest.approx(0.25)}  # fmt: skip
+    assert set(out["drift"]["protected"]["drift_checked"]) == set(params.data.protected_columns)
+    missing = out["drift"]["protected_missing_share"]
+    assert missing["AGE"] == pytest.approx(0.75) and missing["MARRIAGE_1"] == pytest.approx(0.75)
+    # none at all: the window is still monitored, the attributes simply not checked
+    loop.log_traffic("stable", 2000, seed=8, protected=False)
+    proc, out = loop.monitor("--last", "2000")
+    assert proc.returncode == 0, proc.stderr
+    assert out["drift"]["protected"]["collected_share"]["SEX"] == 0.0
+    assert out["drift"]["protected"]["drift_checked"] == []
+    assert "AGE" not in out["drift"]["columns"]
+
+
+def test_traffic_served_by_another_version_is_flagged(sqlite_loop):
+    sqlite_loop.log_traffic("stable", 600, seed=9, version="7")
+    proc, out = sqlite_loop.monitor("--last", "600")
+    assert proc.returncode == 0, proc.stderr
+    assert out["window"]["served_by_versions"] == ["7"]
+    assert "served by v7, not @champion v1" in out["warnings"][0]
+    assert "WARNING: traffic in this window was served by v7" in proc.stderr
+
+
+def test_bad_inputs_exit_non_zero_naming_the_problem(sqlite_loop, params):
     loop = sqlite_loop
     loop.log_traffic("recession", 600, seed=4)
 
-    (loop.work / "data/features/reference.parquet").rename(tmp_path / "ref.parquet")
+    # a champion registered without what riskloop's train stage packages with a model
+    import mlflow
+    from mlflow import MlflowClient
+
+    from training.registry import Registry
+
+    uri = f"sqlite:///{loop.state / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    with mlflow.start_run(experiment_id=MlflowClient(uri, uri).get_experiment_by_name("credit-risk").experiment_id):
+        bare = mlflow.pyfunc.log_model(name="model", python_model=loop.model, code_paths=["features", "training"])
+    registry = Registry(params.registry, MlflowClient(uri, uri))
+    mv = registry.register_challenger(bare.model_uri, {})
+    registry.move_champion(mv.version, "a bare model", "1")
     proc, _ = loop.monitor()
-    assert proc.returncode == 1 and "reference set" in proc.stderr and "dvc repro" in proc.stderr
-    (tmp_path / "ref.parquet").rename(loop.work / "data/features/reference.parquet")
+    assert proc.returncode == 1 and "carries no reference.parquet" in proc.stderr, proc.stderr
+    assert "dvc repro" in proc.stderr
+    registry.rollback("back to the packaged champion")
 
     dead = {**loop.env(), "DATABASE_URL": "postgresql+psycopg2://postgres@127.0.0.1:1/none"}
     import subprocess
@@ -101,6 +167,7 @@ def test_bad_inputs_exit_non_zero_naming_the_problem(sqlite_loop, tmp_path):
     assert proc.returncode == 1 and "unreachable" in proc.stderr, proc.stderr
 
     # Logged traffic without a model input (an old client, a schema change).
+    assert loop.runs() == []
     import sqlalchemy as sa
 
     from serving.store import make_engine

@@ -315,3 +315,50 @@ def test_submit_does_not_wait_for_the_store(proxied, tmp_path):
     assert time.monotonic() - started < 2.0
     writer.close()
     assert writer.stats()["rows_spooled"] == 20_000
+
+
+def interventions_of(url: str) -> list[tuple[str, str, str]]:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return sorted(tuple(r) for r in conn.execute(
+                sa.text("SELECT customer_id, prediction_id, action FROM interventions")))  # fmt: skip
+    finally:
+        engine.dispose()
+
+
+def triggered_block(start: int, n: int, customers: list[str]) -> PredictionColumns:
+    """A block whose rows each triggered an intervention for their customer."""
+    block = columns(start, n)
+    block.customer_id[:] = customers
+    block.interventions.extend((i, "payment_reminder") for i in range(n))
+    return block
+
+
+def test_interventions_are_recorded_with_their_predictions_once(db_url, tmp_path):
+    """Off the request path: written in the prediction's transaction; one per customer within
+    the cooldown; a re-sent block (a replay) records nothing twice."""
+    writer = PredictionLogWriter(db_url, tmp_path / "spool", cooldown_s=3600)
+    writer.submit_columns(triggered_block(0, 4, ["a", "b", "a", "c"]))
+    wait_for(lambda: writer.stats()["rows_written"] == 4, "the block")
+    again = triggered_block(0, 4, ["a", "b", "a", "c"])
+    writer.submit_columns(again)
+    row = {**again.rows()[1], "prediction_id": "p999999", "intervention": "restructuring_offer"}
+    writer.submit(row)  # a dict row (spool replay, PostgreSQL) carries its action the same way
+    writer.close()
+    got = interventions_of(db_url)
+    assert [(c, p) for c, p, _ in got] == [("a", "p000000"), ("b", "p000001"), ("c", "p000003")]
+
+
+def test_interventions_spool_during_an_outage_and_are_recorded_once(proxied, tmp_path):
+    direct, via, proxy = proxied
+    writer = PredictionLogWriter(via, tmp_path / "spool", retry_interval_s=0.2, cooldown_s=3600)
+    proxy.cut()
+    writer.submit_columns(triggered_block(0, 30, [f"k{i}" for i in range(30)]))
+    wait_for(lambda: writer.stats()["rows_spooled"] == 30, "the block spooled")
+    assert interventions_of(direct) == []
+    proxy.restore()
+    wait_for(lambda: writer.stats()["rows_replayed"] == 30, "the spool replayed")
+    writer.close()
+    got = interventions_of(direct)
+    assert [c for c, _, _ in got] == sorted(f"k{i}" for i in range(30))

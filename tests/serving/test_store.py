@@ -14,6 +14,7 @@ from alembic.migration import MigrationContext
 
 from riskloop.errors import SettingsError
 from serving.store import (
+    insert_interventions,
     VERSION_TABLE,
     PredictionStore,
     insert_predictions,
@@ -70,7 +71,7 @@ def test_upgrade_creates_the_schema_from_any_cwd(db_url, tmp_path, monkeypatch):
         } <= set(sa.inspect(engine).get_table_names())
         with engine.connect() as conn:
             assert conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).all() == [
-                ("0003",)
+                ("0004",)
             ]
             # The migrations and the tables the code uses describe the same schema.
             ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
@@ -144,19 +145,33 @@ def test_outcomes_are_idempotent_and_never_overwritten(store):
 
 
 def test_intervention_cooldown(store):
-    args = {"prediction_id": "p1", "risk_score": 700, "risk_band": "high", "action": "call"}
-    assert store.record_intervention("c1", cooldown_s=60, **args)
-    assert not store.record_intervention("c1", cooldown_s=60, **args)
-    assert store.record_intervention("c2", cooldown_s=60, **args)
+    args = {"risk_score": 700, "risk_band": "high", "action": "call"}
+    assert store.record_intervention("c1", "p1", cooldown_s=60, **args)
+    assert not store.record_intervention("c1", "p2", cooldown_s=60, **args)
+    assert store.record_intervention("c2", "p3", cooldown_s=60, **args)
+    assert not store.record_intervention("c2", "p3", cooldown_s=0, **args)  # once per prediction
     time.sleep(0.05)
-    assert store.record_intervention("c1", cooldown_s=0.01, **args)  # window has passed
+    assert store.record_intervention("c1", "p4", cooldown_s=0.01, **args)  # window has passed
 
     c1 = store.list_interventions(customer_id="c1")
     assert len(c1) == 2 and c1[0]["id"] > c1[1]["id"]  # newest first
     assert c1[0]["created_at"].tzinfo is not None
     assert [i["customer_id"] for i in store.list_interventions(limit=2)] == ["c1", "c2"]
     with pytest.raises(ValueError, match="cooldown_s"):
-        store.record_intervention("c3", cooldown_s=-1, **args)
+        store.record_intervention("c3", "p5", cooldown_s=-1, **args)
+
+
+def test_intervention_cooldown_holds_whatever_the_write_order(store):
+    """Replays and other workers write late: an intervention is refused when another of the
+    customer's lies within the cooldown before *or after* it, and a replay adds nothing."""
+    rows = [{"customer_id": "c7", "prediction_id": f"q{i}", "risk_score": 90, "risk_band": "very_high",
+             "action": "call", "created_at": T0 + timedelta(hours=h)} for i, h in enumerate((10, 0, 5, 40))]  # fmt: skip
+    with store.engine.begin() as conn:
+        assert insert_interventions(conn, rows, cooldown_s=24 * 3600) == 2  # 10h and 40h; 0h and 5h lie within 24h of 10h
+        assert insert_interventions(conn, rows, cooldown_s=0) == 2  # q1 and q2 were refused
+        assert insert_interventions(conn, rows, cooldown_s=0) == 0  # a replay: nothing twice
+    recorded = sorted(i["prediction_id"] for i in store.list_interventions(customer_id="c7"))
+    assert recorded == ["q0", "q1", "q2", "q3"]
 
 
 def test_intervention_cooldown_holds_under_concurrency(store):
