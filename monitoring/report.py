@@ -162,8 +162,10 @@ def summarize_drift(
         p = entry.get("psi", float("nan"))
         entry["psi_level"] = "shifted" if p >= psi_alert else "watch" if p >= psi_warn else "stable"
     out["columns"] = per_column
-    out["protected"] = {"collected_share": dict(frames.coverage),
-                        "drift_checked": [c for c in frames.columns if c in frames.protected]}
+    out["protected"] = {
+        "collected_share": dict(frames.coverage),
+        "drift_checked": [c for c in frames.columns if c in frames.protected],
+    }
     return out
 
 

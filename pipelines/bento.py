@@ -79,20 +79,33 @@ def build(reason: str = "make bento") -> deployment.DeploymentRecord:
     # Pin the exact model in the bento: "latest" would follow later imports at serve time.
     # The file exists only during the build, so the working tree never points at a stale model.
     MODEL_TAG_FILE.write_text(f"{model.tag}\n")
-    cmd = [sys.executable, "-m", "bentoml", "build", "--bentofile", "bentofile.yaml", "--output", "tag"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "build",
+        "--bentofile",
+        "bentofile.yaml",
+        "--output",
+        "tag",
+    ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True)
     finally:
         MODEL_TAG_FILE.unlink(missing_ok=True)
     if proc.returncode != 0:
-        raise RiskloopError(f"`bentoml build` failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}")
+        raise RiskloopError(
+            f"`bentoml build` failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}"
+        )
     bento = proc.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
     record = deployment.DeploymentRecord(
         model_tag=str(model.tag), version=version, bento=bento,
         deployed_at=datetime.now(UTC).isoformat(timespec="seconds"), deployed_by=actor(), reason=reason,
     )  # fmt: skip
     deployment.write(stores.deployment_file(), record)
-    print(f"built bento {bento} serving v{version}; deployment recorded in {stores.deployment_file()}")
+    print(
+        f"built bento {bento} serving v{version}; deployment recorded in {stores.deployment_file()}"
+    )
     return record
 
 

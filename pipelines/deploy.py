@@ -20,7 +20,7 @@ from pipelines.bento import build
 from riskloop.cli import run_main
 from riskloop.errors import RiskloopError
 
-_SERVED = re.compile(r'^riskloop_served_model\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)', re.M)
+_SERVED = re.compile(r"^riskloop_served_model\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)", re.M)
 
 
 def served_versions(metrics_text: str) -> dict[str, str]:
@@ -44,7 +44,10 @@ def wait_until_served(url: str, version: str, timeout_s: float) -> bool:
         except httpx.TransportError:
             return False
         status = ready.get("deployment", {})
-        if status.get("status") in ("restart_required", "failed") and status.get("wanted") == version:
+        if (
+            status.get("status") in ("restart_required", "failed")
+            and status.get("wanted") == version
+        ):
             raise RiskloopError(f"the service at {url} did not switch to v{version}: "
                                 f"{status['status']}: {status.get('detail')}")  # fmt: skip
         if seen and set(seen.values()) == {version}:

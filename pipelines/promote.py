@@ -67,7 +67,9 @@ def main() -> None:
         )
     registry.move_champion(candidate.version, args.reason, champion.version if champion else None,
                            gates={g.name: g.detail for g in gates})  # fmt: skip
-    registry.set_tags(candidate.version, {"promotion_test_auc": f"{ch_auc:.6g}", "rolled_back": "false"})
+    registry.set_tags(
+        candidate.version, {"promotion_test_auc": f"{ch_auc:.6g}", "rolled_back": "false"}
+    )
     print(f"{registry.name} @champion -> v{candidate.version}"
           + (f" (was v{champion.version})" if champion else " (first champion)"))  # fmt: skip
 

@@ -25,8 +25,12 @@ CONTRACT = "contract.json"
 GOLDEN = "golden.json"
 REFERENCE = "reference.parquet"
 REFERENCE_META = "reference.json"
-ARTIFACTS = {"contract": CONTRACT, "golden": GOLDEN, "reference": REFERENCE,
-             "reference_meta": REFERENCE_META}  # MLflow artifact key -> file under artifacts/
+ARTIFACTS = {
+    "contract": CONTRACT,
+    "golden": GOLDEN,
+    "reference": REFERENCE,
+    "reference_meta": REFERENCE_META,
+}  # MLflow artifact key -> file under artifacts/
 # The reference's score and label columns (beside the features and protected attributes).
 REFERENCE_SCORE = "probability"
 REFERENCE_LABEL = "defaulted"

@@ -174,14 +174,22 @@ class ArrowCodec:
                 problems += _rows(col, fraction, "must be an integer", "int_from_float")
             if rule.low is not None:
                 below = values < rule.low
-                problems += _rows(col, below & valid, f"must be >= {rule.low:g}", "greater_than_equal")
+                problems += _rows(
+                    col, below & valid, f"must be >= {rule.low:g}", "greater_than_equal"
+                )
             if rule.high is not None:
                 above = values > rule.high
-                problems += _rows(col, above & valid, f"must be <= {rule.high:g}", "less_than_equal")
+                problems += _rows(
+                    col, above & valid, f"must be <= {rule.high:g}", "less_than_equal"
+                )
         shown = values[valid]
         if pa.types.is_null(typ):
             column = pa.nulls(len(column), pa.int64())
-        elif pa.types.is_floating(typ) and np.all(np.abs(shown) < 2**53) and np.all(shown == np.trunc(shown)):
+        elif (
+            pa.types.is_floating(typ)
+            and np.all(np.abs(shown) < 2**53)
+            and np.all(shown == np.trunc(shown))
+        ):
             column = column.cast(pa.int64())  # whole amounts: integer text costs ~1/3 of float text
         text = pc.cast(column, pa.string())
         return values, pc.fill_null(text, "null") if rule.nullable else text, problems
@@ -200,7 +208,11 @@ class ArrowCodec:
             return (
                 np.zeros(len(column)),
                 column,
-                [_error(col, f"needs {want} (levels {list(rule.levels)}), got {typ}", "type_error")],
+                [
+                    _error(
+                        col, f"needs {want} (levels {list(rule.levels)}), got {typ}", "type_error"
+                    )
+                ],
             )
         if pa.types.is_null(typ):
             index = pa.nulls(len(column), pa.int32())
@@ -216,7 +228,9 @@ class ArrowCodec:
         problems: list[dict[str, str]] = []
         if not rule.nullable and nulls.any():
             problems += _rows(col, nulls, "a value is required", "missing")
-        problems += _rows(col, missing & ~nulls, f"must be one of {list(rule.levels)}", "literal_error")
+        problems += _rows(
+            col, missing & ~nulls, f"must be one of {list(rule.levels)}", "literal_error"
+        )
         code = index.to_numpy(zero_copy_only=False).astype("float64")
         as_json = pa.array([json.dumps(v) for v in rule.levels])
         return code, pc.fill_null(as_json.take(index), "null"), problems
@@ -227,7 +241,9 @@ class ArrowCodec:
         path names it; rows are checked only where every member passed its own rule."""
         names = table.column_names
         for group, members in self.contract.data.onehot.items():
-            if any(m in refused or (m not in names and not self.rules[m].nullable) for m in members):
+            if any(
+                m in refused or (m not in names and not self.rules[m].nullable) for m in members
+            ):
                 continue  # a refused or missing member is named by its own rule
             block = np.column_stack([
                 table.column(m).combine_chunks().to_numpy(zero_copy_only=False).astype("float64")
@@ -235,7 +251,9 @@ class ArrowCodec:
             ])  # fmt: skip
             given = ~np.isnan(block)
             optional = all(self.rules[m].nullable for m in members)
-            ok = (given.all(axis=1) & (np.nansum(block, axis=1) == 1)) | (~given.any(axis=1) & optional)
+            ok = (given.all(axis=1) & (np.nansum(block, axis=1) == 1)) | (
+                ~given.any(axis=1) & optional
+            )
             errors += _rows(members[-1], ~ok, f"one-hot group {group!r} must have exactly one 1 "
                                               "(or, if optional, none)", "onehot")  # fmt: skip
 

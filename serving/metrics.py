@@ -16,8 +16,10 @@ PREDICTIONS = Counter(
     "riskloop_predictions_total", "Scored records by risk band", ["band"], registry=REGISTRY
 )
 INTERVENTIONS = Counter(
-    "riskloop_interventions_total", "Interventions triggered (the store applies the cooldown)",
-    ["action"], registry=REGISTRY,
+    "riskloop_interventions_total",
+    "Interventions triggered (the store applies the cooldown)",
+    ["action"],
+    registry=REGISTRY,
 )
 # Per worker (liveall: a dead worker's series go): 1 for the version it serves, so a deploy can
 # wait until every worker serves the new champion, and Prometheus can alert on a mix.
@@ -26,7 +28,9 @@ SERVED_MODEL = Gauge("riskloop_served_model", "1 for the model version this work
 ENGINE_FALLBACK = Gauge(
     "riskloop_engine_fallback",
     "1 where a fast engine failed its golden-batch check and XGBoost's own serves instead",
-    ["engine"], multiprocess_mode="liveall", registry=REGISTRY,
+    ["engine"],
+    multiprocess_mode="liveall",
+    registry=REGISTRY,
 )
 QUEUE_DEPTH = Gauge(
     "riskloop_log_queue_depth", "Prediction rows waiting to be written", registry=REGISTRY

@@ -94,7 +94,9 @@ def record_model(contract: Contract) -> type[BaseModel]:
         typ = field_type(rule)
         alias = {} if attrs[col] == col else {"alias": col}
         # validate_default: a one-hot group's rule runs on its last member even when it is left out
-        default = {"default": None, "validate_default": True} if rule.protected else {"default": ...}
+        default = (
+            {"default": None, "validate_default": True} if rule.protected else {"default": ...}
+        )
         fields[attrs[col]] = (typ, Field(**default, **alias))
     fields["customer_id"] = (CUSTOMER_ID | None, None)
     validators = {

@@ -90,7 +90,9 @@ class Scorer:
     def _checked_table(self, feats: np.ndarray, golden: dict[str, Any]) -> TreeShap | None:
         table = TreeShap.from_booster(self.booster)
         if table is None:
-            self._fallback("the trees need XGBoost's general TreeSHAP (deep, categorical or multi-output)")
+            self._fallback(
+                "the trees need XGBoost's general TreeSHAP (deep, categorical or multi-output)"
+            )
             return None
         expected = np.asarray(golden["contributions"], dtype=float)
         # one row (the per-row kernel) and the whole batch (the block kernel): both compiled now

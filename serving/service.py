@@ -212,7 +212,11 @@ class RiskService:
     def _deploy(self, record: deployment.DeploymentRecord) -> None:
         """Load the deployed model beside the served one, then swap it in (watcher thread)."""
         with self._swap_lock:
-            self.deployment = {"status": "loading", "wanted": record.version, "tag": record.model_tag}
+            self.deployment = {
+                "status": "loading",
+                "wanted": record.version,
+                "tag": record.model_tag,
+            }
             try:
                 engine = load_engine(bentoml.models.get(record.model_tag))
             except Exception as exc:
@@ -262,7 +266,9 @@ class RiskService:
             contrib = np.full((len(feats), c.shape[1]), np.nan)
             contrib[rows] = c
             top = list(top)
-            found = scoring.reasons(c, feats[rows], engine.feature_names, PARAMS.serving.top_reasons)
+            found = scoring.reasons(
+                c, feats[rows], engine.feature_names, PARAMS.serving.top_reasons
+            )
             for r, reasons in zip(rows.tolist(), found, strict=True):
                 top[r] = reasons
             if p_explained is not None:  # the same pass scored these rows
@@ -431,7 +437,9 @@ class RiskService:
         for c in ids:
             if c in found:
                 try:
-                    records.append(CODECS.RecordModel.model_validate({**found[c]["record"], "customer_id": c}))
+                    records.append(
+                        CODECS.RecordModel.model_validate({**found[c]["record"], "customer_id": c})
+                    )
                 except ValidationError as exc:
                     fields = sorted({".".join(map(str, e["loc"])) for e in exc.errors()})
                     refused[c] = f"stored record does not fit the model's contract: {fields}"

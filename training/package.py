@@ -72,7 +72,9 @@ def golden_records(contract: Contract, real: pd.DataFrame, n_real: int = GOLDEN_
     for col in contract.model_inputs:
         rule = contract.rules[col]
         if rule.kind == "numeric":
-            edges += [{**base, col: _bound(rule, b)} for b in (rule.low, rule.high) if b is not None]
+            edges += [
+                {**base, col: _bound(rule, b)} for b in (rule.low, rule.high) if b is not None
+            ]
             if rule.nullable:
                 edges.append({**base, col: None})
             if (rule.low is None or rule.low <= 0) and (rule.high is None or rule.high >= 0):
@@ -153,7 +155,9 @@ def log_model(model: CreditRiskModel, test: pd.DataFrame, target: str, ev: Evalu
         meta = {"rows": len(reference), "split": "test", "metrics": test_metrics,
                 "threshold": ev.decision_threshold, "calibration_bins": ev.calibration_bins, **lineage}  # fmt: skip
         (out / package.REFERENCE_META).write_text(json.dumps(meta, indent=1))
-        example = contract.input_frame(pd.DataFrame.from_records(records[:5], columns=list(contract.fields)))
+        example = contract.input_frame(
+            pd.DataFrame.from_records(records[:5], columns=list(contract.fields))
+        )
         with warnings.catch_warnings():  # MLflow warns about integer columns that may hold NaN
             warnings.simplefilter("ignore", UserWarning)
             info = mlflow.pyfunc.log_model(

@@ -22,8 +22,10 @@ def protected_groups(raw: pd.DataFrame, data: DataSettings) -> dict[str, pd.Seri
             values = raw[name] if name in raw.columns else pd.Series(None, index=raw.index)
             if name not in data.categorical:
                 values = pd.qcut(pd.to_numeric(values), 4, duplicates="drop")
-            out[name] = values.astype(object).where(values.notna(), None).map(
-                lambda v: None if v is None else str(v)
+            out[name] = (
+                values.astype(object)
+                .where(values.notna(), None)
+                .map(lambda v: None if v is None else str(v))
             )
     return out
 

@@ -140,7 +140,11 @@ class Progress:
         done = finished(study)
         elapsed = time.monotonic() - self.start
         left = elapsed / self.ran * max(self.n_trials - done, 0)
-        got = f"valid AUC {trial.value:.4f}" if trial.state == TrialState.COMPLETE else trial.state.name.lower()
+        got = (
+            f"valid AUC {trial.value:.4f}"
+            if trial.state == TrialState.COMPLETE
+            else trial.state.name.lower()
+        )
         try:
             best = f"best {study.best_value:.4f} (trial {study.best_trial.number})"
         except ValueError:

@@ -131,4 +131,3 @@ def make_loop(tmp_path: Path, champion, params: Params, db_url: str) -> Loop:
     shutil.copytree(state, own_state)  # each test gets its own registry copy and workspace
     upgrade(db_url)
     return Loop(work, own_state, db_url, model, parts["valid"], params)
-

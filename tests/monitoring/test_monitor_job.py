@@ -148,8 +148,12 @@ def test_bad_inputs_exit_non_zero_naming_the_problem(sqlite_loop, params):
     uri = f"sqlite:///{loop.state / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    with mlflow.start_run(experiment_id=MlflowClient(uri, uri).get_experiment_by_name("credit-risk").experiment_id):
-        bare = mlflow.pyfunc.log_model(name="model", python_model=loop.model, code_paths=["features", "training"])
+    with mlflow.start_run(
+        experiment_id=MlflowClient(uri, uri).get_experiment_by_name("credit-risk").experiment_id
+    ):
+        bare = mlflow.pyfunc.log_model(
+            name="model", python_model=loop.model, code_paths=["features", "training"]
+        )
     registry = Registry(params.registry, MlflowClient(uri, uri))
     mv = registry.register_challenger(bare.model_uri, {})
     registry.move_champion(mv.version, "a bare model", "1")

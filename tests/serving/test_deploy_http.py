@@ -202,4 +202,6 @@ def test_a_bento_built_from_another_working_tree_serves_the_champion(two_version
         server.stop()
     expected = champion.predict_proba(rows)
     assert [g["probability_of_default"] for g in got] == pytest.approx(list(expected), rel=1e-6)
-    assert extra.status_code == 422 and "records.0.INCOME" in {e["field"] for e in extra.json()["detail"]}
+    assert extra.status_code == 422 and "records.0.INCOME" in {
+        e["field"] for e in extra.json()["detail"]
+    }

@@ -14,9 +14,9 @@ from alembic.migration import MigrationContext
 
 from riskloop.errors import SettingsError
 from serving.store import (
-    insert_interventions,
     VERSION_TABLE,
     PredictionStore,
+    insert_interventions,
     insert_predictions,
     make_engine,
     metadata,
@@ -167,7 +167,9 @@ def test_intervention_cooldown_holds_whatever_the_write_order(store):
     rows = [{"customer_id": "c7", "prediction_id": f"q{i}", "risk_score": 90, "risk_band": "very_high",
              "action": "call", "created_at": T0 + timedelta(hours=h)} for i, h in enumerate((10, 0, 5, 40))]  # fmt: skip
     with store.engine.begin() as conn:
-        assert insert_interventions(conn, rows, cooldown_s=24 * 3600) == 2  # 10h and 40h; 0h and 5h lie within 24h of 10h
+        assert (
+            insert_interventions(conn, rows, cooldown_s=24 * 3600) == 2
+        )  # 10h and 40h; 0h and 5h lie within 24h of 10h
         assert insert_interventions(conn, rows, cooldown_s=0) == 2  # q1 and q2 were refused
         assert insert_interventions(conn, rows, cooldown_s=0) == 0  # a replay: nothing twice
     recorded = sorted(i["prediction_id"] for i in store.list_interventions(customer_id="c7"))
