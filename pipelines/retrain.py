@@ -25,7 +25,7 @@ from riskloop.cli import run_main
 from riskloop.errors import MonitoringError
 from riskloop.settings import Params, load_params
 from serving.config import ServingEnv
-from training.tracking import dvc_data_hash
+from training.tracking import connect, dvc_data_hash
 
 log = logging.getLogger("retrain")
 LINEAGE_COLUMNS = ["prediction_id", "customer_id", "model_version", "created_at", "observed_at"]
@@ -94,9 +94,10 @@ def retrain(params: Params, run_id: int | None = None) -> dict[str, Any]:
         subprocess.run([sys.executable, "-m", "dvc", "push", "-q", "data.dvc"], check=False)
         _dvc("repro")
         trained = paths.read_json(paths.TRAIN_REPORT)
+        challenger = connect(params.registry)[2].by_fingerprint(trained["model_sha256"])
         metrics = paths.read_json(paths.METRICS)
         action = {"batch": str(out), "rows": len(raw), "data_hash": data_hash,
-                  "challenger_version": str(trained["version"]),
+                  "challenger_version": str(challenger.version),
                   "test_roc_auc": metrics["test"]["roc_auc"],
                   "recent": metrics.get("recent"), "promoted": False}  # fmt: skip
         if params.monitoring.retrain.auto_promote:

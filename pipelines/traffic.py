@@ -56,11 +56,12 @@ def _post(client: httpx.Client, path: str, body: dict[str, Any]) -> dict[str, An
 
 
 def requests_of(
-    rows: pd.DataFrame, params: Params, batch: int, customers: bool
+    rows: pd.DataFrame, params: Params, batch: int, customers: bool, protected: bool = True
 ) -> list[list[dict]]:
-    """Request bodies' record lists: contract columns only, plus customer_id when asked."""
+    """Request bodies' record lists: contract columns only (without the protected attributes
+    unless `protected`), plus customer_id when asked."""
     data = params.data
-    cols = data.feature_columns
+    cols = [c for c in data.feature_columns if protected or c not in data.protected_columns]
     records = rows[cols].to_dict("records")
     if customers:
         for rec, cid in zip(records, rows[data.id_column], strict=True):
@@ -134,6 +135,9 @@ def main() -> None:
     )
     ap.add_argument("--customers", action=argparse.BooleanOptionalAction, default=True,
                     help="send the row id as customer_id (the retrain's leakage guard needs it)")  # fmt: skip
+    ap.add_argument("--protected", action=argparse.BooleanOptionalAction, default=True,
+                    help="send the protected attributes (--no-protected: an application that "
+                         "does not collect them)")  # fmt: skip
     ap.add_argument("--outcomes-from", type=Path, help="only post the labels of a ledger")
     args = ap.parse_args()
     if args.rows < 1 or args.batch < 1 or not 0 <= args.outcomes_share <= 1:
@@ -156,7 +160,11 @@ def main() -> None:
     labels = rows[params.data.target].astype(int).tolist()
     t0 = time.monotonic()
     items = send(
-        client, requests_of(shifted, params, args.batch, args.customers), labels, args.rate, ledger
+        client,
+        requests_of(shifted, params, args.batch, args.customers, args.protected),
+        labels,
+        args.rate,
+        ledger,
     )
     took = time.monotonic() - t0
     mean_score = sum(i["risk_score"] for i in items) / len(items)
