@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pickle
 import shutil
 import statistics
 import subprocess
@@ -26,7 +25,6 @@ import numpy as np
 import pandas as pd
 
 from bench.results import write_section
-from features.transform import FeatureBuilder  # noqa: F401  (before the model load)
 from monitoring.scenarios import apply, sample
 from pipelines import paths
 from riskloop import stores
@@ -63,38 +61,26 @@ def main() -> None:
     args = ap.parse_args()
     params = load_params()
     data = params.data
-    if not paths.BUILDER.exists():
-        raise SystemExit("run `make run` first (needs the champion and data/features)")
-    full = pd.concat(
-        [pd.read_parquet(paths.PREPARED / f"{s}.parquet") for s in paths.SPLITS], ignore_index=True
-    )
+    if not (paths.PREPARED / "test.parquet").exists():
+        raise SystemExit("run `make run` first (needs the champion and data/prepared)")
     held_out = pd.read_parquet(paths.PREPARED / "test.parquet")
     half = args.rows // 2
     current = pd.concat([
         sample(held_out, half, 1),
         apply("recession", sample(held_out, args.rows - half, 2), 2, data, params.features),
     ], ignore_index=True)  # fmt: skip
-    with open(paths.BUILDER, "rb") as fh:
-        builder = pickle.load(fh)
+    from pipelines.monitor import load_champion
 
-    import mlflow
-
-    from training.tracking import connect
-
-    connect(params.registry)
-    model = mlflow.pyfunc.load_model(
-        f"models:/{params.registry.model_name}@champion"
-    ).unwrap_python_model()
-    p = model.predict_proba(current[model.input_columns].astype("float64"))
+    champion = load_champion(params)  # its model, contract and out-of-sample reference
+    model, reference = champion.model, champion.reference
+    p = model.predict_proba(current)
 
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         work, state = tmp / "work", tmp / "state"
-        (work / "data/features").mkdir(parents=True)
+        work.mkdir()
         state.mkdir()
         shutil.copy(ROOT / "params.yaml", work)
-        full.to_parquet(work / paths.REFERENCE, index=False)
-        shutil.copy(paths.BUILDER, work / paths.BUILDER)
         shutil.copy(stores.state_dir() / "mlflow.db", state / "mlflow.db")  # artifacts stay put
         url = f"sqlite:///{tmp / 'predictions.db'}"
         t = time.perf_counter()
@@ -131,11 +117,10 @@ def main() -> None:
         window = records.load_window(engine, args.rows, None)
         load_s = time.perf_counter() - t
         engine.dispose()
-        ref_p = model.predict_proba(full[model.input_columns].astype("float64"))
         t = time.perf_counter()
-        frames = build_frames(
-            window, full, ref_p, builder, data.target, params.serving.decisions.decline_from
-        )
+        frames = build_frames(window, reference, model.builder, champion.contract,
+                              params.serving.decisions.decline_from,
+                              params.monitoring.protected_min_rows)  # fmt: skip
         frames_s = time.perf_counter() - t
         ours, stock = [], []
         for _ in range(args.repeat):
@@ -152,7 +137,7 @@ def main() -> None:
 
     med = statistics.median
     last = decisions[-1]
-    body = f"""## Monitoring job: {args.rows:,} current rows vs a {len(full):,}-row reference
+    body = f"""## Monitoring job: {args.rows:,} current rows vs the champion's {len(reference):,}-row reference
 
 Command: `make bench-monitoring` (`python -m bench.monitoring --rows {args.rows} --repeat {args.repeat}`),
 {datetime.now(UTC):%Y-%m-%d}, 2 shared cores. Current window: half held-out rows as they are, half under the

@@ -24,7 +24,6 @@ import pandas as pd
 import psutil
 import pyarrow as pa
 
-import features.transform  # noqa: F401 - imported before any model: current feature code wins
 from bench.results import write_section
 from riskloop.settings import load_params
 from riskloop.stores import tracking_uri
@@ -138,19 +137,22 @@ def wait_for_rows(db: Path, expected: int, timeout_s: float = 600) -> dict:
     return {"expected": expected, "stored": count, "seconds": time.monotonic() - start}
 
 
-def raw_ceiling(model, rows: pd.DataFrame) -> dict[str, float]:
+def raw_ceiling(pkg, rows: pd.DataFrame) -> dict[str, float]:
     """In-process, 1 thread, the service's own array path (features included), with the
-    service's scorer (flattened trees where its checks pass) and with XGBoost alone: µs for
-    one row without and with exact contributions, rows/s for 10k-row batches without them,
-    and µs per row with them in 64-row batches (what the service's micro-batches pay)."""
+    service's scorer (flattened trees where its golden-batch checks pass) and with XGBoost
+    alone: µs for one row without and with exact contributions, rows/s for 10k-row batches
+    without them, and µs per row with them in 64-row batches (what the service's
+    micro-batches pay)."""
+    from serving.golden import golden_features
     from serving.scorer import Scorer
 
+    model = pkg.load_pyfunc().unwrap_python_model()
     model.booster.set_param({"nthread": 1})
-    one = rows.head(1)[model.builder.input_columns].to_numpy(dtype="float64")
-    big = rows[model.builder.input_columns].to_numpy(dtype="float64")
-    big = np.concatenate([big] * (10_000 // len(big) + 1))[:10_000]
-    probe = model.builder.transform_array(one)
-    ours, xgb_only = Scorer(model.booster, probe), Scorer(model.booster, probe, use_table=False)
+    coded = model.contract.coded(rows).to_numpy(dtype="float64")
+    one, big = coded[:1], np.concatenate([coded] * (10_000 // len(coded) + 1))[:10_000]
+    gold = golden_features(pkg.golden)
+    ours = Scorer(model.booster, gold, pkg.golden)
+    xgb_only = Scorer(model.booster, gold, pkg.golden, use_table=False)
 
     def score(scorer: Scorer, values: np.ndarray, explain: bool = False) -> np.ndarray:
         feats = model.builder.transform_array(values)
@@ -249,11 +251,10 @@ def main() -> None:
             stop(mlf)
     import mlflow
 
+    from riskloop.package import ModelPackage
+
     mlflow.set_tracking_uri(tracking_uri())
-    model = mlflow.pyfunc.load_model(
-        f"models:/{params.registry.model_name}@champion"
-    ).unwrap_python_model()
-    raw = raw_ceiling(model, test)
+    raw = raw_ceiling(ModelPackage.download(f"models:/{params.registry.model_name}@champion"), test)
 
     def line(name: str, key: str, rows_per_req: int, goal: str, mem: str = "") -> str:
         r = results[key]

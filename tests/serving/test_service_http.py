@@ -452,6 +452,48 @@ def test_store_outage_loses_nothing(served, params):
                 not ln.rstrip().endswith(" 0.0")]  # fmt: skip
 
 
+def test_interventions_are_off_the_request_path(served, params):
+    """With the store cut, requests with customer ids that trigger interventions are answered
+    at once (nothing waits on a connect timeout); every intervention is recorded once after
+    the store is back."""
+    if served["proxy"] is None:
+        pytest.skip("SQLite is a local file: there is no network store to cut")
+    from serving.store import PG_CONNECT_TIMEOUT_S
+
+    proxy, url = served["proxy"], served["server"].url
+    rec = records(served["customers"], params, 1)[0]
+    rec.update({"PAY_0": 8, "PAY_2": 7, "PAY_3": 6, "PAY_4": 5, "PAY_5": 4, "PAY_6": 3})
+    customers = [f"cut-{uuid.uuid4().hex[:8]}" for _ in range(40)]
+    took, triggered = [], []
+    proxy.cut()
+    try:
+        with httpx.Client(headers=MAIN, timeout=60) as client:
+            for cid in customers:
+                start = time.monotonic()
+                resp = client.post(url + "/predict", json={"records": [{**rec, "customer_id": cid}]})
+                took.append(time.monotonic() - start)
+                assert resp.status_code == 200, resp.text
+                pred = resp.json()["predictions"][0]
+                triggered.append((cid, pred["prediction_id"], pred.get("intervention")))
+    finally:
+        proxy.restore()
+    assert max(took) < PG_CONNECT_TIMEOUT_S, sorted(took)[-5:]
+    assert all(action == "restructuring_offer" for _, _, action in triggered)
+
+    def recorded() -> list[tuple[str, str]]:
+        engine = sa.create_engine(served["db_url"])
+        try:
+            with engine.connect() as conn:
+                return sorted(tuple(r) for r in conn.execute(
+                    sa.text("SELECT customer_id, prediction_id FROM interventions "
+                            "WHERE customer_id LIKE 'cut-%'")))  # fmt: skip
+        finally:
+            engine.dispose()
+
+    wait_until(lambda: len(recorded()) >= len(customers), "interventions after the outage", 60)
+    assert recorded() == sorted((cid, pid) for cid, pid, _ in triggered)  # each once
+
+
 def test_openapi_has_real_examples(served, params):
     spec = httpx.get(served["server"].url + "/openapi.json").json()
     assert {"/predict", "/predict_customer", "/outcomes", "/interventions"} <= set(spec["paths"])
