@@ -19,7 +19,7 @@ ROWS ?= 2000
 RATE ?= 500
 
 .PHONY: help install data repro run promote rollback deploy history tune-worker ui bento serve \
-	traffic monitor retrain monitor-ui demo lint test bench bench-serving bench-monitoring clean
+	traffic monitor retrain monitor-ui demo lint test bench bench-serving bench-ab bench-monitoring clean
 
 help:
 	@echo "make run          install, fetch data, dvc repro, promote the first model, say where to look"
@@ -126,6 +126,10 @@ bench: install
 
 bench-monitoring: install
 	$(BIN)/python -m bench.monitoring $(BENCH_ARGS)
+
+bench-ab: install
+	@command -v hey >/dev/null || apt-get install -y -q hey >/dev/null || { echo "install hey (Debian package)"; exit 1; }
+	$(BIN)/python -m bench.ab_serving --base $(or $(BASE),HEAD~1) $(BENCH_ARGS)
 
 bench-serving: install
 	@command -v hey >/dev/null || apt-get install -y -q hey >/dev/null || { echo "install hey (Debian package)"; exit 1; }

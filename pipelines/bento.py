@@ -29,8 +29,6 @@ from serving.scorer import Scorer
 from training.registry import actor, alias_uri
 from training.tracking import connect
 
-MLFLOW_DIR = "mlflow_model"  # where bentoml.mlflow keeps the MLflow model
-
 
 def import_champion() -> tuple[bentoml.Model, str]:
     """(the champion as a BentoML model, its registry version)."""
@@ -56,7 +54,7 @@ def import_champion() -> tuple[bentoml.Model, str]:
 
 def check(model: bentoml.Model) -> dict:
     """What the service does at load: decoders and engines against the golden batch."""
-    pkg = ModelPackage(model.path_of(MLFLOW_DIR))
+    pkg = ModelPackage.of_bento(model)
     contract = Contract.from_json(pkg.contract_doc)
     inner = pkg.load_pyfunc().unwrap_python_model()
     codecs = Codecs(contract, load_params().serving, pkg.example)

@@ -36,6 +36,7 @@ REFERENCE_SCORE = "probability"
 REFERENCE_LABEL = "defaulted"
 # Packages the model carries as MLflow code_paths: its feature code and pyfunc class.
 MODEL_CODE = ("features", "training")
+BENTO_MLFLOW_DIR = "mlflow_model"  # where bentoml.mlflow keeps the MLflow model in a BentoML model
 
 
 @contextlib.contextmanager
@@ -66,6 +67,11 @@ class ModelPackage:
         self.path = Path(path)
         if not (self.path / "MLmodel").exists():
             raise FileNotFoundError(f"{self.path} is not an MLflow model directory (no MLmodel)")
+
+    @classmethod
+    def of_bento(cls, bento_model: Any) -> ModelPackage:
+        """The MLflow model inside a BentoML model (`bentoml.mlflow.import_model`)."""
+        return cls(bento_model.path_of(BENTO_MLFLOW_DIR))
 
     @classmethod
     def download(cls, uri: str, dst: str | Path | None = None) -> ModelPackage:

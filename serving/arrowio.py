@@ -218,7 +218,7 @@ class ArrowCodec:
             index = pa.nulls(len(column), pa.int32())
         elif pa.types.is_floating(typ):  # whole floats name integer levels (3.0 is 3)
             values = column.to_numpy(zero_copy_only=False)
-            whole = np.isfinite(values) & (values == np.trunc(values))
+            whole = (np.abs(values) < 2**53) & (values == np.trunc(values))  # NaN and inf are not
             as_int = pa.array(np.where(whole, values, 0).astype("int64"), mask=~whole)
             index = pc.index_in(as_int, value_set=levels)
         else:

@@ -55,16 +55,10 @@ HERE = Path(__file__).resolve().parent
 PARAMS = load_params(os.environ.get("RISKLOOP_PARAMS", HERE.parent / "params.yaml"))
 ENV = load_env()
 MODEL_TAG = model_tag(PARAMS.registry.model_name)
-MLFLOW_DIR = "mlflow_model"  # where bentoml.mlflow keeps the MLflow model in a BentoML model
-
-
-def package_of(bento_model: bentoml.Model) -> ModelPackage:
-    return ModelPackage(bento_model.path_of(MLFLOW_DIR))
-
 
 # The served model's contract, read from the model without loading it: the request schemas
 # below are built from it when the module is imported (also by BentoML's parent process).
-PACKAGE = package_of(bentoml.models.get(MODEL_TAG))
+PACKAGE = ModelPackage.of_bento(bentoml.models.get(MODEL_TAG))
 CONTRACT = Contract.from_json(PACKAGE.contract_doc)
 CODECS = Codecs(CONTRACT, PARAMS.serving, PACKAGE.example)
 PredictRequest = CODECS.PredictRequest
@@ -105,6 +99,11 @@ class ModelRefused(RuntimeError):
     """A model this service cannot serve correctly (its contract or golden batch says why)."""
 
 
+class ContractChanged(ModelRefused):
+    """A model of another data contract than the request schemas this process was built
+    from: serving it takes a restart."""
+
+
 @dataclass(frozen=True)
 class Engine:
     """Everything one served model needs to score: swapped as a whole on a deploy."""
@@ -119,10 +118,10 @@ class Engine:
 def load_engine(bento_model: bentoml.Model) -> Engine:
     """Load a BentoML model and check it before it serves anything: same contract as the
     request schemas, every decoder reproducing its golden features, every engine its outputs."""
-    pkg = package_of(bento_model)
+    pkg = ModelPackage.of_bento(bento_model)
     contract = Contract.from_json(pkg.contract_doc)
     if contract != CONTRACT:
-        raise ModelRefused(
+        raise ContractChanged(
             f"{bento_model.tag}'s data contract ({contract.fingerprint}) differs from the one "
             f"this server's request schemas were built from ({CONTRACT.fingerprint}): restart "
             "the server (`make serve`) to serve it"
@@ -220,7 +219,7 @@ class RiskService:
             try:
                 engine = load_engine(bentoml.models.get(record.model_tag))
             except Exception as exc:
-                restart = isinstance(exc, ModelRefused) and "contract" in str(exc)
+                restart = isinstance(exc, ContractChanged)
                 self.deployment = {"status": "restart_required" if restart else "failed",
                                    "wanted": record.version, "tag": record.model_tag,
                                    "detail": str(exc)[:500]}  # fmt: skip

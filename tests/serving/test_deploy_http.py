@@ -205,3 +205,42 @@ def test_a_bento_built_from_another_working_tree_serves_the_champion(two_version
     assert extra.status_code == 422 and "records.0.INCOME" in {
         e["field"] for e in extra.json()["detail"]
     }
+
+
+def test_a_champion_of_another_contract_waits_for_a_restart(two_versions, params, tmp_path):
+    """A deployed model whose data contract differs from the one the running server's request
+    schemas were built from is not swapped in: the server keeps serving, says why in /readyz,
+    and `make deploy` fails naming it; a restart serves it."""
+    state = tmp_path / "state"
+    shutil.copytree(two_versions["state"], state)
+    reg = registry(state, params)
+    reg.client.set_registered_model_alias("credit-risk", "champion", "1")
+    home = tmp_path / "bentoml"
+    build_bento(state, home)
+    doc = params.model_dump()
+    doc["data"]["numeric"].pop("PAY_AMT6")  # a dataset without the sixth payment month
+    doc["features"]["repayment"] = None
+    doc["train"]["monotone_constraints"] = {}
+    narrow = type(params).model_validate(doc)
+    sample = stratified_sample(two_versions["customers"], params.data.target, 1500)
+    model, parts = fit_small_model(sample.drop(columns="PAY_AMT6"), narrow, 20, ("train",))
+    version = register(state, model, narrow, parts["test"], champion=False)
+    server = Server(home, state, f"sqlite:///{tmp_path / 'p.db'}")
+    try:
+        reg.move_champion(version, "another contract", "1")
+        proc = deploy(state, home, server.url, "promotion: another contract")
+        assert proc.returncode == 1 and "restart_required" in proc.stderr, proc.stdout + proc.stderr
+        ready = httpx.get(server.url + "/readyz").json()
+        assert ready["model_version"] == "1" and ready["deployment"]["status"] == "restart_required"
+        assert "data contract" in ready["deployment"]["detail"]
+        record = {k: (int(v) if float(v).is_integer() else float(v)) for k, v in
+                  two_versions["customers"][params.data.feature_columns].iloc[0].items()}  # fmt: skip
+        answer = httpx.post(server.url + "/predict", json={"records": [record]}, headers=MAIN)
+        assert answer.status_code == 200 and answer.json()["predictions"][0]["model_version"] == "1"
+    finally:
+        server.stop()
+    restarted = Server(home, state, f"sqlite:///{tmp_path / 'p.db'}")
+    try:
+        assert httpx.get(restarted.url + "/readyz").json()["model_version"] == version
+    finally:
+        restarted.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -520,6 +521,13 @@ def test_metrics_cover_requests_bands_and_log(served, params):
                  "riskloop_log_queue_depth", "riskloop_log_rows_spooled", "riskloop_log_rows_dropped"):  # fmt: skip
         assert name in text, name
     assert 'riskloop_requests_total{endpoint="predict",status="200"}' in text
+    # which model and which engines serve: checked on the golden batch at load, no fallback
+    assert re.search(r'riskloop_served_model\{[^}]*version="1"[^}]*\} 1\.0', text), text[-2000:]
+    assert re.search(r'riskloop_engine_fallback\{[^}]*engine="contributions"[^}]*\} 0\.0', text)
+    ready = httpx.get(served["server"].url + "/readyz").json()
+    assert ready["model_version"] == "1" and ready["engine"]["fallbacks"] == []
+    assert (ready["engine"]["contributions"], ready["engine"]["scores"]) == ("table", "trees")
+    assert ready["engine"]["golden_rows_checked"] > 32
 
 
 def test_customer_ids_never_in_application_logs(served):
