@@ -56,13 +56,16 @@ def lock_problems() -> list[str]:
             path = next(iter(out)) if isinstance(out, dict) else out
             entry = next((o for o in locked.get("outs", []) if o["path"] == path), None)
             if path in tracked and (entry is None or entry["md5"] != _md5(ROOT / path)):
-                problems.append(f"stage {name}: committed {path} is not the output dvc.lock records")
+                problems.append(
+                    f"stage {name}: committed {path} is not the output dvc.lock records"
+                )
     return problems
 
 
 def test_dvc_lock_matches_the_committed_code_params_and_data():
     problems = lock_problems()
     assert not problems, (
-        "dvc.lock does not describe the committed experiment:\n  " + "\n  ".join(problems)
+        "dvc.lock does not describe the committed experiment:\n  "
+        + "\n  ".join(problems)
         + "\nrun `dvc repro` (from a clean state: `make clean`) and commit dvc.lock and metrics.json"
     )

@@ -127,7 +127,11 @@ def _serve_monitor_and_retrain(repo, server, state, store, params, old_hash) -> 
     assert payload["champion"]["test_metrics"]["roc_auc"] == pytest.approx(
         float(v1.tags["test_roc_auc"]), abs=1e-5)  # fmt: skip
     assert payload["warnings"] == [] and payload["window"]["served_by_versions"] == ["1"]
-    assert payload["drift"]["protected"]["collected_share"] == {"SEX": 0.0, "MARRIAGE": 0.0, "AGE": 0.0}
+    assert payload["drift"]["protected"]["collected_share"] == {
+        "SEX": 0.0,
+        "MARRIAGE": 0.0,
+        "AGE": 0.0,
+    }
 
     # Promote v2: the running service swaps it in; roll back: v1 again, v2 kept visible.
     headers = {"X-API-Key": KEYS["main"]}

@@ -471,7 +471,9 @@ def test_interventions_are_off_the_request_path(served, params):
         with httpx.Client(headers=MAIN, timeout=60) as client:
             for cid in customers:
                 start = time.monotonic()
-                resp = client.post(url + "/predict", json={"records": [{**rec, "customer_id": cid}]})
+                resp = client.post(
+                    url + "/predict", json={"records": [{**rec, "customer_id": cid}]}
+                )
                 took.append(time.monotonic() - start)
                 assert resp.status_code == 200, resp.text
                 pred = resp.json()["predictions"][0]
