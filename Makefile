@@ -13,6 +13,8 @@ export BENTOML_DO_NOT_TRACK ?= true
 MLFLOW_DB := $(RISKLOOP_STATE_DIR)/mlflow.db
 UI_PORT ?= 5000
 PORT ?= 3000
+# `make serve` listens here; beyond loopback the service refuses to start without API_KEYS
+HOST ?= 127.0.0.1
 MONITOR_UI_PORT ?= 8000
 SCENARIO ?= stable
 ROWS ?= 2000
@@ -95,7 +97,7 @@ bento: install
 	$(BIN)/python -m pipelines.bento
 
 serve: install
-	$(BIN)/bentoml serve riskloop:latest --host 0.0.0.0 --port $(PORT)
+	$(BIN)/bentoml serve riskloop:latest --host $(HOST) --port $(PORT)
 
 traffic: install
 	$(BIN)/python -m pipelines.traffic --scenario $(SCENARIO) --rows $(ROWS) --rate $(RATE) \

@@ -27,3 +27,9 @@ class PromotionRefused(RiskloopError):
 
 class MonitoringError(RiskloopError):
     """The monitoring job cannot take a decision (no reference, dead store, bad logged data)."""
+
+
+class ServiceUnavailable(RiskloopError):
+    """The service cannot answer this request safely now (503 with Retry-After)."""
+
+    retry_after_s = 1

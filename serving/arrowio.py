@@ -21,6 +21,7 @@ contribution}), model_name, model_version; with `explain=all` also base_value an
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, get_args
 from urllib.parse import parse_qsl
@@ -31,12 +32,13 @@ import pyarrow.compute as pc
 
 from features.contract import Contract, Rule
 from riskloop.settings import ServingSettings
-from serving.schemas import ID_CHARS, MAX_ID_LENGTH, Explain
+from serving.schemas import ID_CHARS, MAX_ID_LENGTH, REQUEST_ID_CHARS, Explain
 
 CONTENT_TYPE = "application/vnd.apache.arrow.stream"
 MAX_ROW_ERRORS = 10  # offending rows named per column; the count says how many in all
 _CUSTOMER_ID = rf"^[{ID_CHARS}]{{1,{MAX_ID_LENGTH}}}$"  # RE2: `$` is the end of the text
 _EXPLAIN = get_args(Explain)
+_REQUEST_ID = re.compile(f"[{REQUEST_ID_CHARS}]*")
 REASONS = pa.list_(
     pa.struct([("feature", pa.string()), ("value", pa.float64()), ("contribution", pa.float64())])
 )
@@ -119,6 +121,10 @@ class ArrowCodec:
             errors.append(
                 _error("request_id", f"at most {MAX_ID_LENGTH} characters", "string_too_long")
             )
+        elif request_id is not None and not _REQUEST_ID.fullmatch(request_id):
+            errors.append(
+                _error("request_id", "printable ASCII characters only", "string_pattern_mismatch")
+            )
         if errors:
             raise ArrowRequestError(422, errors)
         return explain, request_id
@@ -127,7 +133,11 @@ class ArrowCodec:
         try:
             with pa.ipc.open_stream(pa.py_buffer(body)) as reader:
                 table = reader.read_all()
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+            # IPC reading checks the framing, not the buffers: bad offsets in a string column
+            # would send the compute kernels below out of bounds (a segfault). Full
+            # validation is linear in the body and cheap next to scoring.
+            table.validate(full=True)
+        except (pa.ArrowException, ValueError, OSError) as exc:  # ValueError: names not UTF-8
             raise ArrowRequestError(400, [_error("body", f"not an Arrow IPC stream: {exc}", "arrow_invalid")]) from exc  # fmt: skip
         if not 1 <= table.num_rows <= self.serving.max_records:
             raise ArrowRequestError(422, [_error("records", f"1 to {self.serving.max_records} rows, got {table.num_rows}",
@@ -182,6 +192,8 @@ class ArrowCodec:
                 problems += _rows(
                     col, above & valid, f"must be <= {rule.high:g}", "less_than_equal"
                 )
+        if problems:  # the request is refused: no log text needed (nor castable, e.g. NaN)
+            return values, column, problems
         shown = values[valid]
         if pa.types.is_null(typ):
             column = pa.nulls(len(column), pa.int64())
@@ -241,10 +253,9 @@ class ArrowCodec:
         path names it; rows are checked only where every member passed its own rule."""
         names = table.column_names
         for group, members in self.contract.data.onehot.items():
-            if any(
-                m in refused or (m not in names and not self.rules[m].nullable) for m in members
-            ):
-                continue  # a refused or missing member is named by its own rule
+            if any(m in refused or names.count(m) > 1 or (m not in names and not self.rules[m].nullable)
+                   for m in members):  # fmt: skip
+                continue  # a refused, doubled or missing member is named by its own rule
             block = np.column_stack([
                 table.column(m).combine_chunks().to_numpy(zero_copy_only=False).astype("float64")
                 if m in names else np.full(table.num_rows, np.nan) for m in members
@@ -259,7 +270,7 @@ class ArrowCodec:
 
     @staticmethod
     def _customers(table: pa.Table, errors: list) -> list[str | None]:
-        if "customer_id" not in table.column_names:
+        if table.column_names.count("customer_id") != 1:  # absent, or named as a duplicate
             return [None] * table.num_rows
         column = table.column("customer_id").combine_chunks()
         if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):

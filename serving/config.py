@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
+import os
+import socket
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -29,12 +32,20 @@ class ServingEnv(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, validation_alias="CORS_ORIGINS"
     )
-    environment: str = Field(default="development", validation_alias="ENVIRONMENT")
+    environment: Literal["development", "staging", "production"] = Field(
+        default="development", validation_alias="ENVIRONMENT"
+    )
     debug: bool = Field(default=False, validation_alias="DEBUG")
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
     spool_dir: Path | None = Field(default=None, validation_alias="SPOOL_DIR")
     # the record `make deploy` writes; a worker that sees a new one swaps that model in
     deployment_file: Path | None = Field(default=None, validation_alias="DEPLOYMENT_FILE")
+    # What to do when no durable place can take prediction rows (journal disk full or
+    # failing): refuse scoring with 503 (default: no answer that could not be audited), or
+    # drop: answer anyway, rows only in memory, counted in riskloop_log_rows_dropped.
+    log_on_failure: Literal["refuse", "drop"] = Field(
+        default="refuse", validation_alias="PREDICTION_LOG_ON_FAILURE"
+    )
     enable_interventions: bool = Field(default=False, validation_alias="ENABLE_INTERVENTIONS")
     auto_trigger_threshold: int = Field(
         default=80, ge=0, le=100, validation_alias="AUTO_TRIGGER_THRESHOLD"
@@ -46,7 +57,7 @@ class ServingEnv(BaseSettings):
 
     @property
     def production(self) -> bool:
-        return self.environment.lower() == "production"
+        return self.environment == "production"
 
     def store_url(self) -> str:
         if self.database_url:
@@ -59,6 +70,16 @@ class ServingEnv(BaseSettings):
     def deployment_path(self) -> Path:
         return self.deployment_file or stores.deployment_file()
 
+    def check_listening(self) -> None:
+        """A worker: refuse to serve beyond loopback without API keys (`/outcomes` feeds
+        retraining; it must not be open to the network)."""
+        exposed = [a for a in listening_addresses() if not ipaddress.ip_address(a).is_loopback]
+        if exposed and not self.api_keys:
+            raise SettingsError(
+                f"listening on {', '.join(sorted(set(exposed)))} without API_KEYS: set API_KEYS "
+                "or serve on 127.0.0.1 only (HOST=127.0.0.1)"
+            )
+
     def check(self) -> None:
         if self.production and self.debug:
             raise SettingsError("ENVIRONMENT=production with DEBUG on: refusing to start")
@@ -66,6 +87,28 @@ class ServingEnv(BaseSettings):
             raise SettingsError(
                 "ENVIRONMENT=production needs API_KEYS: refusing to start without auth"
             )
+
+
+def listening_addresses() -> list[str]:
+    """IP addresses of the listening TCP sockets this process holds (a BentoML worker gets
+    its server's socket as an inherited file descriptor)."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                continue
+            sock = socket.socket(fileno=os.dup(int(name)))
+        except OSError:
+            continue
+        with sock:
+            try:
+                if sock.type == socket.SOCK_STREAM and sock.getsockopt(
+                    socket.SOL_SOCKET, socket.SO_ACCEPTCONN
+                ):
+                    found.append(sock.getsockname()[0].split("%")[0])
+            except OSError:
+                continue
+    return [a for a in found if a]
 
 
 def load_env() -> ServingEnv:

@@ -28,11 +28,13 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 import numpy as np
+import orjson
 
 from features.contract import Contract, Rule
+from riskloop.errors import ServiceUnavailable
 from riskloop.settings import ServingSettings
 from serving.arrowio import CONTENT_TYPE
-from serving.schemas import ID_CHARS, MAX_ID_LENGTH, Explain, attribute_names
+from serving.schemas import ID_CHARS, MAX_ID_LENGTH, REQUEST_ID_CHARS, Explain, attribute_names
 from serving.security import EXEMPT, FixedWindowLimiter, match_key
 
 # pydantic's pattern (regex crate) anchors `$` at the very end; Python's `$` also matches
@@ -40,7 +42,8 @@ from serving.security import EXEMPT, FixedWindowLimiter, match_key
 _CUSTOMER_ID = Annotated[
     str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH, pattern=rf"^[{ID_CHARS}]+\Z")
 ]
-MAX_BODY_BYTES = 64 * 2**20
+MAX_BODY_BYTES = 64 * 2**20  # POST /predict: a 10k-row JSON or Arrow batch fits
+MAX_OTHER_BODY_BYTES = 2 * 2**20  # every other route: ids and outcome labels
 ARROW_STREAM = CONTENT_TYPE.encode()
 
 
@@ -81,7 +84,8 @@ def record_struct(contract: Contract) -> type[msgspec.Struct]:
 def request_struct(record: type[msgspec.Struct], serving: ServingSettings) -> type[msgspec.Struct]:
     return msgspec.defstruct("PredictRequestStrict", [
         ("records", Annotated[list[record], msgspec.Meta(min_length=1, max_length=serving.max_records)]),  # type: ignore[valid-type]
-        ("request_id", Annotated[str, msgspec.Meta(max_length=MAX_ID_LENGTH)] | None, None),
+        ("request_id", Annotated[str, msgspec.Meta(max_length=MAX_ID_LENGTH,
+                                                   pattern=rf"^[{REQUEST_ID_CHARS}]*\Z")] | None, None),
         ("explain", Explain, "top"),
     ], forbid_unknown_fields=True)  # fmt: skip
 
@@ -192,6 +196,24 @@ class MicroBatcher:
         self._pool.shutdown(wait=True, cancel_futures=False)
 
 
+def strict_decode(decoder: msgspec.json.Decoder, body: bytes) -> Any | None:
+    """The strict decoder's request, or None where it refuses the body (the FastAPI route
+    then answers, naming each problem)."""
+    try:
+        return decoder.decode(body)
+    except (msgspec.MsgspecError, ValueError):  # ValueError: invalid UTF-8 inside a string
+        return None
+
+
+def not_utf8(body: bytes) -> str | None:
+    """Why a body is not UTF-8, or None."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"request body is not valid UTF-8 (byte {exc.start})"
+    return None
+
+
 # ---------------------------------------------------------------------------------- gateway
 async def _respond(send: Callable, status: int, body: bytes, extra: list[tuple[bytes, bytes]] = (),
                    content_type: bytes = b"application/json") -> None:  # fmt: skip
@@ -207,8 +229,10 @@ async def _respond(send: Callable, status: int, body: bytes, extra: list[tuple[b
 class Gateway:
     """One pure-ASGI middleware in front of the mounted FastAPI app:
 
-    - `/readyz`: 503 until the model is loaded; 200 `ready`, or 200 `degraded` while the store
-      is down and rows are spooled (degraded-but-serving made explicit).
+    - `/readyz`: 503 until the model is loaded, and while no durable place can take
+      prediction rows (scoring is refused then: a load balancer drains this node); 200
+      `ready`, or 200 `degraded` while the store is down and rows wait in the journal.
+    - Every POST body is read here and bounded (413) before anything parses it.
     - API keys (`X-API-Key` or `Authorization: Bearer`, constant-time comparison, several
       valid keys for rotation) and a per-key fixed-window rate limit answering 429 with
       Retry-After; health, metrics and docs are exempt.
@@ -264,39 +288,53 @@ class Gateway:
                 await self._reject(send, 429, "rate limit exceeded",
                                    [(b"retry-after", str(max(1, math.ceil(wait))).encode())])  # fmt: skip
                 return
-        svc = self.state()
-        if arrow and path == "/predict" and scope["method"] == "POST" and svc is not None:
-            await self._arrow(svc, scope, receive, send, origin)
-            return
-        if path != "/predict" or scope["method"] != "POST" or origin or svc is None:
+        if scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        body = await self._body(receive, send)
+        # every body is read here, bounded, before anything parses it
+        limit = MAX_BODY_BYTES if path == "/predict" else MAX_OTHER_BODY_BYTES
+        body = await self._body(scope, receive, send, limit)
         if body is None:
             return
+        svc = self.state()
         try:
-            request = self.decoder.decode(body)
-        except (msgspec.ValidationError, msgspec.DecodeError):
-            request = None
-        answer = None if request is None else await self.predict(svc, request)
-        if answer is None:
-            await self.app(scope, _replay(body, receive), send)  # pydantic answers
+            if arrow and path == "/predict" and svc is not None:
+                await self._arrow(svc, scope, body, send, origin)
+                return
+            answer = None
+            if path == "/predict" and not origin and svc is not None:
+                request = strict_decode(self.decoder, body)
+                answer = None if request is None else await self.predict(svc, request)
+            if answer is None:
+                if (why := not_utf8(body)) is not None:  # JSON is UTF-8 (RFC 8259)
+                    await _respond(send, 400, orjson.dumps({"detail": [
+                        {"field": "body", "message": why, "type": "json_invalid"}]}))  # fmt: skip
+                    return
+                await self.app(scope, _replay(body, receive), send)  # FastAPI answers
+                return
+        except ServiceUnavailable as exc:
+            await self._reject(
+                send, 503, str(exc), [(b"retry-after", str(exc.retry_after_s).encode())]
+            )
             return
         await _respond(send, 200, answer)
 
-    async def _arrow(self, svc, scope, receive, send, origin: bool) -> None:
+    async def _arrow(self, svc, scope, body: bytes, send, origin: bool) -> None:
         if origin:
             await _respond(send, 415, b'{"detail":"Arrow bodies are for server-to-server calls: '
                                       b'browsers send JSON"}')  # fmt: skip
-            return
-        body = await self._body(receive, send)
-        if body is None:
             return
         query = scope.get("query_string", b"").decode("latin-1")
         status, out, content_type = await self.predict_arrow(svc, body, query)
         await _respond(send, status, out, content_type=content_type)
 
-    async def _body(self, receive, send) -> bytes | None:
+    async def _body(self, scope, receive, send, limit: int) -> bytes | None:
+        """The whole body, or None once answered (413 past `limit` bytes, announced or sent)."""
+        too_large = b'{"detail":"request body too large: at most %d bytes"}' % limit
+        for name, value in scope["headers"]:
+            if name == b"content-length" and (not value.isdigit() or int(value) > limit):
+                await _respond(send, 413, too_large, [(b"connection", b"close")])
+                return None
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
@@ -304,8 +342,8 @@ class Gateway:
                 return None
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                await _respond(send, 413, b'{"detail":"request body too large"}')
+            if size > limit:
+                await _respond(send, 413, too_large, [(b"connection", b"close")])
                 return None
             chunks.append(chunk)
             more = message.get("more_body", False)
@@ -323,7 +361,7 @@ class Gateway:
         if svc is None:
             status, body = 503, {"status": "not_ready", "model_loaded": False}
         else:
-            status, body = 200, svc.readiness()
+            status, body = svc.readiness()
         await _respond(send, status, json.dumps(body).encode())
 
 

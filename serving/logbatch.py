@@ -46,6 +46,17 @@ class PredictionColumns:
             rows[i]["intervention"] = action
         return rows
 
+    def to_json(self) -> bytes:
+        """One journal line (serving/journal.py): the block as it is, no dict per row."""
+        return orjson.dumps({"columns": self.__dict__})
+
+    @classmethod
+    def from_json(cls, columns: dict[str, Any]) -> PredictionColumns:
+        """The block a journal line holds (`columns`: the object `to_json` wrote)."""
+        return cls(
+            **{**columns, "interventions": [tuple(i) for i in columns.get("interventions", [])]}
+        )
+
     def intervention_rows(self) -> list[dict[str, Any]]:
         """The interventions this block triggered, as the store records them."""
         return [{"customer_id": self.customer_id[i], "prediction_id": self.prediction_id[i],

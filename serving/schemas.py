@@ -33,6 +33,10 @@ MAX_ID_LENGTH = 64  # customer and request ids
 CUSTOMER_ID = Annotated[
     str, Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=rf"^[{ID_CHARS}]+$")
 ]
+# A request id is the client's own trace id: printable ASCII, so no NUL, control character or
+# lone surrogate ever reaches the prediction log (PostgreSQL cannot store NUL).
+REQUEST_ID_CHARS = " -~"
+REQUEST_ID = Annotated[str, Field(max_length=MAX_ID_LENGTH, pattern=rf"^[{REQUEST_ID_CHARS}]*$")]
 
 
 def attribute_names(contract: Contract) -> dict[str, str]:
@@ -120,7 +124,7 @@ def predict_request_model(
             extra="forbid", json_schema_extra={"examples": [{"records": [example]}]}
         ),
         records=(list[record], Field(min_length=1, max_length=serving.max_records)),  # type: ignore[valid-type]
-        request_id=(Annotated[str, Field(max_length=MAX_ID_LENGTH)] | None, None),
+        request_id=(REQUEST_ID | None, None),
         explain=(Explain, "top"),
     )
 
@@ -132,7 +136,7 @@ def customer_request_model(serving: ServingSettings) -> type[BaseModel]:
             extra="forbid", json_schema_extra={"examples": [{"customer_ids": ["1", "2"]}]}
         ),
         customer_ids=(list[CUSTOMER_ID], Field(min_length=1, max_length=serving.max_customer_ids)),
-        request_id=(Annotated[str, Field(max_length=MAX_ID_LENGTH)] | None, None),
+        request_id=(REQUEST_ID | None, None),
         explain=(Explain, "top"),
     )
 

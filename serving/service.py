@@ -37,6 +37,7 @@ from fastapi.responses import JSONResponse, ORJSONResponse
 from pydantic import ValidationError
 
 from features.contract import Contract
+from riskloop.errors import ServiceUnavailable
 from riskloop.package import ModelPackage, model_code
 from riskloop.settings import load_params
 from serving import arrowio, deployment, golden, metrics, scoring
@@ -64,12 +65,28 @@ CODECS = Codecs(CONTRACT, PARAMS.serving, PACKAGE.example)
 PredictRequest = CODECS.PredictRequest
 PredictCustomerRequest = CODECS.PredictCustomerRequest
 _NO_REASONS = "[]"
+STORE_CALL_TIMEOUT_S = 5.0  # /predict_customer, /outcomes, /interventions
 _PREDICT_LATENCY = metrics.LATENCY.labels("predict")  # label lookups cost more than the update
 _PREDICT_OK = metrics.REQUESTS.labels("predict", "200")
 
 app = FastAPI(
     title="riskloop scoring", version="1", description="Probability of default with reason codes."
 )
+
+
+@app.exception_handler(ServiceUnavailable)
+async def _unavailable(request: Request, exc: ServiceUnavailable) -> JSONResponse:
+    """No durable place for the prediction log, a store that does not answer in time: 503,
+    never a prediction nobody could audit, never a 500."""
+    metrics.REQUESTS.labels(_endpoint(request), "503").inc()
+    return JSONResponse({"detail": str(exc)}, status_code=503,
+                        headers={"Retry-After": str(exc.retry_after_s)})  # fmt: skip
+
+
+def _endpoint(request: Request) -> str:
+    """A metrics label from the matched route's template, never the raw path."""
+    route = request.scope.get("route")
+    return getattr(route, "path", "unmatched").strip("/") or "root"
 
 
 @app.exception_handler(RequestValidationError)
@@ -163,8 +180,9 @@ class RiskService:
 
     def __init__(self) -> None:
         from serving.logwriter import PredictionLogWriter
-        from serving.store import PredictionStore, make_engine, upgrade
+        from serving.store import PredictionStore, make_engine, restrict_files, upgrade
 
+        ENV.check_listening()
         self.engine = load_engine(self.bento_model)
         self.deployment: dict[str, Any] = {"status": "serving", "source": "bento"}
         self._swap_lock = threading.Lock()
@@ -178,8 +196,12 @@ class RiskService:
                 "prediction store not migrated at start (%s); scoring continues", type(exc).__name__
             )
         self.store = PredictionStore(make_engine(url))
+        restrict_files(url)
         self.writer = PredictionLogWriter(
-            url, ENV.spool_path(), cooldown_s=PARAMS.serving.interventions.cooldown_hours * 3600
+            url,
+            ENV.spool_path(),
+            cooldown_s=PARAMS.serving.interventions.cooldown_hours * 3600,
+            on_failure=ENV.log_on_failure,
         )
         self.triggers = Interventions(PARAMS.serving.interventions, ENV.auto_trigger_threshold)
         self.batcher = MicroBatcher(self._compute)
@@ -235,17 +257,31 @@ class RiskService:
             gc.collect()
             gc.freeze()
 
-    def readiness(self) -> dict[str, Any]:
-        """/readyz: which model serves, which engines, the store, the latest deployment."""
-        store_up = self.writer.stats()["store_up"]
+    def readiness(self) -> tuple[int, dict[str, Any]]:
+        """/readyz: (status code, body) — which model serves, which engines, the store, the
+        journal, the latest deployment. Not ready (503) while the journal cannot take rows
+        and scoring is refused, so a load balancer drains this node."""
+        store_up, durable = self.writer.store_up, self.writer.probe()
         engine = self.engine
-        body = {"status": "ready" if store_up else "degraded", "model_loaded": True,
-                "store_up": store_up, "model_name": self.model_name, "model_version": engine.version,
-                "model_tag": engine.tag, "contract": CONTRACT.fingerprint,
-                "engine": engine.scorer.status.as_dict(), "deployment": self.deployment}  # fmt: skip
-        if not store_up:
-            body["detail"] = "prediction store unreachable: scoring continues, rows spool to disk"
-        return body
+        status = "ready" if store_up and durable else "degraded" if durable else "not_ready"
+        body = {"status": status, "model_loaded": True, "store_up": store_up,
+                "journal_ok": durable, "model_name": self.model_name,
+                "model_version": engine.version, "model_tag": engine.tag,
+                "contract": CONTRACT.fingerprint, "engine": engine.scorer.status.as_dict(),
+                "deployment": self.deployment}  # fmt: skip
+        if not durable and ENV.log_on_failure == "refuse":
+            body["detail"] = "prediction journal cannot take rows (disk full?): scoring refused"
+        elif not durable:
+            body["detail"] = (
+                "prediction journal failing: answers are NOT logged (operator chose drop)"
+            )
+            status = "degraded"
+        elif not store_up:
+            body["detail"] = (
+                "prediction store unreachable: scoring continues, rows wait in the journal"
+            )
+        body["status"] = status
+        return (503 if status == "not_ready" else 200), body
 
     # ------------------------------------------------------------------ scoring
     def _compute(self, jobs: list[Job]) -> list[Any]:
@@ -385,7 +421,11 @@ class RiskService:
         start = time.perf_counter()
         try:
             req = CODECS.arrow.decode(body, query)
-        except arrowio.ArrowRequestError as exc:
+        except Exception as exc:  # whatever a hostile body makes Arrow raise is a 4xx
+            if not isinstance(exc, arrowio.ArrowRequestError):
+                log.warning("Arrow body refused: %s", type(exc).__name__)
+                exc = arrowio.ArrowRequestError(400, [{"field": "body", "type": "arrow_invalid",
+                    "message": f"unreadable Arrow stream ({type(exc).__name__})"}])  # fmt: skip
             metrics.REQUESTS.labels("invalid", str(exc.status)).inc()
             return exc.status, orjson.dumps({"detail": exc.errors}), b"application/json"
         jobs = self.batcher.jobs(req.values, req.customers, req.explain, req.request_id,
@@ -404,13 +444,17 @@ class RiskService:
         return await self.score_records(records, CODECS.model_matrix(records), explain, request_id)
 
     async def _from_store(self, endpoint: str, call, *args) -> tuple[Any, ORJSONResponse | None]:
-        """A store call off the event loop; a dead store answers 503 (retry later), never 500."""
+        """A store call off the event loop, bounded in time; a dead or stalled store answers
+        503 with Retry-After (the stuck thread is left to its own timeouts), never 500."""
         try:
-            return await anyio.to_thread.run_sync(call, *args), None
+            with anyio.fail_after(STORE_CALL_TIMEOUT_S):
+                return await anyio.to_thread.run_sync(call, *args, abandon_on_cancel=True), None
         except Exception as exc:
             metrics.REQUESTS.labels(endpoint, "503").inc()
-            detail = f"prediction store unavailable ({type(exc).__name__}); retry later"
-            return None, ORJSONResponse({"detail": detail}, status_code=503)
+            why = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
+            detail = f"prediction store unavailable ({why}); retry later"
+            return None, ORJSONResponse({"detail": detail}, status_code=503,
+                                        headers={"Retry-After": "1"})  # fmt: skip
 
     # ------------------------------------------------------------------ routes
     @app.post("/predict", responses={200: {"model": list[Prediction]}})

@@ -11,6 +11,9 @@ import functools
 import itertools
 import json
 import math
+import os
+import socket
+import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -32,6 +35,10 @@ PG_CONNECT_TIMEOUT_S = 3
 # Kernel-level limit on unacknowledged writes: a live connection into a network black hole
 # fails in seconds instead of after the ~15 min TCP retransmission timeout.
 PG_TCP_USER_TIMEOUT_MS = 10_000
+# Server-side bounds on every statement and lock wait: a slow or locked store fails the call
+# (the log writer keeps the rows in its journal) instead of holding a worker thread.
+PG_STATEMENT_TIMEOUT_MS = 5_000
+PG_LOCK_TIMEOUT_MS = 2_000
 SQLITE_BUSY_TIMEOUT_MS = 5_000
 # First key of PostgreSQL's two-key advisory locks, so ours never meet another tool's.
 _PG_LOCK_NS = 0x7269736B  # "risk"
@@ -291,7 +298,7 @@ def _json_text(value: Any) -> str:
         return json.dumps(value)
 
 
-def make_engine(url: str) -> sa.Engine:
+def make_engine(url: str, pre_ping: bool = True) -> sa.Engine:
     """An engine for the prediction store (SQLite or PostgreSQL) tuned to fail fast."""
     parsed = sa.make_url(normalize_db_url(url, "DATABASE_URL"))
     backend = parsed.get_backend_name()
@@ -301,10 +308,32 @@ def make_engine(url: str) -> sa.Engine:
         raise SettingsError(
             f"DATABASE_URL: the prediction store needs SQLite or PostgreSQL, not {backend}"
         )
-    args = {"connect_timeout": PG_CONNECT_TIMEOUT_S, "tcp_user_timeout": PG_TCP_USER_TIMEOUT_MS}
+    args = {"connect_timeout": PG_CONNECT_TIMEOUT_S, "tcp_user_timeout": PG_TCP_USER_TIMEOUT_MS,
+            "options": f"-c statement_timeout={PG_STATEMENT_TIMEOUT_MS} -c lock_timeout={PG_LOCK_TIMEOUT_MS}",
+            "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3}  # fmt: skip
     return sa.create_engine(
-        parsed, pool_pre_ping=True, connect_args=args, json_serializer=_json_text
+        parsed, pool_pre_ping=pre_ping, connect_args=args, json_serializer=_json_text
     )
+
+
+def interrupt(dbapi_conn: Any) -> None:
+    """Break a PostgreSQL connection whose server stopped answering (a stalled network path
+    acknowledges packets, so neither TCP timeouts nor statement_timeout fire): the blocked
+    call then fails at once and the caller treats the store as down. SQLite needs none: its
+    waits are bounded by busy_timeout."""
+    fileno = getattr(dbapi_conn, "fileno", None)
+    if fileno is None or isinstance(dbapi_conn, sqlite3.Connection):
+        return
+    try:
+        sock = socket.socket(fileno=os.dup(fileno()))
+    except Exception:  # closed meanwhile: nothing left to break
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
 
 
 def _sqlite_engine(url: sa.URL) -> sa.Engine:
@@ -328,6 +357,21 @@ def _sqlite_engine(url: sa.URL) -> sa.Engine:
         cursor.close()
 
     return engine
+
+
+def restrict_files(url: str) -> None:
+    """An SQLite store holds personal data: owner-only files (PostgreSQL has its own grants)."""
+    parsed = sa.make_url(normalize_db_url(url, "DATABASE_URL"))
+    if (
+        parsed.get_backend_name() != "sqlite"
+        or not parsed.database
+        or parsed.database == ":memory:"
+    ):
+        return
+    for suffix in ("", "-wal", "-shm"):
+        path = Path(parsed.database + suffix).expanduser()
+        if path.exists():
+            path.chmod(0o600)
 
 
 def upgrade(url: str | sa.Engine, revision: str = "head") -> None:

@@ -11,7 +11,9 @@ import threading
 class TcpProxy:
     """127.0.0.1:<port> → target. cut() closes the listener and every live connection, so the
     writer sees what a dead database looks like; restore() listens again on the same port;
-    restore(stall=True) accepts connections and never answers (a hung database)."""
+    restore(stall=True) accepts connections and never answers (a hung database); freeze()
+    stops every byte on the live connections too, which stay open (a stalled network path),
+    until thaw()."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
@@ -21,6 +23,17 @@ class TcpProxy:
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._stop: threading.Event | None = None
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self._stalled = False
+
+    def freeze(self) -> None:
+        self._stalled = True
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._stalled = False
+        self._flowing.set()
 
     def restore(self, stall: bool = False) -> None:
         self.cut()
@@ -48,7 +61,7 @@ class TcpProxy:
                     client, _ = listener.accept()
                 except TimeoutError:
                     continue
-                if stall:
+                if stall or self._stalled:
                     with self._lock:
                         self._conns.add(client)
                     continue
@@ -67,6 +80,7 @@ class TcpProxy:
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
+                self._flowing.wait()  # frozen: held here, the sender sees an open connection
                 dst.sendall(data)
         except OSError:
             pass
