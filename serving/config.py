@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import os
-import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -13,6 +11,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from riskloop import stores
 from riskloop.errors import SettingsError
+from serving.lifecycle import listening_sockets
 
 
 def _csv(value: object) -> list[str]:
@@ -40,6 +39,9 @@ class ServingEnv(BaseSettings):
     spool_dir: Path | None = Field(default=None, validation_alias="SPOOL_DIR")
     # the record `make deploy` writes; a worker that sees a new one swaps that model in
     deployment_file: Path | None = Field(default=None, validation_alias="DEPLOYMENT_FILE")
+    # SIGTERM: seconds a worker keeps answering (readyz 503 "draining", `Connection: close`)
+    # before it stops accepting and finishes what it accepted
+    drain_s: float = Field(default=5.0, ge=0, le=300, validation_alias="SHUTDOWN_DRAIN_S")
     # What to do when no durable place can take prediction rows (journal disk full or
     # failing): refuse scoring with 503 (default: no answer that could not be audited), or
     # drop: answer anyway, rows only in memory, counted in riskloop_log_rows_dropped.
@@ -73,7 +75,7 @@ class ServingEnv(BaseSettings):
     def check_listening(self) -> None:
         """A worker: refuse to serve beyond loopback without API keys (`/outcomes` feeds
         retraining; it must not be open to the network)."""
-        exposed = [a for a in listening_addresses() if not ipaddress.ip_address(a).is_loopback]
+        exposed = [a for _, a in listening_sockets() if not ipaddress.ip_address(a).is_loopback]
         if exposed and not self.api_keys:
             raise SettingsError(
                 f"listening on {', '.join(sorted(set(exposed)))} without API_KEYS: set API_KEYS "
@@ -87,28 +89,6 @@ class ServingEnv(BaseSettings):
             raise SettingsError(
                 "ENVIRONMENT=production needs API_KEYS: refusing to start without auth"
             )
-
-
-def listening_addresses() -> list[str]:
-    """IP addresses of the listening TCP sockets this process holds (a BentoML worker gets
-    its server's socket as an inherited file descriptor)."""
-    found = []
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
-                continue
-            sock = socket.socket(fileno=os.dup(int(name)))
-        except OSError:
-            continue
-        with sock:
-            try:
-                if sock.type == socket.SOCK_STREAM and sock.getsockopt(
-                    socket.SOL_SOCKET, socket.SO_ACCEPTCONN
-                ):
-                    found.append(sock.getsockname()[0].split("%")[0])
-            except OSError:
-                continue
-    return [a for a in found if a]
 
 
 def load_env() -> ServingEnv:

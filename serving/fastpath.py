@@ -251,8 +251,10 @@ class Gateway:
     def __init__(self, app, keys: list[str], limiter: FixedWindowLimiter, state: Callable[[], Any],
                  decoder: msgspec.json.Decoder, predict: Callable[[Any, Any], Awaitable[bytes | None]],
                  predict_arrow: Callable[[Any, bytes, str], Awaitable[tuple[int, bytes, bytes]]],
-                 on_reject: Callable[[int], None] | None = None) -> None:  # fmt: skip
+                 on_reject: Callable[[int], None] | None = None,
+                 draining: Callable[[], bool] = lambda: False) -> None:  # fmt: skip
         self.app, self.keys, self.limiter, self.state = app, keys, limiter, state
+        self.draining = draining
         self.decoder, self.predict, self.on_reject = decoder, predict, on_reject
         self.predict_arrow = predict_arrow
 
@@ -260,6 +262,8 @@ class Gateway:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self.draining():  # stopping: no client may keep this connection (serving/lifecycle.py)
+            send = _closing(send)
         path = scope["path"]
         if path == "/readyz":
             await self._readyz(send)
@@ -363,6 +367,18 @@ class Gateway:
         else:
             status, body = svc.readiness()
         await _respond(send, status, json.dumps(body).encode())
+
+
+def _closing(send: Callable) -> Callable:
+    async def closing(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            message = {
+                **message,
+                "headers": [*message.get("headers", []), (b"connection", b"close")],
+            }
+        await send(message)
+
+    return closing
 
 
 def _replay(body: bytes, receive: Callable) -> Callable:

@@ -65,11 +65,15 @@ def segment_lines(path: Path) -> tuple[list[bytes], bool]:
 class Journal:
     """Append-only, group-committed segments in `directory` (mode 0700, files 0600)."""
 
-    def __init__(self, directory: Path, max_segment_bytes: int = 64 * 2**20) -> None:
+    def __init__(self, directory: Path, max_segment_bytes: int = 64 * 2**20,
+                 settled_segment_bytes: int = 2**20) -> None:  # fmt: skip
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.directory, 0o700)  # prediction inputs are personal data
         self.max_segment_bytes = max_segment_bytes
+        # an open segment whose rows are all in the store is rotated (so deleted) past this
+        # size: in steady state the journal holds about a second of traffic, not 64 MB
+        self.settled_segment_bytes = settled_segment_bytes
         self._lock = threading.Lock()
         self._segments: dict[int, _Segment] = {}
         self._next = 0
@@ -135,9 +139,15 @@ class Journal:
     def settle(self, seg: int, rows: int) -> None:
         """`rows` appended to segment `seg` are committed to the store."""
         with self._lock:
-            if seg in self._segments:
-                self._segments[seg].pending -= rows
-                self._delete_if_done(seg)
+            if seg not in self._segments:
+                return
+            self._segments[seg].pending -= rows
+            open_and_settled = seg == self._next and self._fd >= 0
+            if open_and_settled and self._segments[seg].pending <= 0:
+                if self._size >= self.settled_segment_bytes:
+                    self._close_segment()  # deleted: every row in it is in the store
+                return
+            self._delete_if_done(seg)
 
     def _delete_if_done(self, seg: int) -> None:
         s = self._segments[seg]

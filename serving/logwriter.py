@@ -67,6 +67,7 @@ log = logging.getLogger(__name__)
 
 EngineSource = str | sa.Engine | Callable[[], sa.Engine]
 REJECTED = "rejected.jsonl"
+ORPHAN_SCAN_S = 10.0  # how often a live writer looks for segments no live process holds
 _STOP = object()  # queued by close(): everything submitted before it is still written
 Item = dict[str, Any] | PredictionColumns  # what a batch holds: clean rows and column blocks
 
@@ -165,6 +166,7 @@ class PredictionLogWriter:
         self._own_rows_due = False
         self._warned = False
         self._next_retry = 0.0
+        self._next_scan = time.monotonic() + ORPHAN_SCAN_S
         self._busy: tuple[float, Any] | None = None  # (since, DBAPI connection) of a store call
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
@@ -270,8 +272,11 @@ class PredictionLogWriter:
             batch, stopping = self._take_batch(linger)
             if batch:
                 self._write(batch)
-            due = not self._store_up or (self._replay_due and self._queued == 0)
-            if due and not stopping and time.monotonic() >= self._next_retry:
+            now = time.monotonic()
+            if self._store_up and now >= self._next_scan:  # a dead worker's journal, say
+                self._replay_due, self._next_scan = True, now + ORPHAN_SCAN_S
+            due = not self._store_up or self._replay_due
+            if due and not stopping and now >= self._next_retry:
                 self._recover()
 
     def _take_batch(self, linger_s: float) -> tuple[list[tuple[int | None, Item]], bool]:

@@ -45,6 +45,7 @@ from serving.codecs import Codecs
 from serving.config import load_env
 from serving.fastpath import Gateway, Job, MicroBatcher, new_ids
 from serving.interventions import Interventions
+from serving.lifecycle import Drain
 from serving.logbatch import PredictionColumns
 from serving.model_tag import model_tag
 from serving.schemas import OutcomesRequest, Prediction
@@ -211,6 +212,8 @@ class RiskService:
         # objects and stalls every in-flight request for hundreds of milliseconds.
         gc.collect()
         gc.freeze()
+        self.drain = Drain(ENV.drain_s)
+        self.drain.install()
         self.watcher = deployment.Watcher(ENV.deployment_path(), lambda: self.engine.tag,
                                           self._deploy)  # fmt: skip
 
@@ -261,6 +264,9 @@ class RiskService:
         """/readyz: (status code, body) — which model serves, which engines, the store, the
         journal, the latest deployment. Not ready (503) while the journal cannot take rows
         and scoring is refused, so a load balancer drains this node."""
+        if self.drain.draining:
+            return 503, {"status": "draining", "model_loaded": True,
+                         "detail": "stopping: finishing accepted requests"}  # fmt: skip
         store_up, durable = self.writer.store_up, self.writer.probe()
         engine = self.engine
         status = "ready" if store_up and durable else "degraded" if durable else "not_ready"
@@ -522,4 +528,5 @@ RiskService.add_asgi_middleware(
     predict=lambda svc, request: svc.predict_fast(request),
     predict_arrow=lambda svc, body, query: svc.predict_arrow(body, query),
     on_reject=lambda status: metrics.REQUESTS.labels("auth", str(status)).inc(),
+    draining=lambda: _State.service is not None and _State.service.drain.draining,
 )  # fmt: skip

@@ -490,3 +490,37 @@ def test_a_full_journal_disk_refuses_rows_instead_of_losing_them(tiny_disk, prox
     writer.close()
     got = stored_ids(direct)
     assert len(got) == len(set(got)) and set(got) == set(accepted) | ids(20, 90_000)
+
+
+def test_the_journal_stays_small_while_the_store_keeps_up(tmp_path):
+    """Segments whose rows are all in the store are deleted as they fill: a healthy node's
+    journal holds about a second of rows, so a small disk suffices."""
+    url = f"sqlite:///{tmp_path / 'db' / 'predictions.db'}"
+    upgrade(url)
+    spool = tmp_path / "spool"
+    writer = PredictionLogWriter(url, spool)
+    biggest = 0
+    for start in range(0, 30_000, 100):
+        writer.submit_columns(columns(start, 100))
+        biggest = max(biggest, sum(p.stat().st_size for p in spool_files(spool)))
+        if start % 3000 == 0:
+            wait_for(lambda: writer.stats()["queue_depth"] == 0, "the writer to catch up")
+    writer.close()
+    assert len(stored_ids(url)) == 30_000 and spool_files(spool) == []
+    assert biggest < 4 * writer.journal.settled_segment_bytes
+
+
+def test_a_live_writer_replays_the_journal_of_a_worker_that_died(tmp_path):
+    """A worker killed mid-traffic leaves its segment behind; the surviving writer sharing the
+    directory picks it up on its own (no restart needed)."""
+    url = f"sqlite:///{tmp_path / 'db' / 'predictions.db'}"
+    upgrade(url)
+    spool = tmp_path / "spool"
+    live = PredictionLogWriter(url, spool)
+    unreachable = "postgresql+psycopg2://postgres@127.0.0.1:1/none"  # its rows stay journaled
+    proc = subprocess.run([sys.executable, "-c", CRASHING_WRITER, unreachable, str(spool)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    wait_for(lambda: set(stored_ids(url)) == ids(40), "the dead worker's rows", timeout_s=30)
+    live.close()
+    assert spool_files(spool) == []

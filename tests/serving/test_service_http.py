@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -31,27 +30,12 @@ from tests.serving.server import (
     KEYS,
     RATE_LIMIT,
     Server,
-    build_bento,
     load_online_features,
     logit,
-    train_champion,
 )
 
 pytestmark = pytest.mark.slow
 MAIN = {"X-API-Key": KEYS["main"]}
-
-
-@pytest.fixture(scope="session")
-def champion(tmp_path_factory, raw, params):
-    state = tmp_path_factory.mktemp("serving-state")
-    model, customers = train_champion(state, raw, params)
-    # the default layout keeps the BentoML store under the repo's state/: build twice there so
-    # a bentofile pattern that matches earlier bentos (recursive copies) fails here
-    bento_home = ROOT / "state" / f"bentoml-test-{uuid.uuid4().hex[:8]}"
-    build_bento(state, bento_home)
-    build_bento(state, bento_home)
-    yield {"state": state, "bento_home": bento_home, "model": model, "customers": customers}
-    shutil.rmtree(bento_home, ignore_errors=True)
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
