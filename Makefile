@@ -21,7 +21,7 @@ ROWS ?= 2000
 RATE ?= 500
 
 .PHONY: help install data repro run promote rollback deploy history tune-worker ui bento serve \
-	traffic monitor retrain monitor-ui demo lint test bench bench-serving bench-ab bench-monitoring clean
+	traffic monitor retrain monitor-ui demo lint test bench bench-serving bench-ab bench-monitoring chaos clean
 
 help:
 	@echo "make run          install, fetch data, dvc repro, promote the first model, say where to look"
@@ -36,6 +36,7 @@ help:
 	@echo "make monitor-ui   Evidently dashboard (MONITOR_UI_PORT=$(MONITOR_UI_PORT)) | make retrain"
 	@echo "make demo         the whole loop: train, serve, stable + recession traffic, monitor, retrain"
 	@echo "make bench        measure quality bars and timings -> bench/RESULTS.md"
+	@echo "make chaos        kill -9, store outages and stalls, disk full, SIGTERM under traffic: rows lost (must be 0)"
 
 # Locked install: a venv with uv, then `uv sync --frozen` against uv.lock.
 $(VENV)/.installed: pyproject.toml uv.lock
@@ -132,6 +133,10 @@ bench-monitoring: install
 bench-ab: install
 	@command -v hey >/dev/null || apt-get install -y -q hey >/dev/null || { echo "install hey (Debian package)"; exit 1; }
 	$(BIN)/python -m bench.ab_serving --base $(or $(BASE),HEAD~1) $(BENCH_ARGS)
+
+# every fault of bench/chaos.py against the bento `make bento` built, on SQLite and PostgreSQL
+chaos: install
+	$(BIN)/python -m bench.chaos $(BENCH_ARGS)
 
 bench-serving: install
 	@command -v hey >/dev/null || apt-get install -y -q hey >/dev/null || { echo "install hey (Debian package)"; exit 1; }

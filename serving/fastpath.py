@@ -252,8 +252,10 @@ class Gateway:
                  decoder: msgspec.json.Decoder, predict: Callable[[Any, Any], Awaitable[bytes | None]],
                  predict_arrow: Callable[[Any, bytes, str], Awaitable[tuple[int, bytes, bytes]]],
                  on_reject: Callable[[int], None] | None = None,
-                 draining: Callable[[], bool] = lambda: False) -> None:  # fmt: skip
+                 draining: Callable[[], bool] = lambda: False,
+                 metrics: Callable[[], tuple[bytes, bytes]] | None = None) -> None:  # fmt: skip
         self.app, self.keys, self.limiter, self.state = app, keys, limiter, state
+        self.metrics = metrics
         self.draining = draining
         self.decoder, self.predict, self.on_reject = decoder, predict, on_reject
         self.predict_arrow = predict_arrow
@@ -267,6 +269,10 @@ class Gateway:
         path = scope["path"]
         if path == "/readyz":
             await self._readyz(send)
+            return
+        if path == "/metrics" and self.metrics is not None:
+            body, content_type = await asyncio.to_thread(self.metrics)
+            await _respond(send, 200, body, content_type=content_type)
             return
         if path.startswith(EXEMPT) or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)

@@ -160,6 +160,12 @@ class Journal:
         with self._lock:
             self._close_segment()
 
+    def segments(self) -> list[Path]:
+        """Every segment in the directory, live or not, oldest first."""
+        return sorted(self.directory.glob(f"{PREFIX}*.jsonl")) + sorted(
+            self.directory.glob(f"{LEGACY}*.jsonl")
+        )
+
     def replayable(self) -> list[Path]:
         """Segments no live process appends to, oldest first (this process's closed ones and
         any left by dead processes). Their rows must be replayed, then `discard`ed; the
@@ -168,10 +174,7 @@ class Journal:
             own_open = self._segments[self._next].path if self._fd >= 0 else None
             # ours are forgotten: replaying them settles everything they hold
             self._segments = {k: v for k, v in self._segments.items() if v.path == own_open}
-        paths = sorted(self.directory.glob(f"{PREFIX}*.jsonl")) + sorted(
-            self.directory.glob(f"{LEGACY}*.jsonl")
-        )
-        return [p for p in paths if p != own_open and not _held(p)]
+        return [p for p in self.segments() if p != own_open and not _held(p)]
 
     def discard(self, path: Path) -> None:
         path.unlink(missing_ok=True)

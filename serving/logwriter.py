@@ -50,6 +50,7 @@ from riskloop.stores import redact
 from serving.journal import Journal, JournalError, segment_lines
 from serving.logbatch import PredictionColumns
 from serving.store import (
+    Candidate,
     insert_interventions,
     insert_predictions,
     insert_sqlite_columns,
@@ -223,6 +224,31 @@ class PredictionLogWriter:
             except OSError:  # JournalError included
                 pass
         return self._journal_ok
+
+    def unflushed(self, prediction_ids: set[str], customer_ids: set[str]) -> list[Candidate]:
+        """(prediction_id, customer_id, created_at) of journaled rows (of every worker sharing
+        this directory) with one of these ids: answered, perhaps not in the store yet."""
+        needles = [orjson.dumps(i) for i in (*prediction_ids, *customer_ids)]
+        found: list[Candidate] = []
+        if not needles:
+            return found
+        for path in self.journal.segments():
+            try:
+                lines, _ = segment_lines(path)
+            except FileNotFoundError:
+                continue  # settled and deleted meanwhile: its rows are in the store
+            for line in lines:
+                if not any(n in line for n in needles):
+                    continue
+                try:
+                    item = _parse(line)
+                except ValueError:
+                    continue
+                rows = item.rows() if isinstance(item, PredictionColumns) else [item]
+                found += [(r["prediction_id"], r.get("customer_id"), r["created_at"]) for r in rows
+                          if r.get("prediction_id") in prediction_ids
+                          or r.get("customer_id") in customer_ids]  # fmt: skip
+        return found
 
     # ------------------------------------------------------------------ state
     def stats(self) -> dict[str, Any]:

@@ -1,10 +1,22 @@
 """riskloop's Prometheus metrics. BentoML runs prometheus_client in multiprocess mode, so
-these are collected (counters summed across workers, gauges per worker pid) into
-BentoML's own /metrics; nothing is appended by hand."""
+these are collected across workers (counters summed, gauges per worker pid) by `exposition`,
+which the gateway serves at /metrics. BentoML's own HTTP metrics are off: they label each
+series with the raw request path, so a scanner's random paths grew /metrics without bound;
+every riskloop label is a route name or a bounded value."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 REQUESTS = Counter("riskloop_requests_total", "Requests by endpoint and status", ["endpoint", "status"],
@@ -55,6 +67,15 @@ def served(old, new) -> None:
     status = new.scorer.status
     ENGINE_FALLBACK.labels("contributions").set(int(status.contributions != "table"))
     ENGINE_FALLBACK.labels("scores").set(int(status.scores != "trees"))
+
+
+def exposition() -> tuple[bytes, bytes]:
+    """(the Prometheus text of every worker's metrics, its content type)."""
+    registry = REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    return generate_latest(registry), CONTENT_TYPE_LATEST.encode()
 
 
 def update_writer_gauges(writer_stats: dict) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import signal
 import threading
 import time
 from collections import Counter
@@ -170,6 +171,7 @@ class _State:
                    "access_control_allow_methods": ["GET", "POST", "OPTIONS"],
                    "access_control_allow_headers": ["content-type", "x-api-key", "authorization"]}},
     logging={"access": {"enabled": ENV.debug}},
+    metrics={"enabled": False},  # the gateway serves /metrics (serving/metrics.py says why)
     # BentoML wraps every request in an OpenTelemetry span (~25% of a scored request's CPU
     # here) even with no exporter configured; the hot routes skip it unless TRACE_SCORING=true.
     tracing={"excluded_urls": None if os.environ.get("TRACE_SCORING", "").lower() == "true"
@@ -183,7 +185,12 @@ class RiskService:
         from serving.logwriter import PredictionLogWriter
         from serving.store import PredictionStore, make_engine, restrict_files, upgrade
 
-        ENV.check_listening()
+        try:
+            ENV.check_listening()
+        except Exception:
+            # a worker's failure only makes BentoML start another: stop the whole server
+            os.kill(os.getppid(), signal.SIGTERM)
+            raise
         self.engine = load_engine(self.bento_model)
         self.deployment: dict[str, Any] = {"status": "serving", "source": "bento"}
         self._swap_lock = threading.Lock()
@@ -227,10 +234,10 @@ class RiskService:
     def __is_ready__(self) -> bool:
         return True
 
-    def __metrics__(self, content: str) -> str:
-        # gauges are refreshed by every scrape; the next scrape's collection shows them
+    def metrics(self) -> tuple[bytes, bytes]:
+        """/metrics: this worker's log-writer gauges refreshed, then every worker's series."""
         metrics.update_writer_gauges(self.writer.stats())
-        return content
+        return metrics.exposition()
 
     # ------------------------------------------------------------------ deployment
     def _deploy(self, record: deployment.DeploymentRecord) -> None:
@@ -505,7 +512,9 @@ class RiskService:
     @app.post("/outcomes")
     async def outcomes(self, body: OutcomesRequest) -> ORJSONResponse:
         items = [o.model_dump(exclude_none=True) for o in body.outcomes]
-        results, unavailable = await self._from_store("outcomes", self.store.record_outcomes, items)
+        results, unavailable = await self._from_store(
+            "outcomes", self.store.record_outcomes, items, self.writer.unflushed
+        )
         if unavailable:
             return unavailable
         metrics.REQUESTS.labels("outcomes", "200").inc()
@@ -529,4 +538,5 @@ RiskService.add_asgi_middleware(
     predict_arrow=lambda svc, body, query: svc.predict_arrow(body, query),
     on_reject=lambda status: metrics.REQUESTS.labels("auth", str(status)).inc(),
     draining=lambda: _State.service is not None and _State.service.drain.draining,
+    metrics=lambda: _State.service.metrics() if _State.service else metrics.exposition(),
 )  # fmt: skip

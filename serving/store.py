@@ -14,7 +14,7 @@ import math
 import os
 import socket
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,11 @@ _CHUNK = 500
 
 TS = sa.DateTime(timezone=True)
 metadata = sa.MetaData()
+
+
+# An answered prediction the store may not hold yet: (prediction_id, customer_id, created_at)
+Candidate = tuple[str, str | None, str]
+Unflushed = Callable[[set[str], set[str]], list[Candidate]]
 
 
 def _id_column() -> sa.Column:
@@ -481,18 +486,27 @@ class PredictionStore:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(sa.func.count()).select_from(predictions)).scalar_one()
 
-    def record_outcomes(self, items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    def record_outcomes(
+        self, items: Sequence[Mapping[str, Any]], unflushed: Unflushed | None = None
+    ) -> list[dict[str, Any]]:
         """Label predictions, one result per item, in order. Status: recorded | duplicate (the
         same label again: nothing changes) | conflict (another label exists; it is kept) |
         unknown_prediction | unknown_customer | invalid. A customer_id resolves to that
-        customer's latest prediction."""
-        received_at = now_utc()
-        with self.engine.begin() as conn:
-            return [self._record_outcome(conn, item, received_at) for item in items]
+        customer's newest prediction answered before the outcome arrived.
 
-    def _record_outcome(
-        self, conn: sa.Connection, item: Mapping[str, Any], received_at: datetime
-    ) -> dict[str, Any]:
+        `unflushed(prediction_ids, customer_ids)` names answered predictions that may not be
+        in the store yet (the log writer's journal): asked before the store, so a row that
+        leaves the journal meanwhile is in the store by the time the store is read."""
+        received_at = now_utc()
+        pending = unflushed(
+            {i["prediction_id"] for i in items if i.get("prediction_id")},
+            {i["customer_id"] for i in items if i.get("customer_id")},
+        ) if unflushed else []  # fmt: skip
+        with self.engine.begin() as conn:
+            return [self._record_outcome(conn, item, received_at, pending) for item in items]
+
+    def _record_outcome(self, conn: sa.Connection, item: Mapping[str, Any], received_at: datetime,
+                        pending: list[Candidate]) -> dict[str, Any]:  # fmt: skip
         pid, cid = item.get("prediction_id"), item.get("customer_id")
         defaulted = item.get("defaulted")
         result: dict[str, Any] = {"prediction_id": pid, "customer_id": cid, "defaulted": defaulted}
@@ -504,10 +518,10 @@ class PredictionStore:
             return {**result, "status": "invalid", "error": "defaulted must be 0 or 1"}
         if not pid and not cid:
             return {**result, "status": "invalid", "error": "need prediction_id or customer_id"}
-        target = self._resolve(conn, pid, cid)
+        target = self._resolve(conn, pid, cid, received_at, pending)
         if target is None:
             return {**result, "status": "unknown_prediction" if pid else "unknown_customer"}
-        result.update(prediction_id=target.prediction_id, customer_id=target.customer_id)
+        result.update(prediction_id=target[0], customer_id=target[1])
         values = {
             **result,
             "defaulted": int(defaulted),
@@ -522,21 +536,32 @@ class PredictionStore:
         if conn.execute(stmt).rowcount == 1:
             return {**result, "status": "recorded"}
         existing = conn.execute(
-            sa.select(outcomes.c.defaulted).where(outcomes.c.prediction_id == target.prediction_id)
+            sa.select(outcomes.c.defaulted).where(outcomes.c.prediction_id == target[0])
         ).scalar_one()
         if existing == int(defaulted):
             return {**result, "status": "duplicate"}
         return {**result, "status": "conflict", "existing_defaulted": existing}
 
     @staticmethod
-    def _resolve(conn: sa.Connection, pid: str | None, cid: str | None) -> sa.Row | None:
-        query = sa.select(predictions.c.prediction_id, predictions.c.customer_id)
+    def _resolve(conn: sa.Connection, pid: str | None, cid: str | None, received_at: datetime,
+                 pending: list[Candidate]) -> tuple[str, str | None] | None:  # fmt: skip
+        """(prediction_id, customer_id) an outcome labels, from the store or the journal."""
+        cols = (predictions.c.prediction_id, predictions.c.customer_id, predictions.c.created_at)
         if pid:
-            return conn.execute(query.where(predictions.c.prediction_id == pid)).first()
-        latest = query.where(predictions.c.customer_id == cid).order_by(
-            predictions.c.created_at.desc(), predictions.c.prediction_id.desc()
+            row = conn.execute(
+                sa.select(*cols[:2]).where(predictions.c.prediction_id == pid)
+            ).first()
+            if row is not None:
+                return row.prediction_id, row.customer_id
+            return next(((p, c) for p, c, _ in pending if p == pid), None)
+        latest = (
+            sa.select(*cols)
+            .where(predictions.c.customer_id == cid, predictions.c.created_at <= received_at)
+            .order_by(predictions.c.created_at.desc(), predictions.c.prediction_id.desc())
         )
-        return conn.execute(latest.limit(1)).first()
+        found = [(as_utc(r.created_at), r.prediction_id) for r in conn.execute(latest.limit(1))]
+        found += [(as_utc(t), p) for p, c, t in pending if c == cid and as_utc(t) <= received_at]
+        return (max(found)[1], cid) if found else None
 
     def record_intervention(
         self,

@@ -69,7 +69,12 @@ def load_online_features(db_url: str, customers: pd.DataFrame, params: Params) -
 
 class Server:
     def __init__(
-        self, bento_home: Path, state: Path, db_url: str, extra_env: dict[str, str] | None = None
+        self,
+        bento_home: Path,
+        state: Path,
+        db_url: str,
+        extra_env: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
     ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -77,13 +82,13 @@ class Server:
         self.env = {**os.environ, "BENTOML_HOME": str(bento_home), "BENTOML_DO_NOT_TRACK": "true",
                     "RISKLOOP_STATE_DIR": str(state), "DATABASE_URL": db_url, "SPOOL_DIR": str(state / "spool"),
                     "API_KEYS": ",".join(KEYS.values()), "RATE_LIMIT_MAX": str(RATE_LIMIT),
-                    "RATE_LIMIT_WINDOW": "60", "ENABLE_INTERVENTIONS": "true", "AUTO_TRIGGER_THRESHOLD": "50",
+                    "RATE_LIMIT_WINDOW": "3600", "ENABLE_INTERVENTIONS": "true", "AUTO_TRIGGER_THRESHOLD": "50",
                     "CORS_ORIGINS": "https://app.example.com", "SHUTDOWN_DRAIN_S": "1",
                     "PYTHONWARNINGS": "ignore", **(extra_env or {})}  # fmt: skip
         self.log = open(state / f"serve-{self.port}.log", "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "bentoml"), "serve", "riskloop:latest", "--port", str(self.port),
-             "--host", "127.0.0.1"], env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+             "--host", host], env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True)  # fmt: skip
         self.wait_ready()
 

@@ -166,7 +166,7 @@ def test_rate_limit_answers_429_with_retry_after(served, params):
     codes = [post(served, "/predict", body, headers=headers).status_code for _ in range(RATE_LIMIT)]
     assert set(codes) == {200}
     limited = post(served, "/predict", body, headers=headers)
-    assert limited.status_code == 429 and 1 <= int(limited.headers["retry-after"]) <= 60
+    assert limited.status_code == 429 and 1 <= int(limited.headers["retry-after"]) <= 3600
     assert post(served, "/predict", body).status_code == 200  # other keys are not affected
 
 
@@ -481,6 +481,65 @@ def test_interventions_are_off_the_request_path(served, params):
     assert recorded() == sorted((cid, pid) for cid, pid, _ in triggered)  # each once
 
 
+def test_an_outcome_right_after_its_prediction_labels_that_prediction(served, params):
+    """Exact, flushed or not: by customer_id, the newest prediction answered before the
+    outcome; by prediction_id, accepted as soon as the prediction was answered."""
+    rec = records(served["customers"], params, 1, start=40)[0]
+    for k in range(20):
+        cid = f"exact-{k}-{uuid.uuid4().hex[:6]}"
+        first = post(served, "/predict", {"records": [{**rec, "customer_id": cid}]}).json()
+        second = post(served, "/predict", {"records": [{**rec, "customer_id": cid}]}).json()
+        by_customer = post(
+            served, "/outcomes", {"outcomes": [{"customer_id": cid, "defaulted": 1}]}
+        )
+        got = by_customer.json()["results"][0]
+        assert got["status"] == "recorded", got
+        assert got["prediction_id"] == second["predictions"][0]["prediction_id"], k
+        pid = first["predictions"][0]["prediction_id"]
+        by_id = post(served, "/outcomes", {"outcomes": [{"prediction_id": pid, "defaulted": 0}]})
+        assert by_id.json()["results"][0]["status"] == "recorded", k
+
+
+def test_the_edge_refuses_what_no_store_can_hold(served, params):
+    """NUL, control characters and lone surrogates in a request id, invalid UTF-8 in a JSON
+    body, a NUL in the Arrow query: a 4xx naming the field, within milliseconds."""
+    rec = records(served["customers"], params, 1)[0]
+    url = served["server"].url + "/predict"
+    for rid in (r"a\u0000b", r"tab\there", r"\ud800"):  # JSON escapes, as a client sends them
+        body = f'{{"records": [{json.dumps(rec)}], "request_id": "{rid}"}}'.encode()
+        started = time.monotonic()
+        resp = httpx.post(url, content=body, headers={**MAIN, "content-type": "application/json"})
+        assert resp.status_code == 422 and time.monotonic() - started < 1.0, resp.text
+        assert "request_id" in [e["field"] for e in resp.json()["detail"]], resp.text
+    raw = (
+        json.dumps({"records": [{**rec, "customer_id": "x"}]})
+        .encode()
+        .replace(b'"x"', b'"\xff\xfe"')
+    )
+    resp = httpx.post(url, content=raw, headers={**MAIN, "content-type": "application/json"})
+    assert resp.status_code == 400 and "UTF-8" in resp.text, resp.text
+    arrow = stream_bytes(pa.Table.from_pylist([rec]))
+    resp = httpx.post(url + "?request_id=%00", content=arrow,
+                      headers={**MAIN, "content-type": "application/vnd.apache.arrow.stream"})  # fmt: skip
+    assert resp.status_code == 422 and resp.json()["detail"][0]["field"] == "request_id"
+
+
+def test_every_route_bounds_its_body(served):
+    big = b'{"outcomes": [' + b'{"customer_id": "c", "defaulted": 1},' * 80_000 + b"]}"
+    for path in ("/outcomes", "/predict_customer"):
+        resp = httpx.post(served["server"].url + path, content=big,
+                          headers={**MAIN, "content-type": "application/json"})  # fmt: skip
+        assert resp.status_code == 413, (path, resp.status_code)
+
+
+def test_metrics_labels_come_from_routes_not_paths(served):
+    for i in range(50):
+        httpx.get(served["server"].url + f"/no-such-path-{i}")
+        httpx.post(served["server"].url + f"/scan/{i}", headers=MAIN, content=b"{}")
+    text = httpx.get(served["server"].url + "/metrics").text
+    assert "no-such-path" not in text and "/scan/" not in text
+
+
 def test_openapi_has_real_examples(served, params):
     spec = httpx.get(served["server"].url + "/openapi.json").json()
     assert {"/predict", "/predict_customer", "/outcomes", "/interventions"} <= set(spec["paths"])
@@ -522,13 +581,17 @@ def test_customer_ids_never_in_application_logs(served):
         assert cid not in log
 
 
-def test_production_refuses_to_start_unsafe(champion, tmp_path):
-    for extra, reason in (({"API_KEYS": ""}, "needs API_KEYS"), ({"DEBUG": "true"}, "DEBUG on")):
-        env = {"ENVIRONMENT": "production", **extra}
+def test_unsafe_starts_are_refused(champion, tmp_path):
+    """Production without keys or with DEBUG, an unknown ENVIRONMENT, and any listening
+    beyond loopback without API keys: the server does not start, and says why."""
+    cases = [({"ENVIRONMENT": "production", "API_KEYS": ""}, "127.0.0.1", "needs API_KEYS"),
+             ({"ENVIRONMENT": "production", "DEBUG": "true"}, "127.0.0.1", "DEBUG on"),
+             ({"ENVIRONMENT": "prod"}, "127.0.0.1", "ENVIRONMENT"),
+             ({"API_KEYS": ""}, "0.0.0.0", "without API_KEYS")]  # fmt: skip
+    for env, host, reason in cases:
         with pytest.raises(RuntimeError, match=reason):
-            Server(
-                champion["bento_home"], champion["state"], f"sqlite:///{tmp_path / 'p.db'}", env
-            ).stop()
+            Server(champion["bento_home"], champion["state"], f"sqlite:///{tmp_path / 'p.db'}",
+                   env, host=host).stop()  # fmt: skip
 
 
 def test_bento_pins_the_model_it_was_built_with(champion):
