@@ -67,11 +67,15 @@ def field_type(rule: Rule) -> Any:
         typ: Any = Annotated[Literal[tuple(rule.levels)], BeforeValidator(_not_a_boolean)]  # type: ignore[valid-type]
     elif rule.kind == "onehot":
         typ = Annotated[Literal[0, 1], BeforeValidator(_not_a_boolean)]
+    # bounds on the inner type: after a BeforeValidator pydantic would write them into the
+    # JSON Schema as unknown `ge`/`le` keys instead of `minimum`/`maximum`
     elif rule.integer:
-        typ = Annotated[int, BeforeValidator(_a_number), Field(ge=rule.low, le=rule.high)]
+        typ = Annotated[
+            Annotated[int, Field(ge=rule.low, le=rule.high)], BeforeValidator(_a_number)
+        ]
     else:
-        typ = Annotated[float, BeforeValidator(_a_number),
-                        Field(ge=rule.low, le=rule.high, allow_inf_nan=False)]  # fmt: skip
+        typ = Annotated[Annotated[float, Field(ge=rule.low, le=rule.high, allow_inf_nan=False)],
+                        BeforeValidator(_a_number)]  # fmt: skip
     return typ | None if rule.nullable else typ
 
 
@@ -87,6 +91,23 @@ def _group_validator(group: str, attrs: list[str], optional: bool):
         return value
 
     return field_validator(attrs[-1])(classmethod(check))
+
+
+def _onehot_schema(contract: Contract) -> list[dict[str, Any]]:
+    """The one-hot rule in JSON Schema (an `allOf` entry per group), so the OpenAPI document
+    describes exactly the records the service accepts: exactly one member 1 and the others
+    0, or, for an optional group, every member absent or null."""
+    out = []
+    for members in contract.data.onehot.values():
+        branches: list[dict[str, Any]] = [
+            {"required": list(members),
+             "properties": {m: {"const": int(m == one)} for m in members}}
+            for one in members
+        ]  # fmt: skip
+        if all(contract.rules[m].nullable for m in members):
+            branches.append({"properties": {m: {"type": "null"} for m in members}})
+        out.append({"oneOf": branches})
+    return out
 
 
 def record_model(contract: Contract) -> type[BaseModel]:
@@ -108,8 +129,10 @@ def record_model(contract: Contract) -> type[BaseModel]:
                                         all(contract.rules[m].nullable for m in members))
         for i, (group, members) in enumerate(contract.data.onehot.items())
     }  # fmt: skip
+    groups = _onehot_schema(contract)
     return create_model(
-        "ApplicantRecord", __config__=ConfigDict(extra="forbid", frozen=True),
+        "ApplicantRecord", __config__=ConfigDict(extra="forbid", frozen=True,
+                                                 json_schema_extra={"allOf": groups} if groups else None),
         __validators__=validators, **fields,
     )  # fmt: skip
 
@@ -141,20 +164,30 @@ def customer_request_model(serving: ServingSettings) -> type[BaseModel]:
     )
 
 
-class Outcome(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    prediction_id: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")] | None = None
-    customer_id: CUSTOMER_ID | None = None
-    defaulted: Literal[0, 1]
+MAX_OUTCOMES = 1_000  # per request: resolved one by one, within the store call's time bound
 
-    def model_post_init(self, _: Any) -> None:
-        if (self.prediction_id is None) == (self.customer_id is None):
-            raise ValueError("give exactly one of prediction_id or customer_id")
+
+class OutcomeByPrediction(BaseModel):
+    """The label of one answered prediction."""
+
+    model_config = ConfigDict(extra="forbid")
+    prediction_id: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+    defaulted: Annotated[Literal[0, 1], BeforeValidator(_not_a_boolean)]
+
+
+class OutcomeByCustomer(BaseModel):
+    """The label of a customer's newest prediction answered before it arrives."""
+
+    model_config = ConfigDict(extra="forbid")
+    customer_id: CUSTOMER_ID
+    defaulted: Annotated[Literal[0, 1], BeforeValidator(_not_a_boolean)]
 
 
 class OutcomesRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    outcomes: Annotated[list[Outcome], Field(min_length=1, max_length=10_000)]
+    outcomes: Annotated[
+        list[OutcomeByPrediction | OutcomeByCustomer], Field(min_length=1, max_length=MAX_OUTCOMES)
+    ]
 
 
 class Reason(BaseModel):
@@ -176,3 +209,73 @@ class Prediction(BaseModel):
     model_name: str
     model_version: str
     intervention: str | None = None
+
+
+class PredictResponse(BaseModel):
+    predictions: list[Prediction]
+
+
+class UnknownCustomer(BaseModel):
+    customer_id: str
+    error: str
+
+
+class PredictCustomerResponse(BaseModel):
+    predictions: list[Prediction | UnknownCustomer]
+
+
+class OutcomeResult(BaseModel):
+    prediction_id: str | None = None
+    customer_id: str | None = None
+    defaulted: int | None = None
+    status: Literal["recorded", "duplicate", "conflict", "unknown_prediction", "unknown_customer",
+                    "invalid"]  # fmt: skip
+    error: str | None = None
+    existing_defaulted: int | None = None
+
+
+class OutcomesResponse(BaseModel):
+    results: list[OutcomeResult]
+
+
+class Intervention(BaseModel):
+    id: int
+    customer_id: str
+    prediction_id: str | None = None
+    risk_score: int | None = None
+    risk_band: str | None = None
+    action: str
+    created_at: str
+
+
+class InterventionsResponse(BaseModel):
+    interventions: list[Intervention]
+
+
+class Problem(BaseModel):
+    field: str
+    message: str
+    type: str
+
+
+class Problems(BaseModel):
+    """400 and 422: every problem, each naming its field (`records.3.AGE`)."""
+
+    detail: list[Problem]
+
+
+class Refusal(BaseModel):
+    """401, 413, 429, 503: why, in one sentence."""
+
+    detail: str
+
+
+# What every route may answer besides its 200 (the OpenAPI document declares them all)
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Problems, "description": "unreadable body (not UTF-8 JSON, not an Arrow stream)"},
+    401: {"model": Refusal, "description": "missing or invalid API key"},
+    413: {"model": Refusal, "description": "body too large"},
+    422: {"model": Problems, "description": "invalid request: each problem names its field"},
+    429: {"model": Refusal, "description": "rate limit: retry after `Retry-After` seconds"},
+    503: {"model": Refusal, "description": "cannot answer safely now (prediction log or store unavailable): retry after `Retry-After` seconds"},
+}  # fmt: skip

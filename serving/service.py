@@ -34,8 +34,10 @@ import orjson
 import pyarrow as pa
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, ORJSONResponse
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from features.contract import Contract
 from riskloop.errors import ServiceUnavailable
@@ -49,7 +51,14 @@ from serving.interventions import Interventions
 from serving.lifecycle import Drain
 from serving.logbatch import PredictionColumns
 from serving.model_tag import model_tag
-from serving.schemas import OutcomesRequest, Prediction
+from serving.schemas import (
+    ERRORS,
+    InterventionsResponse,
+    OutcomesRequest,
+    OutcomesResponse,
+    PredictCustomerResponse,
+    PredictResponse,
+)
 from serving.scorer import Scorer
 from serving.security import FixedWindowLimiter
 
@@ -76,6 +85,25 @@ app = FastAPI(
 )
 
 
+def _openapi() -> dict[str, Any]:
+    """FastAPI's document plus the API-key schemes the gateway enforces (it sits in front of
+    FastAPI, so FastAPI cannot know them), so "Try it out" in /docs sends the key."""
+    if app.openapi_schema is None:
+        doc = get_openapi(title=app.title, version=app.version, description=app.description,
+                          routes=app.routes)  # fmt: skip
+        doc.setdefault("components", {})["securitySchemes"] = {
+            "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            "Bearer": {"type": "http", "scheme": "bearer"},
+        }
+        if ENV.api_keys:
+            doc["security"] = [{"ApiKey": []}, {"Bearer": []}]
+        app.openapi_schema = doc
+    return app.openapi_schema
+
+
+app.openapi = _openapi  # type: ignore[method-assign]
+
+
 @app.exception_handler(ServiceUnavailable)
 async def _unavailable(request: Request, exc: ServiceUnavailable) -> JSONResponse:
     """No durable place for the prediction log, a store that does not answer in time: 503,
@@ -89,6 +117,17 @@ def _endpoint(request: Request) -> str:
     """A metrics label from the matched route's template, never the raw path."""
     route = request.scope.get("route")
     return getattr(route, "path", "unmatched").strip("/") or "root"
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """FastAPI's own errors (a body it cannot parse: 400) in the shape the document declares."""
+    if exc.status_code in (400, 422):
+        body: dict[str, Any] = {"detail": [{"field": "body", "message": str(exc.detail),
+                                            "type": "json_invalid"}]}  # fmt: skip
+    else:
+        body = {"detail": str(exc.detail)}
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
 @app.exception_handler(RequestValidationError)
@@ -470,7 +509,7 @@ class RiskService:
                                         headers={"Retry-After": "1"})  # fmt: skip
 
     # ------------------------------------------------------------------ routes
-    @app.post("/predict", responses={200: {"model": list[Prediction]}})
+    @app.post("/predict", responses={200: {"model": PredictResponse}, **ERRORS})
     async def predict(self, body: PredictRequest) -> ORJSONResponse:  # type: ignore[valid-type]
         start = time.perf_counter()
         results = await self._run(body.records, body.explain, body.request_id)
@@ -478,7 +517,7 @@ class RiskService:
         _PREDICT_OK.inc()
         return ORJSONResponse({"predictions": results})
 
-    @app.post("/predict_customer")
+    @app.post("/predict_customer", responses={200: {"model": PredictCustomerResponse}, **ERRORS})
     async def predict_customer(self, body: PredictCustomerRequest) -> ORJSONResponse:  # type: ignore[valid-type]
         start = time.perf_counter()
         ids = list(dict.fromkeys(body.customer_ids))
@@ -509,7 +548,7 @@ class RiskService:
         metrics.REQUESTS.labels("predict_customer", "200").inc()
         return ORJSONResponse({"predictions": results})
 
-    @app.post("/outcomes")
+    @app.post("/outcomes", responses={200: {"model": OutcomesResponse}, **ERRORS})
     async def outcomes(self, body: OutcomesRequest) -> ORJSONResponse:
         items = [o.model_dump(exclude_none=True) for o in body.outcomes]
         results, unavailable = await self._from_store(
@@ -520,7 +559,7 @@ class RiskService:
         metrics.REQUESTS.labels("outcomes", "200").inc()
         return ORJSONResponse({"results": results})
 
-    @app.get("/interventions")
+    @app.get("/interventions", responses={200: {"model": InterventionsResponse}, **ERRORS})
     async def interventions(self, limit: int = Query(100, ge=1, le=1000),
                             customer_id: str | None = Query(None, max_length=64)) -> ORJSONResponse:  # fmt: skip
         rows, unavailable = await self._from_store(

@@ -90,7 +90,11 @@ class Server:
             [str(Path(sys.executable).parent / "bentoml"), "serve", "riskloop:latest", "--port", str(self.port),
              "--host", host], env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True)  # fmt: skip
-        self.wait_ready()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()  # never leave a half-started server behind
+            raise
 
     def wait_ready(self, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
