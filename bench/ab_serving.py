@@ -30,6 +30,7 @@ from bench.serving import KEY, hey, start, stop
 from riskloop import stores
 from riskloop.package import ModelPackage
 from riskloop.settings import load_params
+from serving.config import NO_RATE_LIMIT
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -109,7 +110,7 @@ def main() -> None:
                                  capture_output=True, check=True).stdout.strip()  # fmt: skip
     head_commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
                                  capture_output=True, check=True).stdout.strip()  # fmt: skip
-    common = {"API_KEYS": KEY, "RATE_LIMIT_MAX": "100000000", "SERVING_WORKERS": "2",
+    common = {"API_KEYS": KEY, **NO_RATE_LIMIT, "SERVING_WORKERS": "2",
               "PYTHONWARNINGS": "ignore"}  # fmt: skip
     servers: dict[str, subprocess.Popen] = {}
     results: dict[str, list[dict]] = {"base": [], "head": []}

@@ -40,6 +40,7 @@ import psutil
 import sqlalchemy as sa
 
 from bench.results import write_section
+from serving.config import NO_RATE_LIMIT
 from tests.proxy import TcpProxy
 
 KEY = "chaos-key"
@@ -296,8 +297,8 @@ def run_store(store: str, direct_url: str, scenarios: list[str], requests: int, 
         proxy.restore()
         serve_url = target.set(port=proxy.port).render_as_string(hide_password=False)
     disk_dir = workdir / f"journal-{store}"
-    with small_disk(disk_dir, 16) as mounted:
-        env = {**os.environ, "API_KEYS": KEY, "RATE_LIMIT_MAX": "100000000",
+    with small_disk(disk_dir, 64) as mounted:  # room for a whole scenario while the store is down
+        env = {**os.environ, "API_KEYS": KEY, **NO_RATE_LIMIT,
                "SERVING_WORKERS": str(workers), "DATABASE_URL": serve_url,
                "SPOOL_DIR": str(disk_dir / "spool"), "PYTHONWARNINGS": "ignore", **(extra_env or {})}  # fmt: skip
         service = Service(env, port, workdir / f"serve-{store}.log")

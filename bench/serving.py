@@ -29,6 +29,7 @@ from riskloop.settings import load_params
 from riskloop.stores import tracking_uri
 from serving.arrowio import CONTENT_TYPE as ARROW
 from serving.arrowio import stream_bytes
+from serving.config import NO_RATE_LIMIT
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "bench-key"
@@ -192,7 +193,7 @@ def main() -> None:
     recs = test[params.data.feature_columns].astype(object).to_dict(orient="records")
     recs = (recs * (10_000 // len(recs) + 1))[:10_000]
     cols = params.data.model_input_columns
-    env = {**os.environ, "API_KEYS": KEY, "RATE_LIMIT_MAX": "100000000", "SERVING_WORKERS": str(args.workers),
+    env = {**os.environ, "API_KEYS": KEY, **NO_RATE_LIMIT, "SERVING_WORKERS": str(args.workers),
            "PYTHONWARNINGS": "ignore"}  # fmt: skip
     rows, results = [], {}
     with tempfile.TemporaryDirectory() as tmpdir:

@@ -1,5 +1,7 @@
 """Errors a user can act on: printed as one clear message, never as a traceback."""
 
+import math
+
 
 class RiskloopError(Exception):
     """Base class: the message names what is wrong and, where possible, how to fix it."""
@@ -33,3 +35,11 @@ class ServiceUnavailable(RiskloopError):
     """The service cannot answer this request safely now (503 with Retry-After)."""
 
     retry_after_s = 1
+
+
+class RateLimited(RiskloopError):
+    """A key's requests or work in this window are spent (429 with Retry-After)."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = max(1, math.ceil(retry_after_s))

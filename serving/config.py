@@ -28,6 +28,13 @@ class ServingEnv(BaseSettings):
     )
     rate_limit_max: int = Field(default=6000, ge=1, validation_alias="RATE_LIMIT_MAX")
     rate_limit_window: float = Field(default=60.0, gt=0, validation_alias="RATE_LIMIT_WINDOW")
+    # wrong or missing API keys per client address per RATE_LIMIT_WINDOW before 429s
+    auth_failures_max: int = Field(default=20, ge=1, validation_alias="AUTH_FAILURES_MAX")
+    # work per key per window: rows scored, and rows with exact contributions (reasons)
+    rate_limit_rows: int = Field(default=1_000_000, ge=1, validation_alias="RATE_LIMIT_ROWS")
+    rate_limit_explained_rows: int = Field(
+        default=100_000, ge=1, validation_alias="RATE_LIMIT_EXPLAINED_ROWS"
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, validation_alias="CORS_ORIGINS"
     )
@@ -98,3 +105,8 @@ def load_env() -> ServingEnv:
         raise SettingsError(f"serving environment is invalid: {exc}") from exc
     env.check()
     return env
+
+
+# The environment that lifts every rate limit: benchmarks and load tests, never production.
+NO_RATE_LIMIT = {"RATE_LIMIT_MAX": "100000000", "RATE_LIMIT_ROWS": "100000000000",
+                 "RATE_LIMIT_EXPLAINED_ROWS": "100000000000"}  # fmt: skip

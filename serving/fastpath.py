@@ -17,6 +17,7 @@ in-process micro-batcher, and one pure-ASGI gateway middleware.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import math
 import time
@@ -35,7 +36,10 @@ from riskloop.errors import ServiceUnavailable
 from riskloop.settings import ServingSettings
 from serving.arrowio import CONTENT_TYPE
 from serving.schemas import ID_CHARS, MAX_ID_LENGTH, REQUEST_ID_CHARS, Explain, attribute_names
-from serving.security import EXEMPT, FixedWindowLimiter, match_key
+from serving.security import EXEMPT, FailedKeyThrottle, FixedWindowLimiter, match_key
+
+# The API key of the request being handled: scoring charges its rows to it (`charge`).
+CURRENT_KEY: contextvars.ContextVar[str | None] = contextvars.ContextVar("api_key", default=None)
 
 # pydantic's pattern (regex crate) anchors `$` at the very end; Python's `$` also matches
 # before a final newline, so the strict twin uses `\Z`.
@@ -253,9 +257,11 @@ class Gateway:
                  predict_arrow: Callable[[Any, bytes, str], Awaitable[tuple[int, bytes, bytes]]],
                  on_reject: Callable[[int], None] | None = None,
                  draining: Callable[[], bool] = lambda: False,
-                 metrics: Callable[[], tuple[bytes, bytes]] | None = None) -> None:  # fmt: skip
+                 metrics: Callable[[], tuple[bytes, bytes]] | None = None,
+                 throttle: FailedKeyThrottle | None = None) -> None:  # fmt: skip
         self.app, self.keys, self.limiter, self.state = app, keys, limiter, state
         self.metrics = metrics
+        self.throttle = throttle or FailedKeyThrottle()
         self.draining = draining
         self.decoder, self.predict, self.on_reject = decoder, predict, on_reject
         self.predict_arrow = predict_arrow
@@ -288,8 +294,14 @@ class Gateway:
             elif name == b"origin":
                 origin = True
         if self.keys:
+            client = (scope.get("client") or ("?",))[0]
+            if (wait := self.throttle.blocked(client)) is not None:
+                await self._reject(send, 429, "too many failed API key checks from this address",
+                                   [(b"retry-after", str(max(1, math.ceil(wait))).encode())])  # fmt: skip
+                return
             key = match_key(presented, self.keys)
             if key is None:
+                self.throttle.failed(client)
                 await self._reject(send, 401, "missing or invalid API key (X-API-Key or Authorization: Bearer)",
                                    [(b"www-authenticate", b"Bearer")])  # fmt: skip
                 return
@@ -298,6 +310,7 @@ class Gateway:
                 await self._reject(send, 429, "rate limit exceeded",
                                    [(b"retry-after", str(max(1, math.ceil(wait))).encode())])  # fmt: skip
                 return
+            CURRENT_KEY.set(key)
         if scope["method"] != "POST":
             await self.app(scope, receive, send)
             return

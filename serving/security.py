@@ -39,13 +39,18 @@ class FixedWindowLimiter:
     """Per-key fixed windows, counted in a small memory-mapped file that every worker process
     of one server opens (`path`, by default `limiter_path()`), under an exclusive flock: the
     limit holds for the server as a whole, whatever the number of workers. A window starts at
-    a key's first request."""
+    a key's first request. Work is limited as well as requests: rows scored and rows
+    explained (exact contributions cost ~100x a plain score) per key per window, charged once
+    a request is decoded (`charge`)."""
 
-    _SLOT = struct.Struct("dq")  # window start (time.monotonic: system-wide on Linux), count
+    # window start (time.monotonic: system-wide on Linux), requests, rows, explained rows
+    _SLOT = struct.Struct("dqqq")
 
     def __init__(self, max_requests: int, window_s: float, keys: list[str],
-                 path: Path | None = None, clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+                 path: Path | None = None, clock: Callable[[], float] = time.monotonic,
+                 max_rows: int | None = None, max_explained: int | None = None) -> None:  # fmt: skip
         self.max, self.window, self.clock = max_requests, window_s, clock
+        self.max_rows, self.max_explained = max_rows, max_explained
         self.slot = {key: i * self._SLOT.size for i, key in enumerate(dict.fromkeys(keys))}
         self.path = path
         self._fd = -1
@@ -66,21 +71,59 @@ class FixedWindowLimiter:
         return self._map
 
     def hit(self, key: str) -> float | None:
-        """None when allowed, else the seconds until the window resets."""
+        """One request: None when allowed, else the seconds until the window resets."""
+        return self._take(key, 1, 0, 0)
+
+    def charge(self, key: str, rows: int, explained: int) -> float | None:
+        """A decoded request's work: None when it fits in the window, else the wait."""
+        return self._take(key, 0, rows, explained)
+
+    def _take(self, key: str, requests: int, rows: int, explained: int) -> float | None:
         at = self.slot[key]
         shared = self._map or self._open()
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
             now = self.clock()
-            start, count = self._SLOT.unpack_from(shared, at)
-            if count == 0 or not 0 <= now - start < self.window:  # (a file from before a reboot)
-                start, count = now, 0
-            if count >= self.max:
+            start, n_req, n_rows, n_expl = self._SLOT.unpack_from(shared, at)
+            if not n_req or not 0 <= now - start < self.window:  # (a file from before a reboot)
+                start, n_req, n_rows, n_expl = now, 0, 0, 0
+            over = (n_req + requests > self.max
+                    or (self.max_rows is not None and rows and n_rows + rows > self.max_rows)
+                    or (self.max_explained is not None and explained
+                        and n_expl + explained > self.max_explained))  # fmt: skip
+            if over:
                 return start + self.window - now
-            self._SLOT.pack_into(shared, at, start, count + 1)
+            self._SLOT.pack_into(
+                shared, at, start, n_req + requests, n_rows + rows, n_expl + explained
+            )
             return None
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
+class FailedKeyThrottle:
+    """Per client address (per worker): after `max_failures` wrong or missing keys within
+    `window_s`, further attempts get 429 without a key check until the window ends, so keys
+    cannot be guessed at line rate. At most `max_clients` addresses are tracked."""
+
+    def __init__(self, max_failures: int = 20, window_s: float = 60.0, max_clients: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        self.max, self.window, self.cap, self.clock = max_failures, window_s, max_clients, clock
+        self._seen: dict[str, tuple[float, int]] = {}
+
+    def blocked(self, client: str) -> float | None:
+        start, n = self._seen.get(client, (0.0, 0))
+        wait = start + self.window - self.clock()
+        return wait if n >= self.max and wait > 0 else None
+
+    def failed(self, client: str) -> None:
+        now = self.clock()
+        start, n = self._seen.get(client, (now, 0))
+        if now - start >= self.window:
+            start, n = now, 0
+        if client not in self._seen and len(self._seen) >= self.cap:
+            self._seen.pop(next(iter(self._seen)))  # the oldest tracked address
+        self._seen[client] = (start, n + 1)
 
 
 def limiter_path() -> Path:

@@ -40,13 +40,13 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from features.contract import Contract
-from riskloop.errors import ServiceUnavailable
+from riskloop.errors import RateLimited, ServiceUnavailable
 from riskloop.package import ModelPackage, model_code
 from riskloop.settings import load_params
 from serving import arrowio, deployment, golden, metrics, scoring
 from serving.codecs import Codecs
 from serving.config import load_env
-from serving.fastpath import Gateway, Job, MicroBatcher, new_ids
+from serving.fastpath import CURRENT_KEY, Gateway, Job, MicroBatcher, new_ids
 from serving.interventions import Interventions
 from serving.lifecycle import Drain
 from serving.logbatch import PredictionColumns
@@ -60,7 +60,7 @@ from serving.schemas import (
     PredictResponse,
 )
 from serving.scorer import Scorer
-from serving.security import FixedWindowLimiter
+from serving.security import FailedKeyThrottle, FixedWindowLimiter
 
 log = logging.getLogger("riskloop.serving")
 HERE = Path(__file__).resolve().parent
@@ -75,6 +75,8 @@ CONTRACT = Contract.from_json(PACKAGE.contract_doc)
 CODECS = Codecs(CONTRACT, PARAMS.serving, PACKAGE.example)
 PredictRequest = CODECS.PredictRequest
 PredictCustomerRequest = CODECS.PredictCustomerRequest
+LIMITER = FixedWindowLimiter(ENV.rate_limit_max, ENV.rate_limit_window, ENV.api_keys,
+                             max_rows=ENV.rate_limit_rows, max_explained=ENV.rate_limit_explained_rows)  # fmt: skip
 _NO_REASONS = "[]"
 STORE_CALL_TIMEOUT_S = 5.0  # /predict_customer, /outcomes, /interventions
 _PREDICT_LATENCY = metrics.LATENCY.labels("predict")  # label lookups cost more than the update
@@ -117,6 +119,13 @@ def _endpoint(request: Request) -> str:
     """A metrics label from the matched route's template, never the raw path."""
     route = request.scope.get("route")
     return getattr(route, "path", "unmatched").strip("/") or "root"
+
+
+@app.exception_handler(RateLimited)
+async def _limited(request: Request, exc: RateLimited) -> JSONResponse:
+    metrics.REQUESTS.labels(_endpoint(request), "429").inc()
+    return JSONResponse({"detail": str(exc)}, status_code=429,
+                        headers={"Retry-After": str(exc.retry_after_s)})  # fmt: skip
 
 
 @app.exception_handler(StarletteHTTPException)
@@ -447,7 +456,16 @@ class RiskService:
         )
 
     async def score(self, jobs: list[Job]) -> list[Any]:
-        """Scores a request's jobs; JSON-API results as one list of dicts."""
+        """Scores a request's jobs, once its rows fit in its key's window; JSON-API results as
+        one list of dicts."""
+        key = CURRENT_KEY.get()
+        if key is not None:
+            rows = sum(len(j) for j in jobs)
+            explained = sum(len(j) for j in jobs if j.explain != "none")
+            if (wait := LIMITER.charge(key, rows, explained)) is not None:
+                raise RateLimited(f"rate limit: this key's rows ({ENV.rate_limit_rows:,}) or explained "
+                                  f"rows ({ENV.rate_limit_explained_rows:,}) per {ENV.rate_limit_window:g} s "
+                                  "are spent", wait)  # fmt: skip
         parts = await self.batcher.submit(jobs)
         if jobs[0].inputs_json is not None:
             return parts
@@ -571,7 +589,8 @@ class RiskService:
 
 
 RiskService.add_asgi_middleware(
-    Gateway, keys=ENV.api_keys, limiter=FixedWindowLimiter(ENV.rate_limit_max, ENV.rate_limit_window, ENV.api_keys),
+    Gateway, keys=ENV.api_keys, limiter=LIMITER,
+    throttle=FailedKeyThrottle(ENV.auth_failures_max, ENV.rate_limit_window),
     state=lambda: _State.service, decoder=CODECS.decoder,
     predict=lambda svc, request: svc.predict_fast(request),
     predict_arrow=lambda svc, body, query: svc.predict_arrow(body, query),

@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from serving.config import NO_RATE_LIMIT
 from tests.conftest import ROOT, pg_databases, stratified_sample
 from tests.modelling import fit_small_model, register
 from tests.serving.server import KEYS, Server, build_bento, load_online_features
@@ -116,7 +117,7 @@ def test_promotion_and_rollback_swap_the_served_model_without_a_failed_request(
     build_bento(state, home)  # the bento (and deployment record) of v1
     record = {k: (int(v) if float(v).is_integer() else float(v)) for k, v in
               two_versions["customers"][params.data.feature_columns].iloc[0].items()}  # fmt: skip
-    server = Server(home, state, store_url, {"SERVING_WORKERS": "2", "RATE_LIMIT_MAX": "100000000"})
+    server = Server(home, state, store_url, {"SERVING_WORKERS": "2", **NO_RATE_LIMIT})
     load = Load(server.url, record)
     try:
         time.sleep(2)

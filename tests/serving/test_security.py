@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 
-from serving.security import FixedWindowLimiter
+from serving.security import FailedKeyThrottle, FixedWindowLimiter
 
 
 def _hits(path, key: str, n: int) -> int:
@@ -28,3 +28,26 @@ def test_window_resets_and_says_when(tmp_path):
     assert limiter.hit("k") == 6.0  # seconds until the window that began at 100 ends
     now[0] = 110.0
     assert limiter.hit("k") is None
+
+
+def test_work_is_limited_as_well_as_requests(tmp_path):
+    limiter = FixedWindowLimiter(100, 60.0, ["k"], tmp_path / "limits.bin", max_rows=1000,
+                                 max_explained=50)  # fmt: skip
+    assert limiter.hit("k") is None and limiter.charge("k", 40, 40) is None
+    assert limiter.charge("k", 40, 40) is not None  # 80 explained rows > 50
+    assert limiter.charge("k", 900, 0) is None  # rows without reasons still fit
+    assert limiter.charge("k", 100, 0) is not None  # 1,040 rows > 1,000
+
+
+def test_failed_key_checks_are_throttled_per_client():
+    now = [0.0]
+    throttle = FailedKeyThrottle(3, 60.0, max_clients=2, clock=lambda: now[0])
+    for _ in range(3):
+        assert throttle.blocked("1.2.3.4") is None
+        throttle.failed("1.2.3.4")
+    assert throttle.blocked("1.2.3.4") == 60.0 and throttle.blocked("5.6.7.8") is None
+    now[0] = 61.0
+    assert throttle.blocked("1.2.3.4") is None  # the window ended
+    throttle.failed("a")
+    throttle.failed("b")  # at most 2 addresses tracked: the oldest goes
+    assert len(throttle._seen) == 2

@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from serving.arrowio import stream_bytes
+from serving.config import NO_RATE_LIMIT
 from serving.scorer import SMALL_BATCH
 from tests.conftest import ROOT, pg_databases
 from tests.proxy import TcpProxy
@@ -615,7 +616,7 @@ def test_openapi_document_matches_the_service(champion, tmp_path):
     """Schemathesis, every check (response conformance, status codes, schema-valid accepted,
     schema-violating refused, auth), against a real server: 0 failures."""
     server = Server(champion["bento_home"], champion["state"], f"sqlite:///{tmp_path / 'p.db'}",
-                    {"RATE_LIMIT_MAX": "100000000"})  # fmt: skip
+                    {**NO_RATE_LIMIT})  # fmt: skip
     try:
         st = str(Path(sys.executable).parent / "st")
         done = subprocess.run(
@@ -626,3 +627,22 @@ def test_openapi_document_matches_the_service(champion, tmp_path):
     finally:
         server.stop()
     assert done.returncode == 0 and "No issues found" in done.stdout, done.stdout[-6000:]
+
+
+def test_rows_explained_and_failed_keys_are_limited(champion, params, tmp_path):
+    server = Server(champion["bento_home"], champion["state"], f"sqlite:///{tmp_path / 'p.db'}",
+                    {"RATE_LIMIT_EXPLAINED_ROWS": "50", "AUTH_FAILURES_MAX": "5"})  # fmt: skip
+    try:
+        recs = records(champion["customers"], params, 40)
+        url = server.url + "/predict"
+        ok = httpx.post(url, json={"records": recs}, headers=MAIN)
+        again = httpx.post(url, json={"records": recs}, headers=MAIN)  # 80 explained rows > 50
+        plain = httpx.post(url, json={"records": recs, "explain": "none"}, headers=MAIN)
+        assert (ok.status_code, again.status_code, plain.status_code) == (200, 429, 200)
+        assert "explained rows" in again.json()["detail"] and int(again.headers["retry-after"]) >= 1
+        wrong = [httpx.post(url, json={"records": recs}, headers={"X-API-Key": "guess"}).status_code
+                 for _ in range(7)]  # fmt: skip
+        assert wrong == [401] * 5 + [429] * 2  # then every attempt from this address waits
+        assert httpx.post(url, json={"records": recs[:1]}, headers=MAIN).status_code == 429
+    finally:
+        server.stop()
