@@ -138,7 +138,13 @@ bench-ab: install
 chaos: install
 	$(BIN)/python -m bench.chaos $(BENCH_ARGS)
 
-bench-serving: install
+# the MLServer peer wants fastapi < 0.116: its own venv, pinned in bench/mlserver-requirements.txt
+$(CURDIR)/.venv-mlserver/.installed: bench/mlserver-requirements.txt
+	@test -x $(CURDIR)/.venv-mlserver/bin/python || $(PYTHON) -m venv $(CURDIR)/.venv-mlserver
+	$(CURDIR)/.venv-mlserver/bin/pip install -q -r bench/mlserver-requirements.txt
+	@touch $@
+
+bench-serving: install $(CURDIR)/.venv-mlserver/.installed
 	@command -v hey >/dev/null || apt-get install -y -q hey >/dev/null || { echo "install hey (Debian package)"; exit 1; }
 	$(BIN)/python -m bench.serving $(BENCH_ARGS)
 

@@ -24,10 +24,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import mlflow
-import psutil
 
 from bench.results import write_section
-from bench.serving import KEY, hey, start, stop
+from bench.serving import KEY, hey, server_cpu_s, start, stop
 from riskloop import stores
 from riskloop.package import ModelPackage
 from riskloop.settings import load_params
@@ -59,19 +58,6 @@ with mlflow.start_run(experiment_id=exp_id):
 mv = registry.register_challenger(info.model_uri, {"data_hash": "ab"})
 registry.move_champion(mv.version, "A/B bench", None)
 """
-
-
-def server_cpu_s(proc: subprocess.Popen) -> float:
-    """User + system CPU seconds of the server and all its workers so far."""
-    root = psutil.Process(proc.pid)
-    total = 0.0
-    for p in [root, *root.children(recursive=True)]:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
 
 
 def build_base(commit: str, pkg: ModelPackage, tmp: Path) -> dict[str, str]:

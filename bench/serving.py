@@ -178,6 +178,92 @@ def raw_ceiling(pkg, rows: pd.DataFrame) -> dict[str, float]:
     }
 
 
+MLSERVER = ROOT / ".venv-mlserver" / "bin" / "mlserver"
+
+
+def server_cpu_s(proc: subprocess.Popen) -> float:
+    """User + system CPU seconds of a server and all its workers so far."""
+    root = psutil.Process(proc.pid)
+    total = 0.0
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def v2_body(recs: list[dict], cols: list[str]) -> bytes:
+    """The rows as an Open Inference Protocol (V2) request, one tensor per column, decoded by
+    MLServer's pandas codec into the DataFrame the MLflow model takes."""
+    inputs = [{"name": c, "shape": [len(recs)],
+               "datatype": "FP64" if any(isinstance(r[c], float) for r in recs) else "INT64",
+               "data": [r[c] for r in recs]} for c in cols]  # fmt: skip
+    return json.dumps({"inputs": inputs, "parameters": {"content_type": "pd"}}).encode()
+
+
+def mlserver_peer(
+    model_uri: str, recs: list[dict], cols: list[str], requests: int, tmp: Path
+) -> dict:
+    """Seldon MLServer (+ mlserver-mlflow) serving the same MLflow model, in its own venv
+    (`make bench-serving` builds .venv-mlserver from bench/mlserver-requirements.txt: it wants
+    fastapi < 0.116). Its best settings here: single rows with adaptive batching and 2
+    parallel workers of one XGBoost thread each; 10k-row requests with parallel_workers=0.
+    No prediction logging at all."""
+    import mlflow
+
+    model_dir = Path(
+        mlflow.artifacts.download_artifacts(model_uri, dst_path=str(tmp / "mls-model"))
+    )
+    out = {}
+    for key, workers, body, n, clients in (
+        ("mlserver-1", 2, v2_body(recs[:1], cols), requests, 32),
+        ("mlserver-10k", 0, v2_body(recs, cols), 24, 2),
+    ):
+        home = tmp / f"mls-{workers}"
+        (home / "credit-risk").mkdir(parents=True)
+        (home / "settings.json").write_text(
+            json.dumps(
+                {
+                    "http_port": 3903,
+                    "grpc_port": 3904,
+                    "metrics_port": 3905,
+                    "parallel_workers": workers,
+                }
+            )
+        )
+        (home / "credit-risk" / "model-settings.json").write_text(
+            json.dumps(
+                {
+                    "name": "credit-risk",
+                    "implementation": "mlserver_mlflow.MLflowRuntime",
+                    "max_batch_size": 32,
+                    "max_batch_time": 0.002,
+                    "parameters": {"uri": str(model_dir)},
+                }
+            )
+        )
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}  # riskloop's pyfunc
+        proc = start(
+            [str(MLSERVER), "start", str(home)],
+            env,
+            "http://127.0.0.1:3903/v2/models/credit-risk/ready",
+            home / "mlserver.log",
+        )
+        try:
+            url = "http://127.0.0.1:3903/v2/models/credit-risk/infer"
+            if n > 100:
+                hey(url, body, 500, clients, {}, tmp)  # warm-up
+            cpu = server_cpu_s(proc)
+            out[key] = hey(url, body, n, clients, {}, tmp, 300, keepalive=n > 100)
+            out[key]["cpu_ms"] = (server_cpu_s(proc) - cpu) * 1000 / n
+            out[key]["rss"] = rss_mb(proc)
+        finally:
+            stop(proc)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--requests", type=int, default=6000, help="single-row requests per run")
@@ -230,9 +316,13 @@ def main() -> None:
                 pa.Table.from_pandas(pd.DataFrame(recs).infer_objects(), preserve_index=False)
             )
             for explain in ("none", "top"):
+                cpu = server_cpu_s(bento)
                 results[f"bento-10k-arrow-{explain}"] = hey(
                     f"http://127.0.0.1:3901/predict?explain={explain}", arrow, 24, 2, {"X-API-Key": KEY},
                     tmp, 300, ARROW, keepalive=False)  # fmt: skip
+                results[f"bento-10k-arrow-{explain}"]["cpu_ms"] = (
+                    (server_cpu_s(bento) - cpu) * 1000 / 24
+                )
             # the same with the 2 connections kept alive: where they land decides (see RESULTS)
             results["bento-10k-arrow-none-keepalive"] = hey(
                 "http://127.0.0.1:3901/predict?explain=none", arrow, 24, 2, {"X-API-Key": KEY}, tmp, 300, ARROW)  # fmt: skip
@@ -250,6 +340,10 @@ def main() -> None:
         finally:
             stop(bento)
             stop(mlf)
+        if MLSERVER.exists():  # alone on the machine, as the bento and mlflow were
+            results.update(mlserver_peer(
+                f"models:/{params.registry.model_name}@{params.registry.champion_alias}",
+                recs, cols, args.requests, tmp))  # fmt: skip
     import mlflow
 
     from riskloop.package import ModelPackage
@@ -285,12 +379,24 @@ def main() -> None:
         line("bento, 10k rows, JSON, reasons (top-3)", "bento-10k-top", 10_000, ""),
         line("`mlflow models serve`, 10k rows", "mlflow-10k", 10_000, "peer"),
     ]
+    peer = ""
+    if "mlserver-1" in results:
+        rows += [line("Seldon MLServer, 1 row (adaptive batching, 2 workers), no logging", "mlserver-1", 1,
+                      "peer", f"{results['mlserver-1']['rss']:.0f}"),
+                 line("Seldon MLServer, 10k rows (parallel_workers=0), no logging", "mlserver-10k", 10_000, "peer")]  # fmt: skip
+        r1, r10 = results["mlserver-1"], results["mlserver-10k"]
+        a10 = results["bento-10k-arrow-none"]
+        peer = (f"Against Seldon MLServer (same MLflow model, its best settings, no prediction logging at all): "
+                f"single row with reasons and durable logging **{results['bento-1-top']['rps'] / r1['rps']:.1f}x** "
+                f"(goal ≥ 5x); 10k-row Arrow with durable logging **{a10['rps'] * 10_000:,.0f}** rows/s, "
+                f"**{a10['rps'] / r10['rps']:.2f}x** MLServer (goal ≥ 150k rows/s and ≥ 1.5x); server CPU per 10k-row "
+                f"request {a10['cpu_ms']:.0f} ms vs MLServer's {r10['cpu_ms']:.0f} ms.")  # fmt: skip
     (ROOT / "bench/out").mkdir(exist_ok=True)
     (ROOT / "bench/out/serving.json").write_text(json.dumps({**results, "log": drain}, indent=1))
     b1, m1 = results["bento-1-top"]["rps"], results["mlflow-1"]["rps"]
     write_section(
         "serving",
-        f"""## Serving (issue 3)
+        f"""## Serving
 
 Command: `make bench-serving` (`python -m bench.serving --requests {args.requests} --workers {args.workers} --repeat {args.repeat}`),
 {time.strftime("%Y-%m-%d %H:%M", time.gmtime())} UTC, {platform.machine()}, {os.cpu_count()} cores; `hey` and both
@@ -307,7 +413,7 @@ reasons {results["bento-1-top"]["runs"]}, no reasons {results["bento-1-none"]["r
 |---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
-Ratio bento / `mlflow models serve`, single row with reasons: **{b1 / m1:.1f}x**.
+Ratio bento / `mlflow models serve`, single row with reasons: **{b1 / m1:.1f}x**. {peer}
 Prediction log: {drain["stored"]:,} of {drain["expected"]:,} answered predictions in the store,
 {drain["seconds"]:.1f} s after the last request (rows are written in batches off the request path).
 Raw in-process ceiling (the service's array path, features included, 1 thread): one row
