@@ -213,6 +213,7 @@ def mlserver_peer(
     No prediction logging at all."""
     import mlflow
 
+    mlflow.set_tracking_uri(tracking_uri())
     model_dir = Path(
         mlflow.artifacts.download_artifacts(model_uri, dst_path=str(tmp / "mls-model"))
     )
