@@ -60,6 +60,7 @@ class Outcome:
     other_status: dict[int, int] = field(default_factory=dict)  # anything else: a failure
     connection_errors: int = 0  # server down: refused connections
     cut_in_flight: int = 0  # request sent, connection dropped before an answer
+    timed_out: int = 0  # no answer within the client's timeout (e.g. queued while workers start)
     slowest_s: float = 0.0
     lost: int = -1  # acknowledged rows not in the store once it is back
     duplicated: int = -1  # request ids stored more than once
@@ -134,7 +135,7 @@ class Traffic:
         self._done = False
         self.acked: dict[str, str] = {}  # request_id -> prediction_id
         self.statuses: Counter[int] = Counter()
-        self.connection_errors = self.cut = 0
+        self.connection_errors = self.cut = self.timed_out = 0
         self.slowest = 0.0
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._client, daemon=True) for _ in range(clients)]
@@ -174,7 +175,11 @@ class Traffic:
                         self.connection_errors += 1
                     time.sleep(0.05)  # the server is down: do not spin
                     continue
-                except httpx.TransportError:  # sent, then dropped or timed out: not acknowledged
+                except httpx.TimeoutException:  # waited past the client's timeout
+                    with self._lock:
+                        self.timed_out += 1
+                    continue
+                except httpx.TransportError:  # sent, then the connection dropped: not acknowledged
                     with self._lock:
                         self.cut += 1
                     continue
@@ -281,6 +286,7 @@ def run_scenario(store: str, scenario: str, *, direct_url: str, service: Service
     out.refused = {k: v for k, v in traffic.statuses.items() if k in (429, 503)}
     out.other_status = {k: v for k, v in traffic.statuses.items() if k not in (200, 429, 503)}
     out.connection_errors, out.cut_in_flight = traffic.connection_errors, traffic.cut
+    out.timed_out = traffic.timed_out
     out.slowest_s = round(traffic.slowest, 3)
     out.lost, out.duplicated = len(missing), dup
     return out
@@ -321,15 +327,15 @@ def run_store(store: str, direct_url: str, scenarios: list[str], requests: int, 
 
 def table(outcomes: list[Outcome]) -> str:
     lines = ["| store | fault | sent | answered | 503 / 429 | other status | server down (refused) "
-             "| cut in flight | slowest answer | **lost** | **duplicated** |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| cut in flight | timed out | slowest answer | **lost** | **duplicated** |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for o in outcomes:
         if o.note:
-            lines.append(f"| {o.store} | {o.scenario} | {o.note} |||||||||")
+            lines.append(f"| {o.store} | {o.scenario} | {o.note} ||||||||||")
             continue
         refused = f"{o.refused.get(503, 0):,} / {o.refused.get(429, 0):,}"
         lines.append(f"| {o.store} | {o.scenario} | {o.sent:,} | {o.answered:,} | {refused} | "
-                     f"{o.other_status or 0} | {o.connection_errors:,} | {o.cut_in_flight:,} | "
+                     f"{o.other_status or 0} | {o.connection_errors:,} | {o.cut_in_flight:,} | {o.timed_out:,} | "
                      f"{o.slowest_s:.2f} s | **{o.lost}** | **{o.duplicated}** |")  # fmt: skip
     return "\n".join(lines)
 

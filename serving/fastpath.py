@@ -256,7 +256,7 @@ class Gateway:
                  decoder: msgspec.json.Decoder, predict: Callable[[Any, Any], Awaitable[bytes | None]],
                  predict_arrow: Callable[[Any, bytes, str], Awaitable[tuple[int, bytes, bytes]]],
                  on_reject: Callable[[int], None] | None = None,
-                 draining: Callable[[], bool] = lambda: False,
+                 draining: Callable[[], str | None] = lambda: None,
                  metrics: Callable[[], tuple[bytes, bytes]] | None = None,
                  throttle: FailedKeyThrottle | None = None) -> None:  # fmt: skip
         self.app, self.keys, self.limiter, self.state = app, keys, limiter, state
@@ -270,9 +270,13 @@ class Gateway:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self.draining():  # stopping: no client may keep this connection (serving/lifecycle.py)
-            send = _closing(send)
         path = scope["path"]
+        if stopping := self.draining():  # no client may keep this connection (serving/lifecycle.py)
+            send = _closing(send)
+            if stopping == "refusing" and path not in ("/readyz", "/livez", "/metrics"):
+                await self._reject(send, 503, "server is stopping: retry (another node)",
+                                   [(b"retry-after", b"5")])  # fmt: skip
+                return
         if path == "/readyz":
             await self._readyz(send)
             return

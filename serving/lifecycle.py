@@ -3,9 +3,11 @@
 On SIGTERM (`make serve`'s Ctrl-C, `docker stop`, Kubernetes) a worker first drains for
 `SHUTDOWN_DRAIN_S`: it keeps answering, but /readyz says 503 `draining` so a load balancer
 stops sending, and every answer carries `Connection: close` so no client keeps a connection a
-closing server could race. Then it stops listening (new connections are refused at once, a
-clean error, instead of waiting in a backlog nobody accepts) and hands over to uvicorn's own
-stop, which finishes every request it accepted before the process exits."""
+closing server could race. Then, for REFUSE_S, new scoring requests get a clean 503 with
+Retry-After, so clients that ignore readiness back off instead of queueing new connections in
+a backlog that closing the listener would reset. Then it stops listening (new connections
+are refused at once) and hands over to uvicorn's own stop, which finishes every request it
+accepted before the process exits."""
 
 from __future__ import annotations
 
@@ -39,12 +41,20 @@ def listening_sockets() -> Iterator[tuple[int, str]]:
                 continue
 
 
+REFUSE_S = 0.5
+
+
 class Drain:
     """Installs the SIGTERM handler described above, in front of the server's own."""
 
     def __init__(self, drain_s: float) -> None:
         self.drain_s = drain_s
-        self.draining = False
+        self.draining = False  # answering, with Connection: close
+        self.refusing = False  # answering 503 to new scoring requests
+
+    def phase(self) -> str | None:
+        """None while serving; "draining", then "refusing" after SIGTERM."""
+        return "refusing" if self.refusing else "draining" if self.draining else None
 
     def install(self) -> None:
         try:
@@ -58,7 +68,13 @@ class Drain:
             return
         self.draining = True
         log.info("SIGTERM: draining for %.1f s, then stopping", self.drain_s)
-        timer = threading.Timer(self.drain_s, self._stop, args=(stop, sig, frame))
+        timer = threading.Timer(self.drain_s, self._refuse, args=(stop, sig, frame))
+        timer.daemon = True
+        timer.start()
+
+    def _refuse(self, stop: Callable | int | None, sig: int, frame) -> None:
+        self.refusing = True
+        timer = threading.Timer(REFUSE_S, self._stop, args=(stop, sig, frame))
         timer.daemon = True
         timer.start()
 

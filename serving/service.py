@@ -595,6 +595,6 @@ RiskService.add_asgi_middleware(
     predict=lambda svc, request: svc.predict_fast(request),
     predict_arrow=lambda svc, body, query: svc.predict_arrow(body, query),
     on_reject=lambda status: metrics.REQUESTS.labels("auth", str(status)).inc(),
-    draining=lambda: _State.service is not None and _State.service.drain.draining,
+    draining=lambda: (d := getattr(_State.service, "drain", None)) and d.phase(),
     metrics=lambda: _State.service.metrics() if _State.service else metrics.exposition(),
 )  # fmt: skip
