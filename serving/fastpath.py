@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import json
+import logging
 import math
 import time
 from collections import deque
@@ -32,11 +33,13 @@ import numpy as np
 import orjson
 
 from features.contract import Contract, Rule
-from riskloop.errors import ServiceUnavailable
+from riskloop.errors import RateLimited, ServiceUnavailable
 from riskloop.settings import ServingSettings
 from serving.arrowio import CONTENT_TYPE
 from serving.schemas import ID_CHARS, MAX_ID_LENGTH, REQUEST_ID_CHARS, Explain, attribute_names
 from serving.security import EXEMPT, FailedKeyThrottle, FixedWindowLimiter, match_key
+
+log = logging.getLogger("riskloop.serving")
 
 # The API key of the request being handled: scoring charges its rows to it (`charge`).
 CURRENT_KEY: contextvars.ContextVar[str | None] = contextvars.ContextVar("api_key", default=None)
@@ -343,6 +346,15 @@ class Gateway:
             await self._reject(
                 send, 503, str(exc), [(b"retry-after", str(exc.retry_after_s).encode())]
             )
+            return
+        except RateLimited as exc:
+            await self._reject(
+                send, 429, str(exc), [(b"retry-after", str(exc.retry_after_s).encode())]
+            )
+            return
+        except Exception:  # a bug: answer at once, never leave the client to the 60 s timeout
+            log.exception("unhandled error answering %s", path)
+            await self._reject(send, 500, "internal error", [])
             return
         await _respond(send, 200, answer)
 

@@ -635,14 +635,19 @@ def test_rows_explained_and_failed_keys_are_limited(champion, params, tmp_path):
     try:
         recs = records(champion["customers"], params, 40)
         url = server.url + "/predict"
-        ok = httpx.post(url, json={"records": recs}, headers=MAIN)
-        again = httpx.post(url, json={"records": recs}, headers=MAIN)  # 80 explained rows > 50
-        plain = httpx.post(url, json={"records": recs, "explain": "none"}, headers=MAIN)
+        ok = httpx.post(url, json={"records": recs}, headers=MAIN, timeout=60)
+        again = httpx.post(
+            url, json={"records": recs}, headers=MAIN, timeout=60
+        )  # 80 explained rows > 50
+        plain = httpx.post(url, json={"records": recs, "explain": "none"}, headers=MAIN, timeout=60)
         assert (ok.status_code, again.status_code, plain.status_code) == (200, 429, 200)
         assert "explained rows" in again.json()["detail"] and int(again.headers["retry-after"]) >= 1
-        wrong = [httpx.post(url, json={"records": recs}, headers={"X-API-Key": "guess"}).status_code
+        wrong = [httpx.post(url, json={"records": recs}, headers={"X-API-Key": "guess"},
+                           timeout=60).status_code
                  for _ in range(7)]  # fmt: skip
         assert wrong == [401] * 5 + [429] * 2  # then every attempt from this address waits
-        assert httpx.post(url, json={"records": recs[:1]}, headers=MAIN).status_code == 429
+        assert (
+            httpx.post(url, json={"records": recs[:1]}, headers=MAIN, timeout=60).status_code == 429
+        )
     finally:
         server.stop()
