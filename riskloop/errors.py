@@ -31,14 +31,21 @@ class MonitoringError(RiskloopError):
     """The monitoring job cannot take a decision (no reference, dead store, bad logged data)."""
 
 
-class ServiceUnavailable(RiskloopError):
-    """The service cannot answer this request safely now (503 with Retry-After)."""
+class Refused(RiskloopError):
+    """A request the service declines now: answered with `status` and Retry-After."""
 
+    status = 503
     retry_after_s = 1
 
 
-class RateLimited(RiskloopError):
+class ServiceUnavailable(Refused):
+    """The service cannot answer this request safely now (503 with Retry-After)."""
+
+
+class RateLimited(Refused):
     """A key's requests or work in this window are spent (429 with Retry-After)."""
+
+    status = 429
 
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)

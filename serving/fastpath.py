@@ -33,7 +33,7 @@ import numpy as np
 import orjson
 
 from features.contract import Contract, Rule
-from riskloop.errors import RateLimited, ServiceUnavailable
+from riskloop.errors import Refused
 from riskloop.settings import ServingSettings
 from serving.arrowio import CONTENT_TYPE
 from serving.schemas import ID_CHARS, MAX_ID_LENGTH, REQUEST_ID_CHARS, Explain, attribute_names
@@ -342,14 +342,9 @@ class Gateway:
                     return
                 await self.app(scope, _replay(body, receive), send)  # FastAPI answers
                 return
-        except ServiceUnavailable as exc:
+        except Refused as exc:  # 503 (no durable log), 429 (the key's rows are spent)
             await self._reject(
-                send, 503, str(exc), [(b"retry-after", str(exc.retry_after_s).encode())]
-            )
-            return
-        except RateLimited as exc:
-            await self._reject(
-                send, 429, str(exc), [(b"retry-after", str(exc.retry_after_s).encode())]
+                send, exc.status, str(exc), [(b"retry-after", str(exc.retry_after_s).encode())]
             )
             return
         except Exception:  # a bug: answer at once, never leave the client to the 60 s timeout

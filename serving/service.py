@@ -40,7 +40,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from features.contract import Contract
-from riskloop.errors import RateLimited, ServiceUnavailable
+from riskloop.errors import RateLimited, Refused
 from riskloop.package import ModelPackage, model_code
 from riskloop.settings import load_params
 from serving import arrowio, deployment, golden, metrics, scoring
@@ -106,12 +106,13 @@ def _openapi() -> dict[str, Any]:
 app.openapi = _openapi  # type: ignore[method-assign]
 
 
-@app.exception_handler(ServiceUnavailable)
-async def _unavailable(request: Request, exc: ServiceUnavailable) -> JSONResponse:
-    """No durable place for the prediction log, a store that does not answer in time: 503,
-    never a prediction nobody could audit, never a 500."""
-    metrics.REQUESTS.labels(_endpoint(request), "503").inc()
-    return JSONResponse({"detail": str(exc)}, status_code=503,
+@app.exception_handler(Refused)
+async def _refused(request: Request, exc: Refused) -> JSONResponse:
+    """503 when no durable place takes the prediction log or the store does not answer in
+    time (never a prediction nobody could audit, never a 500); 429 when the key's rows are
+    spent."""
+    metrics.REQUESTS.labels(_endpoint(request), str(exc.status)).inc()
+    return JSONResponse({"detail": str(exc)}, status_code=exc.status,
                         headers={"Retry-After": str(exc.retry_after_s)})  # fmt: skip
 
 
@@ -119,13 +120,6 @@ def _endpoint(request: Request) -> str:
     """A metrics label from the matched route's template, never the raw path."""
     route = request.scope.get("route")
     return getattr(route, "path", "unmatched").strip("/") or "root"
-
-
-@app.exception_handler(RateLimited)
-async def _limited(request: Request, exc: RateLimited) -> JSONResponse:
-    metrics.REQUESTS.labels(_endpoint(request), "429").inc()
-    return JSONResponse({"detail": str(exc)}, status_code=429,
-                        headers={"Retry-After": str(exc.retry_after_s)})  # fmt: skip
 
 
 @app.exception_handler(StarletteHTTPException)
