@@ -49,6 +49,11 @@ class ServingEnv(BaseSettings):
     # SIGTERM: seconds a worker keeps answering (readyz 503 "draining", `Connection: close`)
     # before it stops accepting and finishes what it accepted
     drain_s: float = Field(default=5.0, ge=0, le=300, validation_alias="SHUTDOWN_DRAIN_S")
+    # Bounds a client cannot hold a worker past (serving/httpguard.py): the request line and
+    # headers, the time to send them, the time to send the body
+    max_head_bytes: int = Field(default=32 * 1024, ge=4096, validation_alias="MAX_HEADER_BYTES")
+    head_timeout_s: float = Field(default=10.0, gt=0, le=600, validation_alias="HEADER_TIMEOUT_S")
+    body_timeout_s: float = Field(default=30.0, gt=0, le=3600, validation_alias="BODY_TIMEOUT_S")
     # What to do when no durable place can take prediction rows (journal disk full or
     # failing): refuse scoring with 503 (default: no answer that could not be audited), or
     # drop: answer anyway, rows only in memory, counted in riskloop_log_rows_dropped.

@@ -43,7 +43,7 @@ from features.contract import Contract
 from riskloop.errors import RateLimited, Refused
 from riskloop.package import ModelPackage, model_code
 from riskloop.settings import load_params
-from serving import arrowio, deployment, golden, metrics, scoring
+from serving import arrowio, deployment, golden, httpguard, metrics, scoring
 from serving.codecs import Codecs
 from serving.config import load_env
 from serving.fastpath import CURRENT_KEY, Gateway, Job, MicroBatcher, new_ids
@@ -66,6 +66,7 @@ log = logging.getLogger("riskloop.serving")
 HERE = Path(__file__).resolve().parent
 PARAMS = load_params(os.environ.get("RISKLOOP_PARAMS", HERE.parent / "params.yaml"))
 ENV = load_env()
+httpguard.install(httpguard.Limits(ENV.max_head_bytes, ENV.head_timeout_s, ENV.body_timeout_s))
 MODEL_TAG = model_tag(PARAMS.registry.model_name)
 
 # The served model's contract, read from the model without loading it: the request schemas

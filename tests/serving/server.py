@@ -84,6 +84,7 @@ class Server:
                     "API_KEYS": ",".join(KEYS.values()), "RATE_LIMIT_MAX": str(RATE_LIMIT),
                     "RATE_LIMIT_WINDOW": "3600", "ENABLE_INTERVENTIONS": "true", "AUTO_TRIGGER_THRESHOLD": "50",
                     "CORS_ORIGINS": "https://app.example.com", "SHUTDOWN_DRAIN_S": "1", "AUTH_FAILURES_MAX": "100000",
+                    "HEADER_TIMEOUT_S": "2", "BODY_TIMEOUT_S": "5",
                     "PYTHONWARNINGS": "ignore", **(extra_env or {})}  # fmt: skip
         self.log = open(state / f"serve-{self.port}.log", "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(

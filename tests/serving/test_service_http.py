@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -531,6 +533,46 @@ def test_every_route_bounds_its_body(served):
         resp = httpx.post(served["server"].url + path, content=big,
                           headers={**MAIN, "content-type": "application/json"})  # fmt: skip
         assert resp.status_code == 413, (path, resp.status_code)
+
+
+def _raw(served, data: bytes = b"") -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", served["server"].port), timeout=30)
+    sock.sendall(data)
+    return sock
+
+
+def _answer(sock: socket.socket) -> tuple[bytes, float]:
+    """(everything the server sent before closing, seconds it took)."""
+    started, got = time.monotonic(), b""
+    while chunk := sock.recv(65536):
+        got += chunk
+    sock.close()
+    return got, time.monotonic() - started
+
+
+def test_heads_and_slow_clients_are_bounded(served):
+    # HEADER_TIMEOUT_S=2, BODY_TIMEOUT_S=5, MAX_HEADER_BYTES 32 KiB (tests/serving/server.py)
+    huge = _raw(
+        served, b"GET /readyz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n"
+    )
+    got, _ = _answer(huge)
+    assert got.startswith(b"HTTP/1.1 431"), got[:200]
+    idle = _raw(served)  # connects, never sends
+    drip = _raw(served, b"POST /predict HTTP/1.1\r\nHost: x\r\n")  # slowloris: a header every 0.5 s
+    body = _raw(served, b"POST /predict HTTP/1.1\r\nHost: x\r\nX-API-Key: %s\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{" % KEYS["main"].encode())  # fmt: skip
+    for i in range(8):
+        time.sleep(0.5)
+        with contextlib.suppress(OSError):
+            drip.sendall(b"X-%d: y\r\n" % i)
+        # slow clients hold nothing anyone else needs
+        assert httpx.get(served["server"].url + "/readyz", timeout=5).status_code == 200
+    got, _ = _answer(idle)
+    assert got == b""  # nothing was asked: closed without an answer
+    got, _ = _answer(drip)
+    assert got.startswith(b"HTTP/1.1 408") and b"head" in got, got[:200]
+    got, waited = _answer(body)  # 4 s in already; the body's 5 s bound closes it soon
+    assert got.startswith(b"HTTP/1.1 408") and b"body" in got and waited < 10, got[:200]
 
 
 def test_metrics_labels_come_from_routes_not_paths(served):
