@@ -52,12 +52,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._heads = 0  # heads completed on this connection
         self._in_head = True  # waiting for (the rest of) a request line and headers
         self._begun = False  # bytes of the current request have arrived
-        self._timer: asyncio.TimerHandle | None = None
+        # one deadline at a time, checked by a sweep every SWEEP_S: a timer per request
+        # (call_later + cancel) costs more than the rest of this class on a single-row call
+        self._deadline: float | None = None
+        self._expire = self._head_timeout
         self._lingering = False
         self._arm(self.limits.head_timeout_s, self._head_timeout)
+        _sweeper(self.loop, self.connections)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        self._deadline = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -78,13 +82,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._heads += 1
         self._in_head, self._head_bytes = False, 0
-        self._disarm()
         super().on_headers_complete()
-        if not self.parser.should_upgrade():
-            self._arm(self.limits.body_timeout_s, self._body_timeout)
+        self._arm(self.limits.body_timeout_s, self._body_timeout)
 
     def on_message_complete(self) -> None:
-        self._disarm()
+        self._deadline = None
         self._begun, self._in_head = False, True  # what arrives next is a new head
         super().on_message_complete()
 
@@ -100,14 +102,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return  # a request is arriving: answer it (with Connection: close) first
         super().shutdown()
 
-    def _arm(self, seconds: float, callback) -> None:
-        self._disarm()
-        self._timer = self.loop.call_later(seconds, callback)
-
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def _arm(self, seconds: float, expire) -> None:
+        self._deadline, self._expire = self.loop.time() + seconds, expire
 
     def _head_timeout(self) -> None:
         if self.cycle is not None and not self.cycle.response_complete:
@@ -126,7 +122,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                      b"request body not complete within %g s" % self.limits.body_timeout_s)  # fmt: skip
 
     def _refuse(self, status: int, reason: bytes, detail: bytes) -> None:
-        self._disarm()
+        self._deadline = None
         if self.cycle is not None:
             self.cycle.disconnected = True  # the app, if running, writes nothing more
             self.cycle.message_event.set()
@@ -138,6 +134,28 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.write_eof()
             self._lingering = True
             self.loop.call_later(LINGER_S, self.transport.close)
+
+
+SWEEP_S = 0.5
+_sweeping: set[int] = set()  # ids of the event loops with a sweep running
+
+
+def _sweeper(loop: asyncio.AbstractEventLoop, connections: set) -> None:
+    """Once per event loop: every SWEEP_S, expire the connections past their deadline."""
+    if id(loop) in _sweeping:
+        return
+    _sweeping.add(id(loop))
+
+    def sweep() -> None:
+        now = loop.time()
+        for conn in list(connections):
+            deadline = getattr(conn, "_deadline", None)
+            if deadline is not None and now >= deadline:
+                conn._deadline = None
+                conn._expire()
+        loop.call_later(SWEEP_S, sweep)
+
+    loop.call_later(SWEEP_S, sweep)
 
 
 def install(limits: Limits) -> None:
