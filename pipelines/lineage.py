@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines import paths
+from riskloop.errors import DataContractError
 from riskloop.settings import Params
 
 log = logging.getLogger("lineage")
@@ -56,6 +57,12 @@ def test_split(params: Params) -> tuple[pd.DataFrame, int]:
         return test, 0
     keep = ~test[params.data.id_column].astype(str).isin(seen)
     dropped = int((~keep).sum())
+    if not keep.any():
+        raise DataContractError(
+            f"every one of the {len(test)} test-split customers came back in production batches "
+            "(traffic replayed them all): nothing is left to test on; collect traffic from other "
+            "customers or add data"
+        )
     if dropped:
         log.info("test split: %d rows of customers seen in production batches left out", dropped)
     return test[keep].reset_index(drop=True), dropped

@@ -11,9 +11,10 @@ import yaml
 from sklearn.model_selection import train_test_split
 
 from features.contract import validate_raw
+from features.transform import unknown_references
 from pipelines import lineage, paths
 from riskloop.cli import run_main
-from riskloop.errors import DataContractError, DataVersionError
+from riskloop.errors import DataContractError, DataVersionError, SettingsError
 from riskloop.settings import Params, load_params
 from training.tracking import dvc_data_hash, file_md5
 
@@ -93,8 +94,22 @@ def split_production(prod: pd.DataFrame, params: Params) -> dict[str, pd.DataFra
     return {"train": train, "valid": valid, "recent": recent}
 
 
+def check_references(params: Params) -> None:
+    """Settings that name features or columns, checked before any work is done (a dataset
+    swapped under an old params.yaml fails here, not after the tuning study)."""
+    problems = unknown_references(params.data, params.features, {
+        "train.monotone_constraints": list(params.train.monotone_constraints),
+        "monitoring.psi.key_features": params.monitoring.psi.key_features,
+    })  # fmt: skip
+    if problems:
+        raise SettingsError(
+            "params.yaml does not fit the declared data:\n  " + "\n  ".join(problems)
+        )
+
+
 def main() -> None:
     params = load_params()
+    check_references(params)
     raw_dir = Path(params.data.raw_dir)
     check_data_version(raw_dir)
     clean = validate_raw(

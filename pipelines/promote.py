@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import argparse
 
+import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from pipelines import lineage
+from pipelines import lineage, paths
 from pipelines.evaluate import score
 from riskloop.cli import run_main
 from riskloop.errors import PromotionRefused, RegistryError
 from riskloop.settings import load_params
+from training.baseline import baseline_auc
 from training.gates import evaluate_gates
 from training.registry import version_uri
 from training.tracking import connect
@@ -57,7 +59,11 @@ def main() -> None:
 
     ch_auc = auc(candidate.version)
     cp_auc = auc(champion.version) if champion is not None else None
-    gates = evaluate_gates(ch_auc, cp_auc, params.promotion)
+    baseline = None
+    if params.promotion.min_auc_over_baseline is not None:
+        train = pd.read_parquet(paths.PREPARED / "train.parquet")
+        baseline = baseline_auc(train, test, params.data)
+    gates = evaluate_gates(ch_auc, cp_auc, params.promotion, baseline)
     for g in gates:
         print(f"  [{'pass' if g.passed else 'FAIL'}] {g.name}: {g.detail}")
     failed = [g for g in gates if not g.passed]

@@ -22,7 +22,7 @@ from features.contract import Contract, validate_raw
 from monitoring import records
 from pipelines import lineage, paths
 from riskloop.cli import run_main
-from riskloop.errors import MonitoringError
+from riskloop.errors import DataContractError, MonitoringError
 from riskloop.settings import Params, load_params
 from serving.config import ServingEnv
 from training.tracking import connect, dvc_data_hash
@@ -31,13 +31,24 @@ log = logging.getLogger("retrain")
 LINEAGE_COLUMNS = ["prediction_id", "customer_id", "model_version", "created_at", "observed_at"]
 
 
-def next_ids(params: Params, n: int) -> range:
-    """Fresh integer ids after every id in the raw data (base file and earlier batches)."""
+def next_ids(params: Params, n: int) -> list[int] | list[str]:
+    """Fresh ids for n production rows, after every id in the raw data (base file and earlier
+    batches): integers where the ids are integers, else `prod-<batch>-<row>` strings."""
     idc = params.data.id_column
-    frames = [pd.read_csv(params.data.raw_path, usecols=[idc])]
-    frames += [pd.read_csv(f, usecols=[idc]) for f in lineage.batch_files(params, "records.csv")]
-    start = int(max(int(f[idc].max()) for f in frames if len(f))) + 1
-    return range(start, start + n)
+    batches = lineage.batch_files(params, "records.csv")
+    frames = [
+        pd.read_csv(f, usecols=[idc], dtype={idc: str}) for f in [params.data.raw_path, *batches]
+    ]
+    ids = pd.concat(frames)[idc].dropna()
+    numbers = pd.to_numeric(ids, errors="coerce")
+    if numbers.notna().all() and (numbers == numbers.round()).all():
+        start = int(numbers.max()) + 1 if len(numbers) else 1
+        return list(range(start, start + n))
+    taken = set(ids)
+    out = [f"prod-{len(batches) + 1}-{i:07d}" for i in range(n)]
+    if taken.intersection(out):
+        raise DataContractError(f"generated production ids collide with {idc} values in the data")
+    return out
 
 
 def build_batch(
@@ -47,10 +58,15 @@ def build_batch(
     protected attributes left empty where applications did not send them. Pure."""
     data = params.data
     contract = Contract(data)
-    records.require_columns(labelled, list(contract.model_inputs))
+    records.require_columns(
+        labelled, [c for c in contract.model_inputs if not contract.rules[c].nullable]
+    )
     raw = labelled.reindex(columns=data.feature_columns)
     raw.insert(0, data.id_column, ids)
     raw[data.target] = labelled["defaulted"].astype(int).to_numpy()
+    if data.time_column:  # out-of-time data: a production row happened when it was scored
+        raw[data.time_column] = pd.to_datetime(labelled["created_at"], utc=True, format="mixed").dt.strftime(
+            "%Y-%m-%d %H:%M:%S").to_numpy()  # fmt: skip
     trace = labelled[LINEAGE_COLUMNS].copy()
     trace.insert(0, data.id_column, ids)
     return raw, trace
@@ -77,7 +93,7 @@ def retrain(params: Params, run_id: int | None = None) -> dict[str, Any]:
                 f"only {len(labelled)} new labelled production rows; a retrain needs {need} "
                 "(monitoring.retrain.min_labelled_rows): post outcomes, then `make retrain`"
             )
-        raw, trace = build_batch(labelled, list(next_ids(params, len(labelled))), params)
+        raw, trace = build_batch(labelled, next_ids(params, len(labelled)), params)
         validate_raw(raw, params.data, source="labelled production records")
         if trace["customer_id"].isna().all():
             log.warning("production rows carry no customer ids: evaluation cannot leave their "

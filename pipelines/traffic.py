@@ -62,7 +62,8 @@ def requests_of(
     unless `protected`), plus customer_id when asked."""
     data = params.data
     cols = [c for c in data.feature_columns if protected or c not in data.protected_columns]
-    records = rows[cols].to_dict("records")
+    frame = rows[cols].astype(object)
+    records = frame.where(rows[cols].notna(), None).to_dict("records")  # missing: null, not NaN
     if customers:
         for rec, cid in zip(records, rows[data.id_column], strict=True):
             rec["customer_id"] = str(cid)
@@ -157,7 +158,7 @@ def main() -> None:
     ledger_dir = stores.state_dir() / "traffic"
     ledger_dir.mkdir(parents=True, exist_ok=True)
     ledger = ledger_dir / f"{time.strftime('%Y%m%dT%H%M%S')}-{args.scenario}.jsonl"
-    labels = rows[params.data.target].astype(int).tolist()
+    labels = shifted[params.data.target].astype(int).tolist()  # a scenario may redraw rows
     t0 = time.monotonic()
     items = send(
         client,

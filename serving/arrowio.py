@@ -40,7 +40,14 @@ _CUSTOMER_ID = rf"^[{ID_CHARS}]{{1,{MAX_ID_LENGTH}}}$"  # RE2: `$` is the end of
 _EXPLAIN = get_args(Explain)
 _REQUEST_ID = re.compile(f"[{REQUEST_ID_CHARS}]*")
 REASONS = pa.list_(
-    pa.struct([("feature", pa.string()), ("value", pa.float64()), ("contribution", pa.float64())])
+    pa.struct(
+        [
+            ("feature", pa.string()),
+            ("value", pa.float64()),
+            ("level", pa.string()),
+            ("contribution", pa.float64()),
+        ]
+    )
 )
 
 

@@ -192,7 +192,10 @@ class OutcomesRequest(BaseModel):
 
 class Reason(BaseModel):
     feature: str
-    value: float | None
+    value: float | None = Field(
+        description="the feature's value (null when missing or categorical)"
+    )
+    level: str | None = Field(default=None, description="a categorical feature's level")
     contribution: float
 
 

@@ -63,17 +63,28 @@ def decisions(scores: np.ndarray, settings: ServingSettings) -> list[str]:
     ]
 
 
-def reasons(
-    contrib: np.ndarray, feats: np.ndarray, names: list[str], top_k: int
-) -> list[list[dict]]:
+def reasons(contrib: np.ndarray, feats: np.ndarray, names: list[str], top_k: int,
+            levels: dict[int, list] | None = None) -> list[list[dict]]:  # fmt: skip
     """Top-k features that raise each row's risk the most (exact TreeSHAP, log-odds).
-    All contributions plus the base value (last column) sum to the row's margin."""
+    All contributions plus the base value (last column) sum to the row's margin. A
+    categorical feature (`levels`: feature index -> its levels, a code being a position)
+    is shown by its level, never by the code the model reads."""
     if top_k == 0:
         return [[] for _ in range(len(contrib))]
+    levels = levels or {}
     values = contrib[:, :-1]
     order = np.argsort(-values, axis=1, kind="stable")[:, :top_k]
     out = []
     for r, cols in enumerate(order):
-        out.append([{"feature": names[c], "value": None if np.isnan(feats[r, c]) else float(feats[r, c]),
-                     "contribution": float(values[r, c])} for c in cols])  # fmt: skip
+        row = []
+        for c in cols:
+            v = feats[r, c]
+            missing = bool(np.isnan(v))
+            if c in levels:
+                row.append({"feature": names[c], "value": None, "level": None if missing else str(levels[c][int(v)]),
+                            "contribution": float(values[r, c])})  # fmt: skip
+            else:
+                row.append({"feature": names[c], "value": None if missing else float(v), "level": None,
+                            "contribution": float(values[r, c])})  # fmt: skip
+        out.append(row)
     return out

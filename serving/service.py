@@ -175,6 +175,7 @@ class Engine:
     version: str
     tag: str
     feature_names: list[str]
+    levels: dict[int, list]  # categorical feature's index -> its levels (reasons show levels)
 
 
 def load_engine(bento_model: bentoml.Model) -> Engine:
@@ -197,7 +198,9 @@ def load_engine(bento_model: bentoml.Model) -> Engine:
         raise ModelRefused(f"{bento_model.tag} fails its golden batch: " + "; ".join(problems))
     scorer = Scorer(model.booster, golden.golden_features(pkg.golden), pkg.golden)
     version = str(bento_model.info.labels.get("registry_version", "unknown"))
-    return Engine(model, scorer, version, str(bento_model.tag), list(model.builder.feature_names_))
+    names = list(model.builder.feature_names_)
+    levels = {i: contract.data.levels[n] for i, n in enumerate(names) if n in contract.data.levels}
+    return Engine(model, scorer, version, str(bento_model.tag), names, levels)
 
 
 class _State:
@@ -358,7 +361,7 @@ class RiskService:
             contrib[rows] = c
             top = list(top)
             found = scoring.reasons(
-                c, feats[rows], engine.feature_names, PARAMS.serving.top_reasons
+                c, feats[rows], engine.feature_names, PARAMS.serving.top_reasons, engine.levels
             )
             for r, reasons in zip(rows.tolist(), found, strict=True):
                 top[r] = reasons

@@ -122,8 +122,9 @@ class RepoCopy:
             node[leaf] = value
         p.write_text(yaml.safe_dump(doc, sort_keys=False))
 
-    def write_raw(self, frame: pd.DataFrame, version: bool = True) -> None:
-        path = self.path / "data/raw/UCI_Credit_Card.csv"
+    def write_raw(self, frame: pd.DataFrame, version: bool = True,
+                  name: str = "UCI_Credit_Card.csv") -> None:  # fmt: skip
+        path = self.path / "data/raw" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(path, index=False)
         if version:

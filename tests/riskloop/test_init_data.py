@@ -1,0 +1,111 @@
+"""`riskloop init-data`: the draft describes the file, validates as written, and says what
+to check; ambiguous or unusable files stop with the candidates named."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from features.contract import validate_raw
+from riskloop.errors import DataContractError
+from riskloop.init_data import draft, read_table, write_params
+from riskloop.settings import DataSettings, load_params
+from tests.conftest import ROOT
+from tests.synthetic_credit import HOME, PURPOSE, generate
+
+RISKLOOP = str(Path(sys.executable).parent / "riskloop")
+
+
+@pytest.fixture(scope="module")
+def frame(tmp_path_factory):
+    path = tmp_path_factory.mktemp("own") / "applications.csv"
+    generate(1500).to_csv(path, index=False)
+    return read_table(path)
+
+
+def test_the_draft_describes_the_file_and_accepts_it(frame):
+    d = draft(frame, "applications.csv")
+    data = d.data
+    assert (data["id_column"], data["target"], data["time_column"]) == ("application_id", "defaulted",
+                                                                         "application_date")  # fmt: skip
+    assert data["categorical"]["home_ownership"] == sorted(HOME)
+    assert data["categorical"]["purpose"] == {"levels": sorted(PURPOSE), "nullable": True}
+    assert data["numeric"]["annual_income"].get("nullable") and data["numeric"]["age"]["integer"]
+    assert "nullable" not in data["numeric"]["loan_amount"]
+    assert "integer" not in data["numeric"]["debt-to-income"]
+    # bounds hold every observed value, with room, and never cross zero
+    for col, spec in data["numeric"].items():
+        values = frame[col].dropna()
+        assert spec["min"] <= values.min() and spec["max"] >= values.max()
+        assert spec["max"] > values.max() or values.max() == 0
+        if values.min() >= 0:
+            assert spec["min"] >= 0
+    assert set(data["protected"]) == {"age", "gender"}
+    assert any("protected" in c for c in d.checks)
+    # valid as written: the contract accepts the very file it was drafted from
+    validate_raw(frame, DataSettings.model_validate(data))
+
+
+def test_ambiguity_and_unusable_targets_are_named(frame):
+    two = frame.assign(bad_flag=frame["defaulted"])
+    with pytest.raises(DataContractError, match=r"several columns could be the target.*--target"):
+        draft(two, "f.csv")
+    assert draft(two, "f.csv", target="defaulted").data["target"] == "defaulted"
+    text = frame.assign(defaulted=frame["defaulted"].map({0: "good", 1: "bad"}))
+    with pytest.raises(DataContractError, match="no column looks like the target"):
+        draft(text, "f.csv")
+    with pytest.raises(DataContractError, match="recode it first"):
+        draft(text, "f.csv", target="defaulted")
+    with pytest.raises(DataContractError, match=r"no column looks like the id.*--id"):
+        draft(frame.drop(columns="application_id"), "f.csv")
+    free_text = frame.assign(
+        note=[f"note {i}" for i in range(len(frame))], application_id=range(len(frame))
+    )
+    d = draft(free_text, "f.csv", id_column="application_id")
+    assert "note" in d.data["ignore"]
+
+
+def test_write_keeps_other_settings_and_drops_the_old_datasets_sections(frame, tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text())
+    dropped = write_params(params, draft(frame, "applications.csv"))
+    assert {
+        "features.repayment",
+        "train.monotone_constraints",
+        "monitoring.psi.key_features",
+    } <= set(dropped)
+    text = params.read_text()
+    assert (
+        "# Every tunable number of riskloop" in text and "CHECK protected" in text
+    )  # comments kept
+    loaded = load_params(params)
+    assert loaded.features.repayment is None and loaded.train.monotone_constraints == {}
+    assert loaded.promotion.min_auc is None and loaded.promotion.min_auc_over_baseline == 0.0
+    assert loaded.train.n_trials == load_params(ROOT / "params.yaml").train.n_trials
+    assert loaded.data.levels["purpose"] == sorted(PURPOSE)
+
+
+def test_one_command_lists_its_verbs_and_explains_each():
+    out = subprocess.run([RISKLOOP], capture_output=True, text=True, check=True).stdout
+    for verb in ("init-data", "promote", "rollback", "deploy", "monitor", "retrain"):
+        assert f"  {verb}" in out
+    bento = subprocess.run(
+        [RISKLOOP, "bento", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "changes: the BentoML store" in bento.stdout  # and it did not build anything
+    promote = subprocess.run(
+        [RISKLOOP, "promote", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "usage: riskloop promote" in promote.stdout and "changes:" in promote.stdout
+    unknown = subprocess.run([RISKLOOP, "promot"], capture_output=True, text=True)
+    assert unknown.returncode == 2 and "unknown verb 'promot'" in unknown.stderr
+    # printed, the draft is YAML (notes as comments): the shipped file's own draft is valid
+    out = subprocess.run([RISKLOOP, "init-data", str(ROOT / "data/raw/UCI_Credit_Card.csv")],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    data = DataSettings.model_validate(yaml.safe_load(out)["data"])
+    assert (data.id_column, data.target) == ("ID", "default-payment-next-month")
+    assert "# CHECK protected" in out
