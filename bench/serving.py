@@ -277,7 +277,11 @@ def main() -> None:
         sys.exit("bench needs `hey`: apt-get install -y hey")
     params = load_params()
     test = pd.read_parquet(ROOT / "data/prepared/test.parquet")
-    recs = test[params.data.feature_columns].astype(object).to_dict(orient="records")
+    # as a client writes them: whole numbers as JSON integers (the prepared frame holds
+    # integer columns with gaps, the protected ones, as floats; a client sending 46.0 for an
+    # integer field is answered too, by the pydantic route, at about half the speed)
+    recs = [{k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in r.items()}
+            for r in test[params.data.feature_columns].astype(object).to_dict(orient="records")]  # fmt: skip
     recs = (recs * (10_000 // len(recs) + 1))[:10_000]
     cols = params.data.model_input_columns
     env = {**os.environ, "API_KEYS": KEY, **NO_RATE_LIMIT, "SERVING_WORKERS": str(args.workers),
