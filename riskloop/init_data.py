@@ -209,6 +209,22 @@ def stale_sections(params: dict[str, Any], data: dict[str, Any]) -> list[str]:
     return stale
 
 
+_PLAIN = re.compile(r"[A-Za-z][A-Za-z0-9_]*(-[A-Za-z0-9_]+)*")
+_YAML_WORDS = {"y", "n", "yes", "no", "true", "false", "on", "off", "null"}
+
+
+def _quoted(value: Any) -> Any:
+    """A text level or column name as YAML reads it back unchanged: quoted unless a plain
+    word (`(vacation?)`, `a: b`, `no` or a trailing space would otherwise change or break)."""
+    from ruamel.yaml.scalarstring import SingleQuotedScalarString
+
+    if isinstance(value, str) and not (
+        _PLAIN.fullmatch(value) and value.lower() not in _YAML_WORDS
+    ):
+        return SingleQuotedScalarString(value)
+    return value
+
+
 def write_params(path: Path, result: Draft) -> list[str]:
     """Put the draft into params.yaml (comments elsewhere kept); returns what was dropped."""
     from ruamel.yaml import YAML
@@ -229,28 +245,28 @@ def write_params(path: Path, result: Draft) -> list[str]:
             cats = CommentedMap()
             for col, spec in value.items():
                 levels = spec["levels"] if isinstance(spec, dict) else spec
-                seq = CommentedSeq(levels)
+                seq = CommentedSeq([_quoted(v) for v in levels])
                 seq.fa.set_flow_style()
                 if isinstance(spec, dict):
                     inner = CommentedMap(levels=seq, nullable=True)
                     inner.fa.set_flow_style()
-                    cats[col] = inner
+                    cats[_quoted(col)] = inner
                 else:
-                    cats[col] = seq
+                    cats[_quoted(col)] = seq
             data[key] = cats
         elif key == "numeric":
             nums = CommentedMap()
             for col, spec in value.items():
                 inner = CommentedMap(spec)
                 inner.fa.set_flow_style()
-                nums[col] = inner
+                nums[_quoted(col)] = inner
             data[key] = nums
         elif isinstance(value, list):
-            seq = CommentedSeq(value)
+            seq = CommentedSeq([_quoted(v) for v in value])
             seq.fa.set_flow_style()
             data[key] = seq
         else:
-            data[key] = value
+            data[key] = _quoted(value)
     doc["data"] = data
     doc.ca.items.pop("data", None)  # the previous dataset's comments
     note = ["Drafted by `riskloop init-data`: check the CHECK lines, then edit.",

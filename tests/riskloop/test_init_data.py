@@ -109,3 +109,24 @@ def test_one_command_lists_its_verbs_and_explains_each():
     data = DataSettings.model_validate(yaml.safe_load(out)["data"])
     assert (data.id_column, data.target) == ("ID", "default-payment-next-month")
     assert "# CHECK protected" in out
+
+
+def test_written_levels_and_names_read_back_unchanged(frame, tmp_path):
+    odd = [
+        "(vacation - does not exist?)",
+        "no",
+        "a: b",
+        " trailing ",
+        "#hash",
+        "[x]",
+        "car (new)",
+        "'q'",
+        "yes",
+    ]
+    weird = frame.assign(**{"odd level": [odd[i % len(odd)] for i in range(len(frame))]})
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text())
+    write_params(params, draft(weird, "applications.csv"))
+    loaded = load_params(params)  # PyYAML, as every stage reads it
+    assert loaded.data.levels["odd level"] == sorted(odd)
+    assert loaded.data.levels["home_ownership"] == sorted(HOME)
