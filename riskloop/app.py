@@ -37,6 +37,8 @@ VERBS: dict[str, Verb] = {
                    "the BentoML store; the deployment record the service watches"),
     "bento": Verb("pipelines.bento", "import @champion into BentoML and build the bento (no deployment record)",
                   "the BentoML store", takes_args=False),
+    "score-batch": Verb("pipelines.score_batch", "score a CSV/Parquet file offline with @champion (or --version)",
+                        "only the output file it is given"),
     "history": Verb("pipelines.history", "list promotions, rollbacks and deployments", "nothing"),
     "tune-worker": Verb("pipelines.tune_worker", "join the running Optuna study from another machine",
                         "trials in the shared study"),

@@ -61,6 +61,12 @@ def test_own_data_from_init_data_to_retrain(tmp_path, raw, params):
     assert metrics["test"]["roc_auc"] > 0.6, metrics
     riskloop(repo, "promote", "--reason", "first model on own data")
     riskloop(repo, "bento")
+    proc = riskloop(
+        repo, "score-batch", "data/raw/applications.csv", "--out", str(tmp_path / "scored.csv")
+    )
+    out = pd.read_csv(tmp_path / "scored.csv")
+    assert len(out) == 3000 and list(out.columns) == ["application_id", "probability_of_default", "risk_score",
+                                                       "risk_band", "decision"], proc.stdout  # fmt: skip
 
     server = Server(state / "bentoml", state, store)
     try:
