@@ -44,6 +44,16 @@ DROP = "<drop>"  # an edit that removes the key
 
 
 @dataclass(frozen=True)
+class Append:
+    """An edit that adds items to a list."""
+
+    items: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return f"+ {list(self.items)}"
+
+
+@dataclass(frozen=True)
 class Dataset:
     name: str
     package: str
@@ -63,6 +73,7 @@ DATASETS = [
             "eccca21bd0cd0462565e6c3f3f281e6c", "package BSD-3; data licence not stated",
             init_args=("--id", "id"),
             edits={("data", "numeric", "Unnamed: 0"): DROP, ("data", "numeric", "Unnamed: 0.1"): DROP,  # row numbers
+                   "data.ignore": Append(("Unnamed: 0", "Unnamed: 0.1")),
                    "train.n_trials": 20}),
 ]  # fmt: skip
 
@@ -103,6 +114,8 @@ def edit(params: Path, edits: dict[str | tuple[str, ...], object]) -> None:
             node = node[part]
         if value == DROP:
             del node[leaf]
+        elif isinstance(value, Append):
+            node[leaf].extend(value.items)
         else:
             node[leaf] = value
     with params.open("w") as fh:

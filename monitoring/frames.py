@@ -60,5 +60,22 @@ def build_frames(window: pd.DataFrame, reference: pd.DataFrame, builder, contrac
     ref[INTERVENED] = 0
     watched = [c for c in protected if current[c].notna().sum() >= protected_min_rows
                and ref[c].notna().sum() >= protected_min_rows]  # fmt: skip
+    # categorical columns are compared (and shown) as their levels, never as the codes the
+    # model reads: drift of `home_ownership` is a shift between `rent` and `own`
+    levels = contract.data.levels
+    categorical = tuple(c for c in (*features, *protected) if c in levels)
+    for frame in (current, ref):
+        for col in categorical:
+            frame[col] = as_levels(frame[col], levels[col])
     return Frames(current=current, reference=ref, columns=(*features, *watched),
-                  protected=tuple(protected), coverage=protected_coverage(window, contract))  # fmt: skip
+                  protected=tuple(protected), coverage=protected_coverage(window, contract),
+                  categorical=categorical)  # fmt: skip
+
+
+def as_levels(codes: pd.Series, levels: list) -> pd.Series:
+    """Codes (a level's position; NaN missing) -> the levels as text (None missing)."""
+    names = np.array([str(v) for v in levels] + [None], dtype=object)
+    index = codes.to_numpy(dtype=float)
+    return pd.Series(
+        names[np.where(np.isnan(index), len(levels), index).astype(int)], index=codes.index
+    )

@@ -51,10 +51,27 @@ def psi(reference: np.ndarray, current: np.ndarray, bins: int = DEFAULT_BINS) ->
     return float(np.sum((cur - ref) * np.log(cur / ref)))
 
 
+def psi_levels(reference: pd.Series, current: pd.Series) -> float:
+    """PSI of a categorical column: one bin per reference level, plus "other"; missing left out."""
+    reference, current = reference.dropna().astype(str), current.dropna().astype(str)
+    if reference.empty or current.empty:
+        return float("nan")
+    levels = sorted(reference.unique())
+    ref = reference.value_counts(normalize=True).reindex(levels, fill_value=0.0).to_numpy()
+    cur_counts = current.value_counts(normalize=True)
+    cur = np.append(cur_counts.reindex(levels, fill_value=0.0).to_numpy(),
+                    cur_counts.drop(levels, errors="ignore").sum())  # fmt: skip
+    ref, cur = np.maximum(np.append(ref, 0.0), EPS), np.maximum(cur, EPS)
+    return float(np.sum((cur - ref) * np.log(cur / ref)))
+
+
 def _evidently_psi(
     reference: pd.Series, current: pd.Series, feature_type: ColumnType, threshold: float
 ) -> tuple[float, bool]:
-    value = psi(pd.to_numeric(reference).to_numpy(), pd.to_numeric(current).to_numpy())
+    if pd.api.types.is_numeric_dtype(reference) and pd.api.types.is_numeric_dtype(current):
+        value = psi(pd.to_numeric(reference).to_numpy(), pd.to_numeric(current).to_numpy())
+    else:
+        value = psi_levels(reference, current)
     return value, bool(value >= threshold)
 
 

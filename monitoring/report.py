@@ -49,19 +49,22 @@ class Frames:
     columns: tuple[str, ...]  # the columns checked for drift: features + protected with data
     protected: tuple[str, ...] = ()  # every protected column (missing values counted)
     coverage: dict[str, float] = field(default_factory=dict)  # share of rows carrying each
+    categorical: tuple[str, ...] = ()  # columns holding level text (the rest are numbers)
 
 
 def _dataset(frame: pd.DataFrame, columns: Sequence[str], labelled: bool = False,
-             extra: Sequence[str] = ()) -> Dataset:  # fmt: skip
-    numeric = [*columns, *(c for c in extra if c not in columns), SCORE, INTERVENED]
+             extra: Sequence[str] = (), categorical: Sequence[str] = ()) -> Dataset:  # fmt: skip
+    watched = [*columns, *(c for c in extra if c not in columns)]
+    numeric = [*(c for c in watched if c not in categorical), SCORE, INTERVENED]
+    levels = [c for c in watched if c in categorical]
     definition = DataDefinition(
         numerical_columns=numeric,
-        categorical_columns=[PREDICTED_DEFAULT, *([TARGET] if labelled else [])],
+        categorical_columns=[*levels, PREDICTED_DEFAULT, *([TARGET] if labelled else [])],
         classification=[BinaryClassification(target=TARGET, prediction_probas=SCORE)]
         if labelled
         else None,
     )
-    keep = [*numeric, PREDICTED_DEFAULT, *([TARGET] if labelled else [])]
+    keep = [*numeric, *levels, PREDICTED_DEFAULT, *([TARGET] if labelled else [])]
     return Dataset.from_pandas(frame[keep], data_definition=definition)
 
 
@@ -85,8 +88,8 @@ def drift_report(frames: Frames, drift_share: float, psi_alert: float) -> Snapsh
             *[MissingValueCount(column=c) for c in frames.protected],
         ]
     )
-    return report.run(_dataset(frames.current, cols, extra=frames.protected),
-                      _dataset(frames.reference, cols, extra=frames.protected))  # fmt: skip
+    return report.run(_dataset(frames.current, cols, extra=frames.protected, categorical=frames.categorical),
+                      _dataset(frames.reference, cols, extra=frames.protected, categorical=frames.categorical))  # fmt: skip
 
 
 def performance_report(frames: Frames) -> Snapshot:
@@ -98,8 +101,8 @@ def performance_report(frames: Frames) -> Snapshot:
     reference[TARGET] = reference[TARGET].astype(int)
     report = Report([RowCount(), RocAuc(), LogLoss(), MeanValue(column=SCORE)])
     return report.run(
-        _dataset(current, frames.columns, labelled=True),
-        _dataset(reference, frames.columns, labelled=True),
+        _dataset(current, frames.columns, labelled=True, categorical=frames.categorical),
+        _dataset(reference, frames.columns, labelled=True, categorical=frames.categorical),
     )
 
 
