@@ -230,6 +230,11 @@ def section(results: list[dict], command: str) -> str:
              "| dataset | rows | `dvc repro` | riskloop test AUC | riskloop 5-fold CV AUC | tuned XGBoost test / CV | logistic test / CV | promotion | served |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in results:
+        if "error" in r:
+            lines.append(
+                f"| {r['dataset'].name} | failed: {r['error'].splitlines()[-1][:200]} |||||||"
+            )
+            continue
         m, ds = r["metrics"], r["dataset"]
         srv = r.get("served")
         shown = (f"{srv['status']}: risk_score {srv.get('risk_score')}, reasons "
@@ -240,7 +245,7 @@ def section(results: list[dict], command: str) -> str:
                      f"{m['cv']['roc_auc_mean']:.4f} ± {m['cv']['roc_auc_std']:.4f} | {r['xgb_test']:.4f} / "
                      f"{r['xgb_cv']:.4f} ± {r['xgb_cv_sd']:.4f} | {r['lr_test']:.4f} / {r['lr_cv']:.4f} ± "
                      f"{r['lr_cv_sd']:.4f} | {passed} | {shown} |")  # fmt: skip
-    for r in results:
+    for r in (r for r in results if "error" not in r):
         ds = r["dataset"]
         lines += ["", f"**{ds.name}**: `{ds.package}`, file `{ds.member}`, md5 `{ds.md5}`, licence: {ds.licence}. "
                   "What the user ran:", "```", *r["log"], "```", "Promotion:", "```", r["promote"], "```"]  # fmt: skip
@@ -255,13 +260,14 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "riskloop-own-data")
     args = ap.parse_args()
     chosen = [d for d in DATASETS if args.only in (None, d.name)]
-    results = [run(ds, args.work) for ds in chosen]
-    for r in results:
-        print(
-            json.dumps(
-                {k: v for k, v in r.items() if k not in ("dataset", "log", "drafted")}, default=str
-            )[:2000]
-        )
+    results = []
+    for ds in chosen:  # one failing dataset is reported, not allowed to hide the others
+        try:
+            results.append(run(ds, args.work))
+        except Exception as exc:  # reported in the results table
+            results.append({"dataset": ds, "error": f"{type(exc).__name__}: {str(exc)[-1500:]}"})
+        shown = {k: v for k, v in results[-1].items() if k not in ("dataset", "log", "drafted")}
+        print(json.dumps(shown, default=str)[:2000])
     write_section(
         "own-data",
         section(
