@@ -65,7 +65,8 @@ def decisions(scores: np.ndarray, settings: ServingSettings) -> list[str]:
 
 def reasons(contrib: np.ndarray, feats: np.ndarray, names: list[str], top_k: int,
             levels: dict[int, list] | None = None) -> list[list[dict]]:  # fmt: skip
-    """Top-k features that raise each row's risk the most (exact TreeSHAP, log-odds).
+    """Up to k features that raise each row's risk the most (exact TreeSHAP, log-odds; only
+    positive contributions: a feature that lowers the risk is no reason to decline).
     All contributions plus the base value (last column) sum to the row's margin. A
     categorical feature (`levels`: feature index -> its levels, a code being a position)
     is shown by its level, never by the code the model reads."""
@@ -78,6 +79,8 @@ def reasons(contrib: np.ndarray, feats: np.ndarray, names: list[str], top_k: int
     for r, cols in enumerate(order):
         row = []
         for c in cols:
+            if values[r, c] <= 0:
+                break  # ordered: the rest lower the risk or leave it; they are no reason
             v = feats[r, c]
             missing = bool(np.isnan(v))
             if c in levels:

@@ -101,7 +101,8 @@ def test_predict_by_record(served, params):
         assert pred["probability_of_default"] == pytest.approx(float(p), rel=1e-6)
         assert pred["risk_score"] == round(100 * pred["probability_of_default"])
         assert pred["decision"] in {"approve", "review", "decline"}
-        assert len(pred["reasons"]) == params.serving.top_reasons
+        assert 1 <= len(pred["reasons"]) <= params.serving.top_reasons
+        assert all(r["contribution"] > 0 for r in pred["reasons"])
         assert pred["model_name"] == "credit-risk" and pred["model_version"] == "1"
         assert len(pred["prediction_id"]) == 32
 
@@ -128,9 +129,8 @@ def test_reasons_sum_with_base_value_to_margin(served, params):
         assert total == pytest.approx(
             float(logit(np.array(pred["probability_of_default"]))), abs=1e-4
         )
-        top = sorted(pred["contributions"].items(), key=lambda kv: -kv[1])[
-            : params.serving.top_reasons
-        ]
+        raising = [kv for kv in pred["contributions"].items() if kv[1] > 0]
+        top = sorted(raising, key=lambda kv: -kv[1])[: params.serving.top_reasons]
         assert [r["feature"] for r in pred["reasons"]] == [k for k, _ in top]
 
 
