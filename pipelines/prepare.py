@@ -16,6 +16,7 @@ from pipelines import lineage, paths
 from riskloop.cli import run_main
 from riskloop.errors import DataContractError, DataVersionError, SettingsError
 from riskloop.settings import Params, load_params
+from riskloop.tables import read_table
 from training.tracking import dvc_data_hash, file_md5
 
 log = logging.getLogger("prepare")
@@ -49,11 +50,7 @@ def check_data_version(raw_dir: Path, dvc_file: Path = Path("data.dvc")) -> None
 def read_raw(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise DataContractError(f"{path} not found: run `make data` (or `dvc pull`)")
-    try:
-        # only an empty cell is missing: "n/a" or "NULL" in a numeric column is a violation
-        return pd.read_csv(path, low_memory=False, keep_default_na=False, na_values=[""])
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DataContractError(f"{path} is not a readable CSV: {exc}") from exc
+    return read_table(path)
 
 
 def split(df: pd.DataFrame, params: Params) -> dict[str, pd.DataFrame]:

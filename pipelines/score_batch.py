@@ -17,9 +17,9 @@ from features.contract import Contract, find_violations, raise_violations
 from pipelines.evaluate import score
 from riskloop.cli import run_main
 from riskloop.errors import RegistryError
-from riskloop.init_data import read_table
 from riskloop.package import ModelPackage
 from riskloop.settings import load_params
+from riskloop.tables import read_table
 from serving import scoring
 from training.registry import version_uri
 from training.tracking import connect

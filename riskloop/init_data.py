@@ -32,6 +32,7 @@ import pandas as pd
 
 from riskloop.errors import DataContractError, SettingsError
 from riskloop.settings import DataSettings
+from riskloop.tables import read_table
 
 MAX_LEVELS = 30  # distinct text values up to which a column is a category
 MARGIN = 0.25  # bounds: the observed range widened by this share of its span, each side
@@ -47,18 +48,6 @@ class Draft:
     data: dict[str, Any]
     checks: list[str] = field(default_factory=list)  # what a person should confirm
     ignored: dict[str, str] = field(default_factory=dict)  # column -> why
-
-
-def read_table(path: Path) -> pd.DataFrame:
-    """The file as `prepare` reads it: only an empty cell is missing."""
-    if not path.exists():
-        raise DataContractError(f"{path} not found")
-    if path.suffix.lower() in (".parquet", ".pq"):
-        return pd.read_parquet(path)
-    try:
-        return pd.read_csv(path, low_memory=False, keep_default_na=False, na_values=[""])
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DataContractError(f"{path} is not a readable CSV: {exc}") from exc
 
 
 def _whole(values: pd.Series) -> bool:
@@ -272,17 +261,7 @@ def write_params(path: Path, result: Draft) -> list[str]:
     note = ["Drafted by `riskloop init-data`: check the CHECK lines, then edit.",
             *(f"CHECK {c}" for c in result.checks)]  # fmt: skip
     data.yaml_set_start_comment("\n".join(note), indent=2)
-    promotion = doc.get("promotion")
-    if promotion is not None and promotion.get("min_auc") is not None:
-        # the shipped floor is the shipped data's: a new dataset's attainable AUC is unknown
-        promotion["min_auc"] = None
-        promotion["min_auc_over_baseline"] = 0.0
-        dropped.append(
-            "promotion.min_auc (now min_auc_over_baseline: 0.0, beat a logistic baseline)"
-        )
     for key in dropped:
-        if key.startswith("promotion."):
-            continue
         parent, _, leaf = key.rpartition(".")
         node = doc
         for part in parent.split("."):
@@ -291,6 +270,14 @@ def write_params(path: Path, result: Draft) -> list[str]:
             node[leaf] = None
         else:
             del node[leaf]
+    promotion = doc.get("promotion")
+    if promotion is not None and promotion.get("min_auc") is not None:
+        # the shipped floor is the shipped data's: a new dataset's attainable AUC is unknown
+        promotion["min_auc"] = None
+        promotion["min_auc_over_baseline"] = 0.0
+        dropped.append(
+            "promotion.min_auc (now min_auc_over_baseline: 0.0, beat a logistic baseline)"
+        )
     with path.open("w") as fh:
         yaml.dump(doc, fh)
     return dropped

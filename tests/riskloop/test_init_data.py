@@ -12,8 +12,9 @@ import yaml
 
 from features.contract import validate_raw
 from riskloop.errors import DataContractError
-from riskloop.init_data import draft, read_table, write_params
+from riskloop.init_data import draft, write_params
 from riskloop.settings import DataSettings, load_params
+from riskloop.tables import read_table
 from tests.conftest import ROOT
 from tests.synthetic_credit import HOME, PURPOSE, generate
 
