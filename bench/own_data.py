@@ -31,9 +31,11 @@ from sklearn.model_selection import RandomizedSearchCV, StratifiedKFold, cross_v
 from xgboost import XGBClassifier
 
 from bench.results import write_section
+from bench.serving import start, stop
 from features.contract import Contract
+from pipelines.traffic import requests_of
 from riskloop.settings import load_params
-from training.baseline import _frame, logistic_baseline
+from training.baseline import baseline_inputs, logistic_baseline
 from training.tracking import file_md5
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,9 +136,10 @@ def peers(repo: Path) -> dict[str, float]:
     y_dev, y_test = dev[data.target].astype(int), test[data.target].astype(int)
     folds = StratifiedKFold(5, shuffle=True, random_state=0)
     lr = logistic_baseline(data)
-    lr_cv = cross_val_score(lr, _frame(dev, data), y_dev, cv=folds, scoring="roc_auc")
+    lr_cv = cross_val_score(lr, baseline_inputs(dev, data), y_dev, cv=folds, scoring="roc_auc")
     lr_test = roc_auc_score(
-        y_test, lr.fit(_frame(dev, data), y_dev).predict_proba(_frame(test, data))[:, 1]
+        y_test,
+        lr.fit(baseline_inputs(dev, data), y_dev).predict_proba(baseline_inputs(test, data))[:, 1],
     )
     contract = Contract(data)
     x_dev, x_test = contract.coded(dev), contract.coded(test)
@@ -153,31 +156,24 @@ def peers(repo: Path) -> dict[str, float]:
 
 
 def served(repo: Path, env: dict, log: list[str]) -> dict:
+    """One test row scored by `bentoml serve` of the bento just built, sent as traffic sends it."""
     port = 3931
-    proc = subprocess.Popen([str(BIN / "bentoml"), "serve", "riskloop:latest", "--port", str(port)], cwd=repo,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    proc = start([str(BIN / "bentoml"), "serve", "riskloop:latest", "--port", str(port)], env,
+                 f"http://127.0.0.1:{port}/readyz", repo.parent / f"{repo.name}-serve.log")  # fmt: skip
     log.append(f"bentoml serve riskloop:latest --port {port}")
     try:
-        for _ in range(240):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        params = load_params(repo / "params.yaml")
-        row = pd.read_parquet(repo / "data/prepared/test.parquet").iloc[0]
-        record = {c: (None if pd.isna(row[c]) else row[c].item() if hasattr(row[c], "item") else row[c])
-                  for c in params.data.model_input_columns}  # fmt: skip
-        resp = httpx.post(f"http://127.0.0.1:{port}/predict", json={"records": [record]},
+        test = pd.read_parquet(repo / "data/prepared/test.parquet").head(1)
+        records = requests_of(
+            test, load_params(repo / "params.yaml"), 1, customers=False, protected=False
+        )[0]
+        resp = httpx.post(f"http://127.0.0.1:{port}/predict", json={"records": records},
                           headers={"X-API-Key": env["API_KEYS"]}, timeout=30)  # fmt: skip
         log.append(
             f"curl -X POST :{port}/predict -H 'X-API-Key: …' -d '{{\"records\": [<a test row>]}}'"
         )
         return {"status": resp.status_code, **(resp.json()["predictions"][0] if resp.status_code == 200 else {"body": resp.text[:300]})}  # fmt: skip
     finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(60)
+        stop(proc)
 
 
 def run(ds: Dataset, work: Path) -> dict:

@@ -78,9 +78,8 @@ def recession(rows: pd.DataFrame, rng: np.random.Generator, data: DataSettings,
 def new_segment(rows: pd.DataFrame, rng: np.random.Generator, data: DataSettings,
                 features: FeatureSettings) -> pd.DataFrame:  # fmt: skip
     rep, col = features.repayment, segment_column(data)
-    young = rows[col].to_numpy(dtype="float64") <= np.nanquantile(
-        rows[col].to_numpy(dtype="float64"), 0.25
-    )
+    values = rows[col].to_numpy(dtype="float64")
+    young = values <= np.nanquantile(values, 0.25)
     out = _tilted(rows, rng, young.astype("float64"), data.id_column)
     if rep is None or rep.limit_column is None:
         return out

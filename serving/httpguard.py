@@ -29,9 +29,11 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 @dataclass(frozen=True)
 class Limits:
-    max_head_bytes: int = 32 * 1024
-    head_timeout_s: float = 10.0
-    body_timeout_s: float = 30.0
+    """The bounds; their defaults and checks live in serving/config.py (ServingEnv)."""
+
+    max_head_bytes: int
+    head_timeout_s: float
+    body_timeout_s: float
 
 
 LINGER_S = 2.0
@@ -44,7 +46,7 @@ def _answer(status: int, reason: bytes, detail: bytes) -> bytes:
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    limits = Limits()
+    limits: Limits  # set by install()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)

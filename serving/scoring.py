@@ -81,13 +81,10 @@ def reasons(contrib: np.ndarray, feats: np.ndarray, names: list[str], top_k: int
         for c in cols:
             if values[r, c] <= 0:
                 break  # ordered: the rest lower the risk or leave it; they are no reason
-            v = feats[r, c]
-            missing = bool(np.isnan(v))
-            if c in levels:
-                row.append({"feature": names[c], "value": None, "level": None if missing else str(levels[c][int(v)]),
-                            "contribution": float(values[r, c])})  # fmt: skip
-            else:
-                row.append({"feature": names[c], "value": None if missing else float(v), "level": None,
-                            "contribution": float(values[r, c])})  # fmt: skip
+            v, coded = feats[r, c], c in levels
+            given = not np.isnan(v)
+            row.append({"feature": names[c], "value": float(v) if given and not coded else None,
+                        "level": str(levels[c][int(v)]) if given and coded else None,
+                        "contribution": float(values[r, c])})  # fmt: skip
         out.append(row)
     return out

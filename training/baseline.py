@@ -28,7 +28,8 @@ def logistic_baseline(data: DataSettings) -> object:
     return make_pipeline(prep, LogisticRegression(max_iter=2000))
 
 
-def _frame(raw: pd.DataFrame, data: DataSettings) -> pd.DataFrame:
+def baseline_inputs(raw: pd.DataFrame, data: DataSettings) -> pd.DataFrame:
+    """The model inputs as the baseline reads them: categorical levels as text, None missing."""
     out = raw[data.model_input_columns].copy()
     for col in data.categorical:
         if col in out:
@@ -39,7 +40,11 @@ def _frame(raw: pd.DataFrame, data: DataSettings) -> pd.DataFrame:
 
 def baseline_auc(train: pd.DataFrame, test: pd.DataFrame, data: DataSettings) -> float:
     """Test ROC AUC of the logistic baseline fitted on `train`."""
-    model = logistic_baseline(data).fit(_frame(train, data), train[data.target].astype(int))
+    model = logistic_baseline(data).fit(
+        baseline_inputs(train, data), train[data.target].astype(int)
+    )
     return float(
-        roc_auc_score(test[data.target].astype(int), model.predict_proba(_frame(test, data))[:, 1])
+        roc_auc_score(
+            test[data.target].astype(int), model.predict_proba(baseline_inputs(test, data))[:, 1]
+        )
     )
