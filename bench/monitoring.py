@@ -119,7 +119,7 @@ def main() -> None:
         engine.dispose()
         t = time.perf_counter()
         frames = build_frames(window, reference, model.builder, champion.contract,
-                              params.serving.decisions.decline_from,
+                              params.serving.decisions,
                               params.monitoring.protected_min_rows)  # fmt: skip
         frames_s = time.perf_counter() - t
         ours, stock = [], []

@@ -12,7 +12,8 @@ import pandas as pd
 from features.contract import Contract
 from monitoring.report import INTERVENED, PREDICTED_DEFAULT, SCORE, TARGET, Frames
 from riskloop.package import REFERENCE_LABEL, REFERENCE_SCORE
-from serving.scoring import risk_scores
+from riskloop.settings import DecisionSettings
+from serving.scoring import cutoffs, risk_scores
 
 
 def monitored_columns(feature_names: list[str], contract: Contract) -> list[str]:
@@ -37,23 +38,25 @@ def protected_coverage(frame: pd.DataFrame, contract: Contract) -> dict[str, flo
 
 
 def build_frames(window: pd.DataFrame, reference: pd.DataFrame, builder, contract: Contract,
-                 decline_from: int, protected_min_rows: int) -> Frames:  # fmt: skip
+                 decisions: DecisionSettings, protected_min_rows: int) -> Frames:  # fmt: skip
     """`window` from monitoring.records.load_window (protected attributes may be absent);
     `reference` is the champion's out-of-sample reference (features, raw protected
-    attributes, score, label). A protected column is checked for drift when at least
+    attributes, score, label); `decisions` resolve against the reference's scores as the
+    service resolves them for this model. A protected column is checked for drift when at least
     `protected_min_rows` rows on each side carry it; its coverage is reported either way."""
     features = builder.feature_names_
     protected = [c for c in contract.protected_columns if c not in features]
     current = builder.transform(window).reset_index(drop=True)
     current[protected] = contract.coded(window.reindex(columns=protected), protected).to_numpy()
     p = window[SCORE].to_numpy(dtype=float)
+    ref_p = reference[REFERENCE_SCORE].to_numpy(dtype=float)
+    decline_from = cutoffs(decisions, lambda: ref_p).decline_from
     current[SCORE] = p
     current[PREDICTED_DEFAULT] = predicted_default(p, decline_from)
     current[TARGET] = window[TARGET].to_numpy(dtype=float)
     current[INTERVENED] = window[INTERVENED].to_numpy(dtype=int)
     ref = reference[features].reset_index(drop=True).copy()
     ref[protected] = contract.coded(reference.reindex(columns=protected), protected).to_numpy()
-    ref_p = reference[REFERENCE_SCORE].to_numpy(dtype=float)
     ref[SCORE] = ref_p
     ref[PREDICTED_DEFAULT] = predicted_default(ref_p, decline_from)
     ref[TARGET] = reference[REFERENCE_LABEL].to_numpy(dtype=float)

@@ -159,7 +159,7 @@ def run(params: Params, last_n: int | None, since: datetime | None, act: bool) -
         champion = load_champion(params)
         check_window(window, champion.contract)
         frames = build_frames(window, champion.reference, champion.model.builder, champion.contract,
-                              params.serving.decisions.decline_from, mon.protected_min_rows)  # fmt: skip
+                              params.serving.decisions, mon.protected_min_rows)  # fmt: skip
         drift_snap = rep.drift_report(frames, mon.drift_share, mon.psi.alert)
         drift = rep.summarize_drift(drift_snap, frames, mon.psi.warn, mon.psi.alert)
         labelled = int(frames.current[rep.TARGET].notna().sum())

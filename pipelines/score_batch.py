@@ -25,13 +25,14 @@ from training.registry import version_uri
 from training.tracking import connect
 
 
-def scored(raw: pd.DataFrame, probability: np.ndarray, id_column: str, serving) -> pd.DataFrame:
+def scored(raw: pd.DataFrame, probability: np.ndarray, id_column: str, serving,
+           cut: scoring.Cutoffs) -> pd.DataFrame:  # fmt: skip
     """The output frame: pure."""
     scores = scoring.risk_scores(probability)
     return pd.DataFrame({
         id_column: raw[id_column].to_numpy(), "probability_of_default": probability,
         "risk_score": scores, "risk_band": scoring.risk_bands(scores, serving.bands),
-        "decision": scoring.decisions(scores, serving),
+        "decision": scoring.decisions(scores, cut),
     })  # fmt: skip
 
 
@@ -59,7 +60,10 @@ def main() -> None:
     raw = read_table(args.file)
     raise_violations(find_violations(raw, contract, require_target=False), str(args.file))
     probability, _ = score(pkg, raw)
-    out = scored(raw, np.asarray(probability, dtype=float), contract.data.id_column, params.serving)
+    cut = scoring.cutoffs(params.serving.decisions, pkg.reference_scores)
+    out = scored(
+        raw, np.asarray(probability, dtype=float), contract.data.id_column, params.serving, cut
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.out.suffix.lower() in (".parquet", ".pq"):
         out.to_parquet(args.out, index=False)
@@ -69,6 +73,7 @@ def main() -> None:
     print(
         f"scored {len(out):,} rows with {registry.name} v{version} -> {args.out} (bands: {bands})"
     )
+    print(f"decisions: review from risk_score {cut.review_from}, decline from {cut.decline_from}")
 
 
 if __name__ == "__main__":

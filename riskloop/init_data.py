@@ -14,7 +14,10 @@ What it decides, and flags where a person should look (`# CHECK` comments in the
   listed under `protected`, kept out of the model, to confirm or remove;
 - which sections of the current params.yaml name columns this file does not have (the
   shipped dataset's repayment block, monotone constraints, PSI key features): `--write`
-  drops them and writes the draft into params.yaml, keeping every other setting and comment.
+  drops them and writes the draft into params.yaml, keeping every other setting and comment;
+- settings fitted to the shipped data become relative to the new one: the promotion floor
+  (beat a logistic baseline fitted in the same run) and the decision cuts (shares of the
+  model's own test split, declining as many as the data's default rate).
 
 Pure profiling (`draft`) apart from reading and writing files (`main`)."""
 
@@ -48,6 +51,7 @@ class Draft:
     data: dict[str, Any]
     checks: list[str] = field(default_factory=list)  # what a person should confirm
     ignored: dict[str, str] = field(default_factory=dict)  # column -> why
+    default_rate: float = 0.0  # the target's mean
 
 
 def _whole(values: pd.Series) -> bool:
@@ -179,7 +183,7 @@ def draft(frame: pd.DataFrame, raw_file: str, raw_dir: str = "data/raw", id_colu
         data["ignore"] = list(out.ignored)
     DataSettings.model_validate(data)  # the draft is valid as written
     out.data = data
-    rate = float(pd.to_numeric(frame[target]).mean())
+    rate = out.default_rate = float(pd.to_numeric(frame[target]).mean())
     out.checks.append(f"target: {target} (default rate {rate:.1%}); id_column: {id_column}")
     return out
 
@@ -215,7 +219,8 @@ def _quoted(value: Any) -> Any:
 
 
 def write_params(path: Path, result: Draft) -> list[str]:
-    """Put the draft into params.yaml (comments elsewhere kept); returns what was dropped."""
+    """Put the draft into params.yaml (comments elsewhere kept); returns what it dropped or
+    changed besides the data section, one sentence each."""
     from ruamel.yaml import YAML
     from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
@@ -228,6 +233,7 @@ def write_params(path: Path, result: Draft) -> list[str]:
     doc = yaml.load(path.read_text())
     plain = _plain(doc)
     dropped = stale_sections(plain, result.data)
+    changed: list[str] = []  # settings fitted to the previous data, made relative to this one
     data = CommentedMap()
     for key, value in result.data.items():
         if key == "categorical":
@@ -275,12 +281,24 @@ def write_params(path: Path, result: Draft) -> list[str]:
         # the shipped floor is the shipped data's: a new dataset's attainable AUC is unknown
         promotion["min_auc"] = None
         promotion["min_auc_over_baseline"] = 0.0
-        dropped.append(
-            "promotion.min_auc (now min_auc_over_baseline: 0.0, beat a logistic baseline)"
+        changed.append(
+            "promotion.min_auc: now min_auc_over_baseline 0.0 (beat a logistic baseline)"
         )
+    decisions = (doc.get("serving") or {}).get("decisions")
+    if decisions is not None and all(isinstance(v, int) for v in decisions.values()):
+        # the shipped cuts are risk scores fitted to the shipped data's default rate; shares
+        # of the model's own test split follow the new data: decline as many as default
+        decline = round(min(max(result.default_rate, 0.01), 0.5), 2)
+        review = round(min(2 * decline, 0.9), 2)
+        for key, share in (("review_from", review), ("decline_from", decline)):
+            cut = CommentedMap(riskiest=share)
+            cut.fa.set_flow_style()
+            decisions[key] = cut
+        changed.append(f"serving.decisions: now relative, decline the riskiest {decline:.0%} of the "
+                       f"model's test split, review the next {review - decline:.0%}")  # fmt: skip
     with path.open("w") as fh:
         yaml.dump(doc, fh)
-    return dropped
+    return [f"dropped {key}: it names columns of the previous dataset" for key in dropped] + changed
 
 
 def _plain(node: Any) -> Any:
@@ -321,8 +339,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"CHECK {line}")
     if not args.write.exists():
         raise SettingsError(f"{args.write} not found")
-    dropped = write_params(args.write, result)
-    for key in dropped:
-        print(f"dropped {key}: it names columns of the previous dataset")
+    for line in write_params(args.write, result):
+        print(line)
     print(f"wrote the data section of {args.write} ({len(result.data['numeric'])} numeric, "
           f"{len(result.data['categorical'])} categorical columns)")  # fmt: skip

@@ -106,6 +106,13 @@ class ModelPackage:
 
         return pd.read_parquet(self.artifact(REFERENCE))
 
+    def reference_scores(self):  # -> np.ndarray: the test split's probabilities of default
+        import pandas as pd
+
+        return pd.read_parquet(self.artifact(REFERENCE), columns=[REFERENCE_SCORE])[
+            REFERENCE_SCORE
+        ].to_numpy()
+
     @property
     def example(self) -> dict[str, Any]:
         """A real record of the data it was trained on (the golden batch's first row)."""

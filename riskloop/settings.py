@@ -256,16 +256,36 @@ class RegistrySettings(Frozen):
     challenger_alias: str = "challenger"
 
 
-class DecisionSettings(Frozen):
-    """risk_score thresholds: approve below review_from, decline at or above decline_from."""
+class Riskiest(Frozen):
+    """A cut relative to the data: the riskiest `riskiest` share of the model's own test
+    split (its out-of-sample reference) fall at or above it. Resolved into a risk_score per
+    model version (serving.scoring.cutoffs), so a dataset whose scores sit lower or higher
+    than Taiwan's still declines the share the lender chose."""
 
-    review_from: Annotated[int, Field(ge=0, le=100)] = 30
-    decline_from: Annotated[int, Field(ge=0, le=100)] = 50
+    riskiest: Annotated[float, Field(gt=0, lt=1)]
+
+
+Cut = Annotated[int, Field(ge=0, le=100)] | Riskiest
+
+
+class DecisionSettings(Frozen):
+    """risk_score thresholds: approve below review_from, decline at or above decline_from;
+    each a risk_score or `{riskiest: share}` of the model's test split."""
+
+    review_from: Cut = 30
+    decline_from: Cut = 50
+
+    @property
+    def relative(self) -> bool:
+        return isinstance(self.review_from, Riskiest) or isinstance(self.decline_from, Riskiest)
 
     @model_validator(mode="after")
     def _ordered(self) -> DecisionSettings:
-        if self.review_from > self.decline_from:
+        r, d = self.review_from, self.decline_from
+        if isinstance(r, int) and isinstance(d, int) and r > d:
             raise ValueError("review_from must not exceed decline_from")
+        if isinstance(r, Riskiest) and isinstance(d, Riskiest) and r.riskiest < d.riskiest:
+            raise ValueError("review_from's riskiest share must be at least decline_from's")
         return self
 
 

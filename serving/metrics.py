@@ -57,6 +57,29 @@ WRITTEN = Gauge(
     "riskloop_log_rows_written", "Prediction rows committed to the store", registry=REGISTRY
 )
 STORE_UP = Gauge("riskloop_store_up", "1 when the prediction store answers", registry=REGISTRY)
+DEPLOYMENT_FAILED = Gauge(
+    "riskloop_deployment_failed",
+    "1 while the latest deployment record could not be served (model load or golden check failed)",
+    multiprocess_mode="liveall",
+    registry=REGISTRY,
+)
+# From the store's monitoring_runs (written by `riskloop monitor`, which reads the registry):
+# the champion the latest run saw, so Prometheus can compare it with what is served.
+CHAMPION = Gauge("riskloop_champion_version", "1 for @champion as of the latest monitoring run",
+                 ["version"], multiprocess_mode="max", registry=REGISTRY)  # fmt: skip
+MONITOR_LAST_RUN = Gauge(
+    "riskloop_monitor_last_run_timestamp_seconds",
+    "When the latest monitoring run decided (Unix time)",
+    multiprocess_mode="max",
+    registry=REGISTRY,
+)
+MONITOR_RETRAIN = Gauge(
+    "riskloop_monitor_retrain",
+    "1 when the latest monitoring run decided to retrain (drift, realized AUC or age)",
+    multiprocess_mode="max",
+    registry=REGISTRY,
+)
+MONITOR_FACTS_TTL_S = 30.0  # a scrape reads monitoring_runs at most this often per worker
 
 
 def served(old, new) -> None:
@@ -76,6 +99,40 @@ def exposition() -> tuple[bytes, bytes]:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
     return generate_latest(registry), CONTENT_TYPE_LATEST.encode()
+
+
+class MonitorFacts:
+    """The latest monitoring run's facts as gauges, read from the store at most every
+    MONITOR_FACTS_TTL_S; a store that fails leaves the last values (riskloop_store_up says so)."""
+
+    def __init__(self, engine) -> None:
+        self.engine, self.read_at, self.champion = engine, float("-inf"), None
+
+    def refresh(self, now: float) -> None:
+        if now - self.read_at < MONITOR_FACTS_TTL_S:
+            return
+        import sqlalchemy as sa
+
+        from serving.store import monitoring_runs as runs
+
+        self.read_at = now
+        try:
+            with self.engine.connect() as conn:
+                row = conn.execute(sa.select(runs.c.created_at, runs.c.retrain, runs.c.model_version)
+                                   .order_by(runs.c.id.desc()).limit(1)).first()  # fmt: skip
+        except sa.exc.SQLAlchemyError:
+            return
+        if row is None:
+            return
+        from serving.store import as_utc
+
+        MONITOR_LAST_RUN.set(as_utc(row.created_at).timestamp())
+        MONITOR_RETRAIN.set(int(bool(row.retrain)))
+        if row.model_version and row.model_version != self.champion:
+            if self.champion is not None:
+                CHAMPION.labels(self.champion).set(0)
+            CHAMPION.labels(row.model_version).set(1)
+            self.champion = row.model_version
 
 
 def update_writer_gauges(writer_stats: dict) -> None:

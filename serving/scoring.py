@@ -6,10 +6,13 @@ the probability and reads directly as "expected defaults per 100 such customers"
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 import xgboost as xgb
 
-from riskloop.settings import ServingSettings
+from riskloop.settings import DecisionSettings, Riskiest
 
 
 def inputs_matrix(builder, records: list) -> np.ndarray:
@@ -55,10 +58,41 @@ def risk_bands(scores: np.ndarray, bands: dict[str, int]) -> list[str]:
     return [names[i] for i in idx]
 
 
-def decisions(scores: np.ndarray, settings: ServingSettings) -> list[str]:
-    d = settings.decisions
+@dataclass(frozen=True)
+class Cutoffs:
+    """The decision thresholds one model version is served with, as risk_scores."""
+
+    review_from: int
+    decline_from: int
+
+
+def cut_at(reference_scores: np.ndarray, share: float) -> int:
+    """The lowest risk_score at or above which at most `share` of the reference falls
+    (scores are integers: ties make the share at most, not exactly, the one asked)."""
+    s = np.sort(np.asarray(reference_scores, dtype=int))
+    at_or_above = len(s) - np.searchsorted(s, np.arange(102), side="left")  # for cut 0..101
+    return int(np.argmax(at_or_above <= share * len(s)))
+
+
+def cutoffs(settings: DecisionSettings, reference_p: Callable[[], np.ndarray]) -> Cutoffs:
+    """Resolve the decision settings for one model; `reference_p` gives its test-split
+    probabilities and is called only when a cut is relative."""
+    ref = risk_scores(reference_p()) if settings.relative else None
+
+    def resolve(cut: int | Riskiest) -> int:
+        if isinstance(cut, int):
+            return cut
+        if ref is None or len(ref) == 0:
+            raise ValueError("a relative decision cut needs the model's reference scores")
+        return cut_at(ref, cut.riskiest)
+
+    review, decline = resolve(settings.review_from), resolve(settings.decline_from)
+    return Cutoffs(min(review, decline), decline)  # a mixed pair may cross: review never above
+
+
+def decisions(scores: np.ndarray, cut: Cutoffs) -> list[str]:
     return [
-        "decline" if s >= d.decline_from else "review" if s >= d.review_from else "approve"
+        "decline" if s >= cut.decline_from else "review" if s >= cut.review_from else "approve"
         for s in scores
     ]
 

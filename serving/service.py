@@ -22,7 +22,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -176,6 +176,7 @@ class Engine:
     tag: str
     feature_names: list[str]
     levels: dict[int, list]  # categorical feature's index -> its levels (reasons show levels)
+    cutoffs: scoring.Cutoffs  # decisions, resolved for this model (relative cuts differ per model)
 
 
 def load_engine(bento_model: bentoml.Model) -> Engine:
@@ -200,7 +201,8 @@ def load_engine(bento_model: bentoml.Model) -> Engine:
     version = str(bento_model.info.labels.get("registry_version", "unknown"))
     names = list(model.builder.feature_names_)
     levels = {i: contract.data.levels[n] for i, n in enumerate(names) if n in contract.data.levels}
-    return Engine(model, scorer, version, str(bento_model.tag), names, levels)
+    cut = scoring.cutoffs(PARAMS.serving.decisions, pkg.reference_scores)
+    return Engine(model, scorer, version, str(bento_model.tag), names, levels, cut)
 
 
 class _State:
@@ -250,6 +252,7 @@ class RiskService:
                 "prediction store not migrated at start (%s); scoring continues", type(exc).__name__
             )
         self.store = PredictionStore(make_engine(url))
+        self.monitor_facts = metrics.MonitorFacts(self.store.engine)
         restrict_files(url)
         self.writer = PredictionLogWriter(
             url,
@@ -283,6 +286,10 @@ class RiskService:
     def metrics(self) -> tuple[bytes, bytes]:
         """/metrics: this worker's log-writer gauges refreshed, then every worker's series."""
         metrics.update_writer_gauges(self.writer.stats())
+        self.monitor_facts.refresh(time.monotonic())
+        metrics.DEPLOYMENT_FAILED.set(
+            int(self.deployment["status"] in ("failed", "restart_required"))
+        )
         return metrics.exposition()
 
     # ------------------------------------------------------------------ deployment
@@ -326,7 +333,7 @@ class RiskService:
         body = {"status": status, "model_loaded": True, "store_up": store_up,
                 "journal_ok": durable, "model_name": self.model_name,
                 "model_version": engine.version, "model_tag": engine.tag,
-                "contract": CONTRACT.fingerprint, "engine": engine.scorer.status.as_dict(),
+                "decisions": asdict(engine.cutoffs), "contract": CONTRACT.fingerprint, "engine": engine.scorer.status.as_dict(),
                 "deployment": self.deployment}  # fmt: skip
         if not durable and ENV.log_on_failure == "refuse":
             body["detail"] = "prediction journal cannot take rows (disk full?): scoring refused"
@@ -376,7 +383,7 @@ class RiskService:
             p = engine.scorer.probabilities(feats)
         scores = scoring.risk_scores(p)
         bands = scoring.risk_bands(scores, PARAMS.serving.bands)
-        decisions = scoring.decisions(scores, PARAMS.serving)
+        decisions = scoring.decisions(scores, engine.cutoffs)
         probs, score_list = p.tolist(), scores.tolist()
         ids = new_ids(len(p))
         log = PredictionColumns(

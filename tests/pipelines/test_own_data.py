@@ -67,9 +67,17 @@ def test_own_data_from_init_data_to_retrain(tmp_path, raw, params):
     out = pd.read_csv(tmp_path / "scored.csv")
     assert len(out) == 3000 and list(out.columns) == ["application_id", "probability_of_default", "risk_score",
                                                        "risk_band", "decision"], proc.stdout  # fmt: skip
+    # init-data made the cuts relative: decline about as many as default (on the test split)
+    assert 0 < (out["decision"] == "decline").mean() < 0.5, out["decision"].value_counts()
 
     server = Server(state / "bentoml", state, store)
     try:
+        ready = httpx.get(server.url + "/readyz", timeout=10).json()
+        cut = ready["decisions"]  # the service resolves the same cuts for the champion
+        assert (
+            f"review from risk_score {cut['review_from']}, decline from {cut['decline_from']}"
+            in proc.stdout
+        )
         record = {"age": 35, "gender": "female", "annual_income": None, "loan_amount": 42000,
                   "term_months": 60, "home_ownership": "rent", "purpose": "debt-consolidation",
                   "employment_years": 2, "recent_inquiries": 4, "debt-to-income": 48.5}  # fmt: skip

@@ -13,7 +13,7 @@ import yaml
 from features.contract import validate_raw
 from riskloop.errors import DataContractError
 from riskloop.init_data import draft, write_params
-from riskloop.settings import DataSettings, load_params
+from riskloop.settings import DataSettings, Riskiest, load_params
 from riskloop.tables import read_table
 from tests.conftest import ROOT
 from tests.synthetic_credit import HOME, PURPOSE, generate
@@ -73,12 +73,10 @@ def test_ambiguity_and_unusable_targets_are_named(frame):
 def test_write_keeps_other_settings_and_drops_the_old_datasets_sections(frame, tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text((ROOT / "params.yaml").read_text())
-    dropped = write_params(params, draft(frame, "applications.csv"))
-    assert {
-        "features.repayment",
-        "train.monotone_constraints",
-        "monitoring.psi.key_features",
-    } <= set(dropped)
+    result = draft(frame, "applications.csv")
+    said = "\n".join(write_params(params, result))
+    for key in ("features.repayment", "train.monotone_constraints", "monitoring.psi.key_features"):
+        assert f"dropped {key}:" in said
     text = params.read_text()
     assert (
         "# Every tunable number of riskloop" in text and "CHECK protected" in text
@@ -86,6 +84,11 @@ def test_write_keeps_other_settings_and_drops_the_old_datasets_sections(frame, t
     loaded = load_params(params)
     assert loaded.features.repayment is None and loaded.train.monotone_constraints == {}
     assert loaded.promotion.min_auc is None and loaded.promotion.min_auc_over_baseline == 0.0
+    # the shipped cuts are risk scores; the new data's are shares of its model's test split
+    decline = round(result.default_rate, 2)
+    assert loaded.serving.decisions.decline_from == Riskiest(riskiest=decline)
+    assert loaded.serving.decisions.review_from == Riskiest(riskiest=round(2 * decline, 2))
+    assert "serving.decisions: now relative" in said
     assert loaded.train.n_trials == load_params(ROOT / "params.yaml").train.n_trials
     assert loaded.data.levels["purpose"] == sorted(PURPOSE)
 

@@ -114,3 +114,29 @@ def test_bands_are_ordered_by_threshold_not_by_mapping_order(tmp_path):
     no_zero = {"low": 10, "medium": 20, "high": 40, "very_high": 60}
     with pytest.raises(SettingsError, match="one of them 0"):
         load_params(write_params(tmp_path, lambda d: d["serving"].update(bands=no_zero)))
+
+
+def test_decision_cuts_relative_to_the_models_test_split(tmp_path):
+    from serving.scoring import cutoffs, decisions
+
+    relative = {"review_from": {"riskiest": 0.3}, "decline_from": {"riskiest": 0.1}}
+    policy = load_params(
+        write_params(tmp_path, lambda d: d["serving"].update(decisions=relative))
+    ).serving.decisions
+    reference_p = np.arange(1000) / 1000  # risk scores 0..100, ten rows each below 100
+    cut = cutoffs(policy, lambda: reference_p)
+    scores = np.rint(reference_p * 100)
+    assert (scores >= cut.decline_from).mean() <= 0.1 < (scores >= cut.decline_from - 1).mean()
+    assert (scores >= cut.review_from).mean() <= 0.3 < (scores >= cut.review_from - 1).mean()
+    assert decisions(np.array([0, cut.review_from, cut.decline_from]), cut) == [
+        "approve", "review", "decline",
+    ]  # fmt: skip
+    # absolute cuts never read the reference; shares must nest; a share is a share
+    absolute = load_params(ROOT / "params.yaml").serving.decisions
+    assert cutoffs(absolute, lambda: pytest.fail("read")).decline_from == absolute.decline_from
+    crossed = {"review_from": {"riskiest": 0.1}, "decline_from": {"riskiest": 0.3}}
+    with pytest.raises(SettingsError, match="riskiest share must be at least"):
+        load_params(write_params(tmp_path, lambda d: d["serving"].update(decisions=crossed)))
+    with pytest.raises(SettingsError, match="decline_from"):
+        load_params(write_params(tmp_path, lambda d: d["serving"]["decisions"].update(
+            decline_from={"riskiest": 1.5})))  # fmt: skip
