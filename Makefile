@@ -20,7 +20,7 @@ SCENARIO ?= stable
 ROWS ?= 2000
 RATE ?= 500
 
-.PHONY: help install data repro run promote rollback deploy history tune-worker ui init-data bento serve \
+.PHONY: help tools install data repro run promote rollback deploy history tune-worker ui init-data bento serve \
 	traffic monitor retrain monitor-ui demo lint test bench bench-serving bench-ab bench-monitoring bench-own-data chaos clean
 
 help:
@@ -127,7 +127,15 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint data
+# System tools the deploy tests run (promtool: Prometheus' rule checker and unit tester), from
+# Debian where apt can install them; elsewhere their tests skip and say why.
+APT_INSTALL := apt-get install -y -q --no-install-recommends
+tools:
+	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ $(APT_INSTALL) prometheus || { apt-get update -q && $(APT_INSTALL) prometheus; }; } >/dev/null 2>&1; } || \
+		echo "promtool not installed (Debian: apt-get install prometheus): tests/deploy/test_alerts.py will skip"
+
+test: lint data tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install
