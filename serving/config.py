@@ -60,6 +60,10 @@ class ServingEnv(BaseSettings):
     log_on_failure: Literal["refuse", "drop"] = Field(
         default="refuse", validation_alias="PREDICTION_LOG_ON_FAILURE"
     )
+    # every log line one JSON object with the request id (serving/requestlog.py), and one
+    # line per request: off by default (a line per request costs CPU at thousands a second)
+    log_format: Literal["text", "json"] = Field(default="text", validation_alias="LOG_FORMAT")
+    access_log: bool = Field(default=False, validation_alias="ACCESS_LOG")
     enable_interventions: bool = Field(default=False, validation_alias="ENABLE_INTERVENTIONS")
     auto_trigger_threshold: int = Field(
         default=80, ge=0, le=100, validation_alias="AUTO_TRIGGER_THRESHOLD"

@@ -35,6 +35,7 @@ import orjson
 from features.contract import Contract, Rule
 from riskloop.errors import Refused
 from riskloop.settings import ServingSettings
+from serving import requestlog
 from serving.arrowio import CONTENT_TYPE
 from serving.schemas import ID_CHARS, MAX_ID_LENGTH, REQUEST_ID_CHARS, Explain, attribute_names
 from serving.security import EXEMPT, FailedKeyThrottle, FixedWindowLimiter, match_key
@@ -261,13 +262,14 @@ class Gateway:
                  on_reject: Callable[[int], None] | None = None,
                  draining: Callable[[], str | None] = lambda: None,
                  metrics: Callable[[], tuple[bytes, bytes]] | None = None,
-                 throttle: FailedKeyThrottle | None = None) -> None:  # fmt: skip
+                 throttle: FailedKeyThrottle | None = None, access_log: bool = False) -> None:  # fmt: skip
         self.app, self.keys, self.limiter, self.state = app, keys, limiter, state
         self.metrics = metrics
         self.throttle = throttle or FailedKeyThrottle()
         self.draining = draining
         self.decoder, self.predict, self.on_reject = decoder, predict, on_reject
         self.predict_arrow = predict_arrow
+        self.access_log = access_log
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -290,7 +292,7 @@ class Gateway:
         if path.startswith(EXEMPT) or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)
             return
-        presented, origin, arrow = None, False, False
+        presented, origin, arrow, rid = None, False, False, None
         for name, value in scope["headers"]:
             if name == b"content-type":
                 arrow = value.split(b";")[0].strip().lower() == ARROW_STREAM
@@ -300,6 +302,10 @@ class Gateway:
                 presented = value[7:].decode("latin-1").strip()
             elif name == b"origin":
                 origin = True
+            elif name == requestlog.HEADER:
+                rid = requestlog.accepted(value)
+        requestlog.REQUEST_ID.set(rid or requestlog.new_id())
+        send = requestlog.answering(send, scope["method"], path, self.access_log)
         if self.keys:
             client = (scope.get("client") or ("?",))[0]
             if (wait := self.throttle.blocked(client)) is not None:

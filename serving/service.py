@@ -43,7 +43,7 @@ from features.contract import Contract
 from riskloop.errors import RateLimited, Refused
 from riskloop.package import ModelPackage, model_code
 from riskloop.settings import load_params
-from serving import arrowio, deployment, golden, httpguard, metrics, scoring
+from serving import arrowio, deployment, golden, httpguard, metrics, requestlog, scoring
 from serving.codecs import Codecs
 from serving.config import load_env
 from serving.fastpath import CURRENT_KEY, Gateway, Job, MicroBatcher, new_ids
@@ -66,6 +66,8 @@ log = logging.getLogger("riskloop.serving")
 HERE = Path(__file__).resolve().parent
 PARAMS = load_params(os.environ.get("RISKLOOP_PARAMS", HERE.parent / "params.yaml"))
 ENV = load_env()
+# here for the `bentoml serve` process itself; again in each worker, whose logging BentoML sets up anew
+requestlog.configure(ENV.log_format, ENV.access_log)
 httpguard.install(httpguard.Limits(ENV.max_head_bytes, ENV.head_timeout_s, ENV.body_timeout_s))
 MODEL_TAG = model_tag(PARAMS.registry.model_name)
 
@@ -239,6 +241,7 @@ class RiskService:
             # a worker's failure only makes BentoML start another: stop the whole server
             os.kill(os.getppid(), signal.SIGTERM)
             raise
+        requestlog.configure(ENV.log_format, ENV.access_log)
         self.engine = load_engine(self.bento_model)
         self.deployment: dict[str, Any] = {"status": "serving", "source": "bento"}
         self._swap_lock = threading.Lock()
@@ -457,7 +460,9 @@ class RiskService:
         """Validated records (pydantic or strict msgspec) and their model-input matrix."""
         customers = [r.customer_id for r in records]
         return await self.score(
-            self.batcher.jobs(values, customers, explain, request_id, records=records)
+            self.batcher.jobs(
+                values, customers, explain, requestlog.adopt(request_id), records=records
+            )
         )
 
     async def score(self, jobs: list[Job]) -> list[Any]:
@@ -503,7 +508,7 @@ class RiskService:
                     "message": f"unreadable Arrow stream ({type(exc).__name__})"}])  # fmt: skip
             metrics.REQUESTS.labels("invalid", str(exc.status)).inc()
             return exc.status, orjson.dumps({"detail": exc.errors}), b"application/json"
-        jobs = self.batcher.jobs(req.values, req.customers, req.explain, req.request_id,
+        jobs = self.batcher.jobs(req.values, req.customers, req.explain, requestlog.adopt(req.request_id),
                                  inputs_json=req.inputs_json)  # fmt: skip
         parts = await self.score(jobs)
         cols = (
@@ -602,4 +607,5 @@ RiskService.add_asgi_middleware(
     on_reject=lambda status: metrics.REQUESTS.labels("auth", str(status)).inc(),
     draining=lambda: (d := getattr(_State.service, "drain", None)) and d.phase(),
     metrics=lambda: _State.service.metrics() if _State.service else metrics.exposition(),
+    access_log=ENV.access_log,
 )  # fmt: skip

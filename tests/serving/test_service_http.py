@@ -693,3 +693,64 @@ def test_rows_explained_and_failed_keys_are_limited(champion, params, tmp_path):
         )
     finally:
         server.stop()
+
+
+def test_request_ids_join_logs_answers_and_stored_rows(champion, params, tmp_path):
+    """LOG_FORMAT=json, ACCESS_LOG=true: every line the worker writes is one JSON object; each
+    request's id (the caller's X-Request-ID, else a fresh one; a body's request_id wins) is
+    answered back, on its access line and stored with each of its predictions."""
+    db_url = f"sqlite:///{tmp_path / 'p.db'}"
+    server = Server(champion["bento_home"], champion["state"], db_url,
+                    {"LOG_FORMAT": "json", "ACCESS_LOG": "true", **NO_RATE_LIMIT})  # fmt: skip
+    recs = records(champion["customers"], params, 3)
+    url = server.url + "/predict"
+    sent: dict[str, tuple[str | None, list[str]]] = {}  # case -> (answered id, prediction ids)
+    try:
+        cases = {
+            "header": ({"x-request-id": "trace-abc-1"}, {"records": recs}),
+            "generated": ({}, {"records": recs[:1]}),
+            "body wins": ({"x-request-id": "trace-x"}, {"records": recs[:2], "request_id": "client-42"}),
+            "invalid header": ({"x-request-id": "x" * 65}, {"records": recs[:1]}),  # longer than stored
+            "pydantic route": ({"x-request-id": "trace-route", "origin": "https://app.example.com"},
+                               {"records": recs[:1]}),
+        }  # fmt: skip
+        for case, (headers, body) in cases.items():
+            resp = httpx.post(url, json=body, headers={**MAIN, **headers}, timeout=30)
+            assert resp.status_code == 200, (case, resp.text)
+            ids = [p["prediction_id"] for p in resp.json()["predictions"]]
+            sent[case] = (resp.headers.get("x-request-id"), ids)
+        arrow = httpx.post(url + "?request_id=arrow-7", content=arrow_body(pd.DataFrame(recs)),
+                           headers={**MAIN, "content-type": ARROW}, timeout=30)  # fmt: skip
+        assert arrow.status_code == 200, arrow.text
+        sent["arrow"] = (arrow.headers.get("x-request-id"),
+                         pa.ipc.open_stream(arrow.content).read_all()["prediction_id"].to_pylist())  # fmt: skip
+        bad = httpx.post(url, json={"records": [{**recs[0], "AGE": -1}]},
+                         headers={**MAIN, "x-request-id": "trace-bad"}, timeout=30)  # fmt: skip
+        assert bad.status_code == 422 and bad.headers["x-request-id"] == "trace-bad"
+        wait_until(lambda: len(stored_ids(db_url)) >= sum(len(v[1]) for v in sent.values()), "rows")
+    finally:
+        server.stop()
+    answered = {case: rid for case, (rid, _) in sent.items()}
+    assert answered["header"] == "trace-abc-1" and answered["body wins"] == "client-42"
+    assert answered["pydantic route"] == "trace-route" and answered["arrow"] == "arrow-7"
+    for case in ("generated", "invalid header"):
+        assert re.fullmatch(r"[0-9a-f]{32}", answered[case] or ""), (case, answered[case])
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            stored = dict(
+                conn.execute(sa.text("select prediction_id, request_id from predictions")).all()
+            )
+    finally:
+        engine.dispose()
+    for case, (rid, ids) in sent.items():
+        assert {stored[i] for i in ids} == {rid}, case
+    lines = Path(server.log.name).read_text().splitlines()
+    docs = []
+    for line in lines:
+        if line.strip():
+            docs.append(json.loads(line))  # every line is JSON: a plain one fails here
+    access = {
+        (d["request_id"], d["http"]["status"]) for d in docs if d["logger"] == "riskloop.access"
+    }
+    assert {(rid, 200) for rid in answered.values()} | {("trace-bad", 422)} <= access
