@@ -10,7 +10,6 @@ export PATH := $(BIN):$(PATH)
 export PYTHONWARNINGS ?= ignore::DeprecationWarning,ignore::FutureWarning
 export BENTOML_HOME ?= $(RISKLOOP_STATE_DIR)/bentoml
 export BENTOML_DO_NOT_TRACK ?= true
-MLFLOW_DB := $(RISKLOOP_STATE_DIR)/mlflow.db
 UI_PORT ?= 5000
 PORT ?= 3000
 # `make serve` listens here; beyond loopback the service refuses to start without API_KEYS
@@ -20,13 +19,14 @@ SCENARIO ?= stable
 ROWS ?= 2000
 RATE ?= 500
 
-.PHONY: help tools install data repro run promote rollback deploy history tune-worker ui init-data bento serve \
-	traffic monitor retrain monitor-ui demo lint test bench bench-serving bench-ab bench-monitoring bench-own-data chaos clean
+.PHONY: help tools stack install data repro run promote rollback deploy history tune-worker ui init-data bento serve \
+	traffic monitor schedule retrain monitor-ui demo lint test bench bench-serving bench-ab bench-monitoring bench-own-data chaos clean
 
 help:
 	@echo "make run          install, fetch data, dvc repro, promote the first model, say where to look"
 	@echo "make test         install, ruff, pytest (PostgreSQL tests skip if no server)"
-	@echo "make ui           MLflow UI on the embedded store (UI_PORT=$(UI_PORT))"
+	@echo "make ui           MLflow UI on the tracking store in use (UI_PORT=$(UI_PORT))"
+	@echo "make stack        PostgreSQL + MLflow server + API + scheduler on this machine (README: Deploy)"
 	@echo "make init-data    FILE=data/raw/<yours>.csv: draft params.yaml's data section (INIT_ARGS=--write params.yaml)"
 	@echo "make bento        import @champion into BentoML and build the bento | make serve (PORT=$(PORT))"
 	@echo "make promote      gated: @champion <- @challenger, then deploy | make rollback"
@@ -34,6 +34,7 @@ help:
 	@echo "make tune-worker  join the running Optuna study (needs shared OPTUNA_STORAGE)"
 	@echo "make traffic      SCENARIO=stable|recession|new_segment ROWS= RATE= against the served bento"
 	@echo "make monitor      Evidently drift + realized performance -> retrain or not (reports/monitoring/)"
+	@echo "make schedule     make monitor --act on monitoring.schedule (cron, UTC), one run at a time"
 	@echo "make monitor-ui   Evidently dashboard (MONITOR_UI_PORT=$(MONITOR_UI_PORT)) | make retrain"
 	@echo "make demo         the whole loop: train, serve, stable + recession traffic, monitor, retrain"
 	@echo "make bench        measure quality bars and timings -> bench/RESULTS.md"
@@ -92,8 +93,12 @@ tune-worker: install
 
 ui: install
 	@mkdir -p $(RISKLOOP_STATE_DIR)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(MLFLOW_DB) \
-		--default-artifact-root file://$(RISKLOOP_STATE_DIR)/mlartifacts --host 127.0.0.1 --port $(UI_PORT)
+	$(BIN)/riskloop ui --port $(UI_PORT)
+
+# PostgreSQL (STACK_POSTGRES, default the machine's), an MLflow server on it, the API, the
+# scheduler: clients load state/stack/stack.env (see README "Deploy")
+stack: install
+	$(BIN)/riskloop stack --port $(PORT)
 
 # draft params.yaml's data section from your own file: make init-data FILE=data/raw/loans.csv
 init-data: install
@@ -112,6 +117,10 @@ traffic: install
 
 monitor: install
 	$(BIN)/riskloop monitor $(MONITOR_ARGS)
+
+# monitor --act at each due time of monitoring.schedule until SIGTERM (SCHEDULE_ARGS=--once | --status)
+schedule: install
+	$(BIN)/riskloop schedule $(SCHEDULE_ARGS)
 
 retrain: install
 	$(BIN)/riskloop retrain

@@ -1,6 +1,7 @@
 """The monitoring job's reads and writes in the prediction store: the current window of logged
-predictions (joined with outcomes and interventions), labelled rows for a retrain, and the
-monitoring_runs log of every decision. Tables are serving.store's; this is I/O only."""
+predictions (joined with outcomes and interventions), labelled rows for a retrain, the
+monitoring_runs log of every decision and the scheduled_runs log of every due time of
+`riskloop schedule`. Tables are serving.store's; this is I/O only."""
 
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ from riskloop.errors import MonitoringError
 from riskloop.stores import redact
 from serving.store import (
     as_utc,
+    dialect_insert,
     interventions,
     make_engine,
     monitoring_runs,
     now_utc,
     outcomes,
     predictions,
+    scheduled_runs,
     to_jsonable,
     upgrade,
 )
@@ -165,3 +168,90 @@ def require_columns(window: pd.DataFrame, required: Sequence[str]) -> None:
         raise MonitoringError(
             "logged predictions cannot be compared with the reference: " + "; ".join(parts)
         )
+
+
+# --- scheduled runs: one row per due time; the write functions take the caller's transaction,
+# so the scheduler plans and claims a due time under the lock it took in the same transaction
+
+
+def last_due(conn: sa.Connection, job: str) -> datetime | None:
+    """The latest due time of `job` that has a row (ran, missed or locked), if any."""
+    query = sa.select(sa.func.max(scheduled_runs.c.due_at)).where(scheduled_runs.c.job == job)
+    value = conn.execute(query).scalar_one()
+    return None if value is None else as_utc(value)
+
+
+def _detail(text: str | None) -> str | None:
+    limit = scheduled_runs.c.detail.type.length or 1024
+    return text if text is None or len(text) <= limit else text[: limit - 1] + "…"
+
+
+def claim_due(conn: sa.Connection, job: str, due_at: datetime, status: str,
+              detail: str | None = None) -> int | None:  # fmt: skip
+    """Give a due time its row (status running, with started_at now, or locked); its id, or
+    None if the due time already has one (a due time has one fate)."""
+    started = now_utc() if status == "running" else None
+    values = {"job": job, "due_at": as_utc(due_at), "status": status, "started_at": started,
+              "detail": _detail(detail)}  # fmt: skip
+    stmt = dialect_insert(conn, scheduled_runs).values(values)
+    if conn.execute(stmt.on_conflict_do_nothing(index_elements=["job", "due_at"])).rowcount != 1:
+        return None
+    query = sa.select(scheduled_runs.c.id).where(
+        scheduled_runs.c.job == job, scheduled_runs.c.due_at == values["due_at"]
+    )
+    return int(conn.execute(query).scalar_one())
+
+
+def record_missed(
+    conn: sa.Connection, job: str, due_times: Sequence[datetime], detail: str
+) -> None:
+    """Rows with status missed for those due times that have none yet."""
+    if not due_times:
+        return
+    rows = [{"job": job, "due_at": as_utc(t), "status": "missed", "detail": _detail(detail)}
+            for t in due_times]  # fmt: skip
+    stmt = dialect_insert(conn, scheduled_runs).on_conflict_do_nothing(
+        index_elements=["job", "due_at"]
+    )
+    conn.execute(stmt, rows)
+
+
+def finish_run(engine: sa.Engine, run_id: int, status: str, exit_code: int | None,
+               detail: str | None) -> None:  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(scheduled_runs)
+            .where(scheduled_runs.c.id == run_id)
+            .values(
+                status=status, exit_code=exit_code, detail=_detail(detail), finished_at=now_utc()
+            )
+        )
+
+
+def abandon_running(conn: sa.Connection, job: str) -> int:
+    """Mark `job`'s runs still `running` as failed: called under the job's lock, so none of
+    them is running any more (their scheduler died with them); how many there were."""
+    stmt = (
+        sa.update(scheduled_runs)
+        .where(scheduled_runs.c.job == job, scheduled_runs.c.status == "running")
+        .values(
+            status="failed",
+            finished_at=now_utc(),
+            detail="the scheduler stopped before the job finished",
+        )
+    )
+    return conn.execute(stmt).rowcount
+
+
+def recent_runs(engine: sa.Engine, job: str, limit: int) -> list[dict[str, Any]]:
+    """The `limit` latest due times of `job` and what became of them, newest first."""
+    query = (
+        sa.select(scheduled_runs)
+        .where(scheduled_runs.c.job == job)
+        .order_by(scheduled_runs.c.due_at.desc())
+        .limit(limit)
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    return [{k: as_utc(v) if isinstance(v, datetime) else v for k, v in r._mapping.items()}
+            for r in rows]  # fmt: skip

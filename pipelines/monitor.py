@@ -6,8 +6,13 @@ in the prediction store, write reports/monitoring/<timestamp>.{html,json}, add t
 Evidently workspace and, when the decision is retrain and params allow it, run the retrain.
 Warns when the traffic was served by another version than @champion.
 
+One run at a time: the whole run (monitoring and the retrain it starts) holds the `monitor`
+lock in the prediction store, so a manual run, a Kubernetes CronJob and `riskloop schedule`
+never overlap; a run that finds it held does nothing.
+
 Exit codes: 0 a decision was taken (retrain or not: read the JSON), 1 an error (missing
-reference, dead store, bad logged data, no champion), 2 no decision (window too small)."""
+reference, dead store, bad logged data, no champion), 2 no decision (window too small),
+75 another monitor run holds the lock (the message names the holder and since when)."""
 
 from __future__ import annotations
 
@@ -22,14 +27,14 @@ from typing import Any
 import pandas as pd
 
 from features.contract import Contract, check_values
-from monitoring import records
+from monitoring import lock, records
 from monitoring import report as rep
 from monitoring.frames import build_frames, monitored_columns
 from monitoring.policy import Decision, Evidence, decide
 from pipelines import paths
 from riskloop import stores
 from riskloop.cli import run_main
-from riskloop.errors import MonitoringError
+from riskloop.errors import LockHeld, MonitoringError
 from riskloop.package import ModelPackage
 from riskloop.settings import Params, load_params
 from serving.config import ServingEnv
@@ -262,7 +267,15 @@ def main() -> None:
         else datetime.now(UTC) - timedelta(hours=window.since_hours)
     )  # fmt: skip
     act = params.monitoring.retrain.act if args.act is None else args.act
-    code = run(params, last_n, since, act)
+    engine = records.open_store(ServingEnv().store_url())
+    try:
+        with lock.held(engine, lock.MONITOR):
+            code = run(params, last_n, since, act)
+    except LockHeld as exc:  # raised before any work: nothing ran, try at the next due time
+        print(exc, file=sys.stderr)
+        sys.exit(lock.EXIT_LOCKED)
+    finally:
+        engine.dispose()
     if code:
         sys.exit(code)
 

@@ -1,6 +1,7 @@
 """Errors a user can act on: printed as one clear message, never as a traceback."""
 
 import math
+from datetime import datetime
 
 
 class RiskloopError(Exception):
@@ -29,6 +30,15 @@ class PromotionRefused(RiskloopError):
 
 class MonitoringError(RiskloopError):
     """The monitoring job cannot take a decision (no reference, dead store, bad logged data)."""
+
+
+class LockHeld(RiskloopError):
+    """Another run holds a job's lock: the message names the holder and since when."""
+
+    def __init__(self, name: str, holder: str, since: datetime) -> None:
+        self.name, self.holder, self.since = name, holder, since
+        super().__init__(f"another {name} run holds the lock "
+                         f"(holder {holder}, since {since.isoformat(timespec='seconds')})")  # fmt: skip
 
 
 class Refused(RiskloopError):

@@ -17,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from riskloop import cron
 from riskloop.errors import SettingsError
 
 
@@ -365,7 +366,14 @@ class MonitoringSettings(Frozen):
     protected_min_rows: Annotated[int, Field(ge=1)] = 100
     max_model_age_days: Annotated[float, Field(gt=0)] = 90
     cooldown_hours: Annotated[float, Field(ge=0)] = 24
+    # when `riskloop schedule` runs the job: a cron expression in UTC (crontab's 5 fields)
+    schedule: str = "0 * * * *"
     retrain: RetrainSettings = RetrainSettings()
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        return cron.check(value)
 
 
 class Params(Frozen):

@@ -1,6 +1,7 @@
 """The scoring service's prediction store: predictions, outcome labels, interventions and the
-online feature table. SQLAlchemy Core tables and one thin adapter; the schema evolves only
-through the Alembic migrations in serving/migrations (`upgrade`), never through create_all.
+online feature table; beside them the monitoring job's decisions, job locks and schedule.
+SQLAlchemy Core tables and one thin adapter; the schema evolves only through the Alembic
+migrations in serving/migrations (`upgrade`), never through create_all.
 
 SQLite (embedded default) and PostgreSQL (production) are both first-class: every write that
 must be idempotent uses the dialect's own INSERT … ON CONFLICT."""
@@ -141,6 +142,35 @@ monitoring_runs = sa.Table(
     sa.Column("acted_at", TS),  # when the retrain it decided ran
     sa.Column("action", sa.JSON(none_as_null=True)),  # what the retrain produced
     sa.Index("ix_monitoring_runs_created_at", "created_at"),
+)
+
+# A lease per job name (monitoring.lock): one run at a time across processes and machines.
+job_locks = sa.Table(
+    "job_locks",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("holder", sa.String(255), nullable=False),
+    sa.Column("acquired_at", TS, nullable=False),
+    sa.Column("expires_at", TS, nullable=False),  # free to take over after this
+)
+
+SCHEDULED_STATUSES = ("running", "ok", "failed", "missed", "locked")
+_STATUS_IN = ", ".join(f"'{s}'" for s in SCHEDULED_STATUSES)
+# One row per due time of a scheduled job (`riskloop schedule`) and what became of it. The
+# unique (job, due_at) makes a due time's fate single: two schedulers never both run it.
+scheduled_runs = sa.Table(
+    "scheduled_runs",
+    metadata,
+    _id_column(),
+    sa.Column("job", sa.String(64), nullable=False),
+    sa.Column("due_at", TS, nullable=False),
+    sa.Column("started_at", TS),
+    sa.Column("finished_at", TS),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("exit_code", sa.Integer),
+    sa.Column("detail", sa.String(1024)),
+    sa.CheckConstraint(f"status IN ({_STATUS_IN})", name="ck_scheduled_runs_status"),
+    sa.Index("ux_scheduled_runs_job_due", "job", "due_at", unique=True),
 )
 
 _PREDICTION_COLUMNS = tuple(c.name for c in predictions.columns)
@@ -400,7 +430,7 @@ def upgrade(url: str | sa.Engine, revision: str = "head") -> None:
             engine.dispose()
 
 
-def _insert(conn: sa.Connection, table: sa.Table) -> Any:
+def dialect_insert(conn: sa.Connection, table: sa.Table) -> Any:
     """The dialect's INSERT, which has on_conflict_do_nothing / on_conflict_do_update."""
     if conn.dialect.name == "postgresql":
         return postgresql.insert(table)
@@ -413,7 +443,9 @@ def insert_predictions(conn: sa.Connection, rows: Sequence[Mapping[str, Any]]) -
     """INSERT … ON CONFLICT (prediction_id) DO NOTHING, so replaying a batch never duplicates.
     Rows as made by `prediction_row`."""
     if rows:
-        stmt = _insert(conn, predictions).on_conflict_do_nothing(index_elements=["prediction_id"])
+        stmt = dialect_insert(conn, predictions).on_conflict_do_nothing(
+            index_elements=["prediction_id"]
+        )
         conn.execute(stmt, list(rows))
 
 
@@ -455,7 +487,7 @@ def insert_interventions(conn: sa.Connection, rows: Sequence[Mapping[str, Any]],
             "created_at": (at, TS),
         }
         select = sa.select(*(sa.literal(v, t) for v, t in values.values())).where(~sa.exists(clash))
-        stmt = _insert(conn, interventions).from_select(list(values), select)
+        stmt = dialect_insert(conn, interventions).from_select(list(values), select)
         if row.get("prediction_id") is not None:
             stmt = stmt.on_conflict_do_nothing(index_elements=["prediction_id"])
         if conn.dialect.name == "postgresql":
@@ -529,7 +561,7 @@ class PredictionStore:
             "received_at": received_at,
         }
         stmt = (
-            _insert(conn, outcomes)
+            dialect_insert(conn, outcomes)
             .values(values)
             .on_conflict_do_nothing(index_elements=["prediction_id"])
         )
@@ -607,7 +639,7 @@ class PredictionStore:
         if not latest:
             return 0
         with self.engine.begin() as conn:
-            stmt = _insert(conn, online_features)
+            stmt = dialect_insert(conn, online_features)
             stmt = stmt.on_conflict_do_update(
                 index_elements=["customer_id"],
                 set_={c: stmt.excluded[c] for c in ("record", "as_of", "data_version")},
