@@ -19,7 +19,7 @@ SCENARIO ?= stable
 ROWS ?= 2000
 RATE ?= 500
 
-.PHONY: help tools stack install data repro run promote rollback deploy history tune-worker ui init-data bento serve \
+.PHONY: help tools stack install data repro run promote rollback deploy history backup restore tune-worker ui init-data bento container container-base serve \
 	traffic monitor schedule retrain monitor-ui demo lint test bench bench-serving bench-ab bench-monitoring bench-own-data chaos clean
 
 help:
@@ -29,8 +29,11 @@ help:
 	@echo "make stack        PostgreSQL + MLflow server + API + scheduler on this machine (README: Deploy)"
 	@echo "make init-data    FILE=data/raw/<yours>.csv: draft params.yaml's data section (INIT_ARGS=--write params.yaml)"
 	@echo "make bento        import @champion into BentoML and build the bento | make serve (PORT=$(PORT))"
+	@echo "make container    the deployed bento as an OCI image (docker, else podman; CONTAINER_BASE=auto|default|local)"
 	@echo "make promote      gated: @champion <- @challenger, then deploy | make rollback"
 	@echo "make deploy       serve @champion: bento + swap it into the running service | make history"
+	@echo "make backup       every store -> backups/<time>/ (BACKUP_ARGS='--keep 7 --max-age-days 30')"
+	@echo "make restore      latest backup (BACKUP=<name>) into the configured stores (RESTORE_ARGS=--force)"
 	@echo "make tune-worker  join the running Optuna study (needs shared OPTUNA_STORAGE)"
 	@echo "make traffic      SCENARIO=stable|recession|new_segment ROWS= RATE= against the served bento"
 	@echo "make monitor      Evidently drift + realized performance -> retrain or not (reports/monitoring/)"
@@ -88,6 +91,14 @@ deploy: install
 history: install
 	$(BIN)/riskloop history
 
+# predictions, MLflow (store + artifacts), Optuna, DVC cache/remote -> backups/<UTC time>/ with a
+# manifest (sha256, row counts); restore checks the sha256s and refuses non-empty targets
+backup: install
+	$(BIN)/riskloop backup create $(BACKUP_ARGS)
+
+restore: install
+	$(BIN)/riskloop backup restore $(BACKUP) $(RESTORE_ARGS)
+
 tune-worker: install
 	$(BIN)/riskloop tune-worker
 
@@ -107,6 +118,18 @@ init-data: install
 
 bento: install
 	$(BIN)/riskloop bento
+
+# The deployed bento as an OCI image, by `bentoml containerize`: docker where an engine runs,
+# else podman/buildah; BentoML's default base where it can be pulled, else the local Debian base
+# (deploy/container/README.md). CONTAINER_ARGS=--rebuild builds again for the same bento.
+CONTAINER_BASE ?= auto
+CONTAINER_BACKEND ?= auto
+container: install
+	$(BIN)/python -m pipelines.container --base $(CONTAINER_BASE) --backend $(CONTAINER_BACKEND) $(CONTAINER_ARGS)
+
+# the local base (Debian packages: debootstrap + buildah, as root), built again: security updates
+container-base: install
+	$(BIN)/python -m pipelines.container --base-only
 
 serve: install
 	$(BIN)/bentoml serve riskloop:latest --host $(HOST) --port $(PORT)
@@ -136,13 +159,19 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# System tools the deploy tests run (promtool: Prometheus' rule checker and unit tester), from
-# Debian where apt can install them; elsewhere their tests skip and say why.
+# System tools the deploy tests run, from Debian where apt can install them (as root); elsewhere
+# their tests skip and say why: promtool (Prometheus' rule checker and unit tester) for
+# tests/deploy/test_alerts.py; where no Docker engine answers, podman, buildah, runc and
+# debootstrap to build and run the serving container (tests/deploy/test_container.py).
 APT_INSTALL := apt-get install -y -q --no-install-recommends
+TOOLS := promtool:prometheus
+CONTAINER_TOOLS := podman:podman buildah:buildah runc:runc debootstrap:debootstrap
 tools:
-	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-		{ $(APT_INSTALL) prometheus || { apt-get update -q && $(APT_INSTALL) prometheus; }; } >/dev/null 2>&1; } || \
-		echo "promtool not installed (Debian: apt-get install prometheus): tests/deploy/test_alerts.py will skip"
+	@want="$(TOOLS)"; docker info >/dev/null 2>&1 || want="$$want $(CONTAINER_TOOLS)"; missing=""; \
+	for t in $$want; do PATH="$$PATH:/usr/sbin:/sbin" command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
+	[ -z "$$missing" ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ $(APT_INSTALL) $$missing || { apt-get update -q && $(APT_INSTALL) $$missing; }; } >/dev/null 2>&1; } || \
+		echo "not installed (Debian packages):$$missing: tests/deploy/test_alerts.py or test_container.py will skip"
 
 test: lint data tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

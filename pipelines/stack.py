@@ -43,10 +43,12 @@ class StackUrls:
     optuna: str
     tracking: str  # the MLflow server every client talks to
 
-    def client_env(self) -> dict[str, str]:
-        """What a riskloop command needs to work against the stack."""
+    def client_env(self, artifacts: Path) -> dict[str, str]:
+        """What a riskloop command needs to work against the stack (and `make backup` to
+        reach the tracking server's own stores)."""
         return {"MLFLOW_TRACKING_URI": self.tracking, "DATABASE_URL": self.predictions,
-                "OPTUNA_STORAGE": self.optuna}  # fmt: skip
+                "OPTUNA_STORAGE": self.optuna, "MLFLOW_BACKEND_STORE_URI": self.mlflow_backend,
+                "MLFLOW_ARTIFACTS_DESTINATION": str(artifacts)}  # fmt: skip
 
 
 def urls(server: str, prefix: str, mlflow_port: int) -> StackUrls:
@@ -171,14 +173,14 @@ def main() -> None:
     stack = urls(args.postgres, args.prefix, args.mlflow_port)
     for name in ensure_databases(args.postgres, stack):
         log.info("created database %s", name)
-    client = stack.client_env()
+    client = stack.client_env(home / "mlartifacts")
     env_path = home / "stack.env"
     home.mkdir(parents=True, exist_ok=True)
     env_path.write_text(env_file_text(client))
     env = {**os.environ, **client, "RISKLOOP_STATE_DIR": str(state), "BENTOML_DO_NOT_TRACK": "true"}
     bin_dir = Path(sys.executable).parent
     mlflow = Piece("mlflow", [str(bin_dir / "mlflow"), "server", "--backend-store-uri", stack.mlflow_backend,
-                              "--artifacts-destination", str(home / "mlartifacts"), "--serve-artifacts",
+                              "--artifacts-destination", client["MLFLOW_ARTIFACTS_DESTINATION"], "--serve-artifacts",
                               "--host", "127.0.0.1", "--port", str(args.mlflow_port)],
                    env, home / "mlflow.log")  # fmt: skip
     api = Piece("api", [str(bin_dir / "bentoml"), "serve", "riskloop:latest", "--host", "127.0.0.1",

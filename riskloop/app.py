@@ -40,6 +40,8 @@ VERBS: dict[str, Verb] = {
     "score-batch": Verb("pipelines.score_batch", "score a CSV/Parquet file offline with @champion (or --version)",
                         "only the output file it is given"),
     "history": Verb("pipelines.history", "list promotions, rollbacks and deployments", "nothing"),
+    "backup": Verb("pipelines.backup", "back up every store (create), list or prune backups, restore one (restore)",
+                   "backups/ (create, prune); the stores it restores into (restore)"),
     "tune-worker": Verb("pipelines.tune_worker", "join the running Optuna study from another machine",
                         "trials in the shared study"),
     "traffic": Verb("pipelines.traffic", "send scenario traffic (stable, recession, new_segment) to the service",

@@ -23,6 +23,14 @@ class StoreEnv(BaseSettings):
     state_dir: Path | None = Field(default=None, validation_alias="RISKLOOP_STATE_DIR")
     mlflow_tracking_uri: str | None = Field(default=None, validation_alias="MLFLOW_TRACKING_URI")
     optuna_storage: str | None = Field(default=None, validation_alias="OPTUNA_STORAGE")
+    # where a tracking server riskloop runs keeps its data (`make stack` sets them, as
+    # `mlflow server`'s options): what `make backup` copies when MLFLOW_TRACKING_URI is a server
+    mlflow_backend_store_uri: str | None = Field(
+        default=None, validation_alias="MLFLOW_BACKEND_STORE_URI"
+    )
+    mlflow_artifacts_destination: Path | None = Field(
+        default=None, validation_alias="MLFLOW_ARTIFACTS_DESTINATION"
+    )
 
 
 def project_root(cwd: Path | None = None) -> Path:

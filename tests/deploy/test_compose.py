@@ -30,7 +30,8 @@ def test_same_databases_as_the_stack():
 
 def test_riskloop_processes_get_the_stacks_client_settings():
     doc = compose()
-    needed = set(urls("postgresql://u@h:5432", "riskloop", 5000).client_env())
+    needed = {"MLFLOW_TRACKING_URI", "DATABASE_URL", "OPTUNA_STORAGE"}
+    assert needed <= set(urls("postgresql://u@h:5432", "riskloop", 5000).client_env(Path("/a")))
     for name in ("api", "scheduler"):
         env = doc["services"][name]["environment"]
         assert needed <= set(env), (name, needed - set(env))

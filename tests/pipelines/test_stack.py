@@ -7,6 +7,7 @@ scheduler's monitoring run decides to retrain, and v2 is registered on the serve
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -25,14 +26,18 @@ pytestmark = pytest.mark.slow
 
 
 def wait_for(cond, what: str, timeout: float, proc: subprocess.Popen, log) -> None:
+    def logs() -> str:  # the stack's own log and each piece's, newest lines
+        pieces = sorted(log.parent.glob("state/stack/*.log"))
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-2500:]}" for p in [log, *pieces])
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"the stack exited ({proc.returncode}): {log.read_text()[-3000:]}")
+            raise AssertionError(f"the stack exited ({proc.returncode}):\n{logs()}")
         if cond():
             return
         time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}: {log.read_text()[-3000:]}")
+    raise AssertionError(f"timed out waiting for {what}:\n{logs()}")
 
 
 def test_the_loop_runs_through_the_stack(tmp_path, raw, params):
@@ -96,7 +101,7 @@ def test_the_loop_runs_through_the_stack(tmp_path, raw, params):
             # the scheduler (every minute here) runs `monitor --act`: retrain -> v2 on the
             # server, and the scheduled run that did it finishes ok
             wait_for(lambda: challenger_v2() and "ok" in scheduled(), "the scheduled monitor to retrain",
-                     600, stack, log)  # fmt: skip
+                     900, stack, log)  # fmt: skip
             with engine.connect() as conn:
                 runs = conn.execute(sa.text("select status, retrain from monitoring_runs")).all()
                 predictions = conn.execute(sa.text("select count(*) from predictions")).scalar_one()
@@ -108,6 +113,15 @@ def test_the_loop_runs_through_the_stack(tmp_path, raw, params):
         # artifacts went through the server's proxy, not to a local path of the client
         v2 = mlflow.get_model_version(name, "2")
         assert v2.source.startswith(("models:/", "mlflow-artifacts:")), v2.source
+        # `make backup` with the stack's env reaches the server's own stores, not only clients'
+        repo.env["RISKLOOP_BACKUP_DIR"] = str(tmp_path / "backups")
+        repo.run("riskloop", "backup", "create")
+        manifest = json.loads(next((tmp_path / "backups").glob("*/manifest.json")).read_text())
+        parts = manifest["parts"]
+        assert manifest["status"] == "ok" and parts["mlflow"]["kind"] == "postgresql", parts
+        assert (
+            parts["mlflow"]["rows"]["model_versions"] == 2 and parts["mlartifacts"]["kind"] == "tar"
+        )
     finally:
         if stack.poll() is None:
             os.killpg(stack.pid, signal.SIGTERM)
