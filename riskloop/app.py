@@ -37,6 +37,8 @@ VERBS: dict[str, Verb] = {
                    "the BentoML store; the deployment record the service watches"),
     "bento": Verb("pipelines.bento", "import @champion into BentoML and build the bento (no deployment record)",
                   "the BentoML store", takes_args=False),
+    "container": Verb("pipelines.container", "build the deployed bento's OCI image (docker, else podman/buildah; a local Debian base where none can be pulled)",
+                      "the container engine's images; <state>/deploy/image.json"),
     "score-batch": Verb("pipelines.score_batch", "score a CSV/Parquet file offline with @champion (or --version)",
                         "only the output file it is given"),
     "history": Verb("pipelines.history", "list promotions, rollbacks and deployments", "nothing"),

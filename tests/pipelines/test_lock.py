@@ -69,3 +69,20 @@ def test_dvc_lock_matches_the_committed_code_params_and_data():
         + "\n  ".join(problems)
         + "\nrun `dvc repro` (from a clean state: `make clean`) and commit dvc.lock and metrics.json"
     )
+
+
+def test_serving_requirements_are_the_locked_serving_set():
+    """serving/requirements.txt (the bento's and the container's environment) is exported from
+    uv.lock's serving set by the command in its header: a stale copy would ship other
+    versions than the ones tested, or miss a package the service now imports."""
+    path = ROOT / "serving/requirements.txt"
+    command = path.read_text().splitlines()[1].strip("# ").split()
+    assert command[:2] == ["uv", "export"] and "--no-dev" in command, command
+    uv = str(ROOT / ".venv/bin/uv")
+    args = command[1 : command.index("-o")]  # without -o, uv export prints the requirements
+    out = subprocess.run([uv, *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    body = [line for line in out.splitlines() if not line.startswith("#")]
+    assert body == [line for line in path.read_text().splitlines() if not line.startswith("#")]
+    packages = {line.split("==")[0] for line in body if "==" in line}
+    assert {"bentoml", "mlflow-skinny", "xgboost-cpu", "cronsim"} <= packages
+    assert not {"dvc", "optuna", "evidently", "mlflow"} & packages  # the training stack stays out
