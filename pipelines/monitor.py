@@ -184,6 +184,11 @@ def run(params: Params, last_n: int | None, since: datetime | None, act: bool) -
         )  # fmt: skip
         last = records.last_retrain_decision(engine, timedelta(hours=mon.cooldown_hours))
         decision = decide(evidence, mon, last["created_at"] if last else None, now)
+        # a retrain this episode decided but could not act on yet (too few labelled rows then):
+        # the cooldown keeps it one episode, one retrain; acting on it later is that retrain
+        waiting = (
+            last if decision.status == "cooldown" and last and last["acted_at"] is None else None
+        )
         html = stem.with_suffix(".html")
         drift_snap.save_html(str(html))
         reports = {"drift_html": str(html)}
@@ -222,6 +227,13 @@ def run(params: Params, last_n: int | None, since: datetime | None, act: bool) -
         from pipelines.retrain import retrain
 
         retrain(params, run_id)
+    elif waiting is not None and act:
+        from pipelines.retrain import TooFewLabels, retrain
+
+        try:
+            retrain(params, int(waiting["id"]))
+        except TooFewLabels as exc:  # the next run tries again
+            print(f"the retrain decided at {waiting['created_at']:%Y-%m-%d %H:%M} waits: {exc}")
     elif decision.retrain:
         print("retrain decided; run `make retrain` to act on it (monitoring.retrain.act is false)")
     return 0

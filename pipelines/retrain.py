@@ -78,6 +78,10 @@ def _dvc(*args: str) -> None:
         raise MonitoringError(f"`dvc {' '.join(args)}` failed (exit {proc.returncode})")
 
 
+class TooFewLabels(MonitoringError):
+    """Not yet enough labelled production rows for a new data version."""
+
+
 def retrain(params: Params, run_id: int | None = None) -> dict[str, Any]:
     engine = records.open_store(ServingEnv().store_url())
     try:
@@ -89,7 +93,7 @@ def retrain(params: Params, run_id: int | None = None) -> dict[str, Any]:
         labelled = records.labelled_rows(engine, exclude=lineage.collected_predictions(params))
         need = params.monitoring.retrain.min_labelled_rows
         if len(labelled) < need:
-            raise MonitoringError(
+            raise TooFewLabels(
                 f"only {len(labelled)} new labelled production rows; a retrain needs {need} "
                 "(monitoring.retrain.min_labelled_rows): post outcomes, then `make retrain`"
             )
