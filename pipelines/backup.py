@@ -113,7 +113,7 @@ def locate(to: Mapping[str, str | None] | None = None) -> Locations:
     to = {k: v for k, v in (to or {}).items() if v}
     env = stores.StoreEnv()
     tracking = to.get("mlflow") or stores.tracking_uri(env)
-    server = tracking.startswith(("http://", "https://", "databricks"))
+    server = stores.is_tracking_server(tracking)
     artifacts = to.get("mlartifacts") or (None if server else stores.state_dir(env) / "mlartifacts")
     if server and env.mlflow_backend_store_uri:  # a server riskloop runs: its own stores
         tracking, server = env.mlflow_backend_store_uri, False

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import httpx
 import sqlalchemy as sa
@@ -98,7 +99,7 @@ class Piece:
     proc: subprocess.Popen | None = None
     restarts: int = 0
     next_start: float = 0.0
-    _log: object = field(default=None, repr=False)
+    _log: IO[str] | None = field(default=None, repr=False)
 
     def step(self, now: float) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -111,13 +112,20 @@ class Piece:
         if now < self.next_start or not self.ready_to_start():
             return
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._close_log()  # the handle of the run that exited
         self._log = self.log_path.open("a")
         self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
         log.info("%s started (pid %d, log %s)", self.name, self.proc.pid, self.log_path)
 
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
     def stop(self, grace_s: float = 20.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
+            self._close_log()
             return
         os.killpg(self.proc.pid, signal.SIGTERM)
         try:
@@ -125,6 +133,7 @@ class Piece:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+        self._close_log()
         log.info("%s stopped", self.name)
 
 

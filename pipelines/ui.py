@@ -14,7 +14,7 @@ from riskloop.cli import run_main
 
 def command(uri: str, artifacts: str | None, port: int) -> list[str] | None:
     """The `mlflow ui` command line for a store (None: a server, nothing to start). Pure."""
-    if uri.startswith(("http://", "https://", "databricks")):
+    if stores.is_tracking_server(uri):
         return None
     cmd = ["mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
     return cmd + (["--default-artifact-root", artifacts] if artifacts else [])

@@ -68,12 +68,17 @@ def normalize_db_url(url: str, var: str) -> str:
     return url
 
 
+def is_tracking_server(uri: str) -> bool:
+    """An MLflow tracking server (it owns its stores), not a database or file store."""
+    return uri.startswith(("http://", "https://", "databricks"))
+
+
 def tracking_uri(env: StoreEnv | None = None) -> str:
     env = env or StoreEnv()
     uri = env.mlflow_tracking_uri
     if not uri:
         return f"sqlite:///{state_dir(env) / 'mlflow.db'}"
-    if uri.startswith(("http://", "https://", "databricks")):
+    if is_tracking_server(uri):
         return uri
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         # A relative SQLite path would follow the working directory (see _DVC_TEMP_MARKER).
@@ -84,7 +89,7 @@ def tracking_uri(env: StoreEnv | None = None) -> str:
 def artifact_root(env: StoreEnv | None = None) -> str | None:
     """Local artifact location for embedded/database stores; a tracking server decides its own."""
     uri = tracking_uri(env)
-    if uri.startswith(("http://", "https://", "databricks")):
+    if is_tracking_server(uri):
         return None
     return (state_dir(env) / "mlartifacts").as_uri()
 
