@@ -22,6 +22,39 @@ PG_URL = os.environ.get(
 )
 
 
+# mlflow.set_tracking_uri/set_registry_uri keep the URI in process globals AND export it as
+# MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI, which every later MlflowClient given no registry URI,
+# and every subprocess, reads: one test pointing MLflow at its own store sent a later test's
+# client (and its stack's processes) to the wrong registry (CI: test_stack never saw its v2).
+# Every test ends with both as they were before it.
+_MLFLOW_URI_GLOBALS = (
+    ("mlflow.tracking._tracking_service.utils", "_tracking_uri"),
+    ("mlflow.tracking._model_registry.utils", "_registry_uri"),
+)
+MLFLOW_URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+def restore_mlflow_uris(env: dict[str, str | None]) -> None:
+    """Unset MLflow's URI globals; put the URI variables back to `env` (None: absent)."""
+    for module, name in _MLFLOW_URI_GLOBALS:
+        mod = sys.modules.get(module)
+        if mod is not None:
+            assert hasattr(mod, name), f"MLflow moved {module}.{name}: update tests/conftest.py"
+            setattr(mod, name, None)
+    for var, value in env.items():
+        if value is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = value
+
+
+@pytest.fixture(autouse=True)
+def _restore_mlflow_uris():
+    before = {var: os.environ.get(var) for var in MLFLOW_URI_ENV}
+    yield
+    restore_mlflow_uris(before)
+
+
 @pytest.fixture(scope="session")
 def params() -> Params:
     return load_params(ROOT / "params.yaml")

@@ -84,7 +84,8 @@ def test_the_loop_runs_through_the_stack(tmp_path, raw, params):
                            "--rate", "0", "--url", url, "--outcomes-delay", "0.5")  # fmt: skip
         assert "'recorded': 400" in traffic.stdout, traffic.stdout + traffic.stderr
 
-        mlflow = MlflowClient(client_env["MLFLOW_TRACKING_URI"])
+        server_uri = client_env["MLFLOW_TRACKING_URI"]
+        mlflow = MlflowClient(server_uri, registry_uri=server_uri)
         name = params.registry.model_name
 
         def challenger_v2() -> bool:
