@@ -93,7 +93,7 @@ def work_dir() -> Path:
     return path
 
 
-def _run(cmd: list[str], env: dict[str, str], timeout: float | None = None,
+def run_engine(cmd: list[str], env: dict[str, str], timeout: float | None = None,
          check: bool = True) -> subprocess.CompletedProcess[str]:  # fmt: skip
     try:
         proc = subprocess.run(cmd, env=env, timeout=timeout, text=True, capture_output=True)
@@ -337,20 +337,20 @@ def finalize(cli: str, image_id: str, labels: dict[str, str], tags: list[str],
         cmd += ["--pull=never"]
     for tag in tags:
         cmd += ["-t", tag]
-    _run([*cmd, str(ctx)], env, timeout=900)
+    run_engine([*cmd, str(ctx)], env, timeout=900)
 
 
 def inspect(cli: str, ref: str, env: dict[str, str]) -> dict | None:
     """The image's config as docker/podman `image inspect` give it (Labels, User, Env,
     Healthcheck), its id and size; None when there is no such image."""
     if cli == "buildah":
-        proc = _run(["buildah", "inspect", "--type", "image", ref], env, check=False)
+        proc = run_engine(["buildah", "inspect", "--type", "image", ref], env, check=False)
         if proc.returncode != 0:
             return None
         doc = json.loads(proc.stdout)
         config = dict(doc.get("Docker", {}).get("config") or {})
         return {"Id": doc.get("FromImageID", ""), "Size": None, "Config": config}
-    proc = _run([cli, "image", "inspect", ref], env, check=False)
+    proc = run_engine([cli, "image", "inspect", ref], env, check=False)
     if proc.returncode != 0:
         return None
     doc = json.loads(proc.stdout)[0]
@@ -366,10 +366,10 @@ def drop_if_untagged(cli: str, image_id: str, env: dict[str, str]) -> None:
     the layers it shares with the new image (the build cache) stay."""
     if cli == "buildah":  # no podman to run it either: leave the store as it is
         return
-    proc = _run([cli, "image", "inspect", "--format", "{{json .RepoTags}}", image_id], env,
+    proc = run_engine([cli, "image", "inspect", "--format", "{{json .RepoTags}}", image_id], env,
                 check=False)  # fmt: skip
     if proc.returncode == 0 and not json.loads(proc.stdout.strip() or "null"):
-        _run([cli, "rmi", image_id], env, check=False)
+        run_engine([cli, "rmi", image_id], env, check=False)
 
 
 @dataclass(frozen=True)

@@ -56,9 +56,14 @@ POLL_S = 0.5  # how often a running job's wait looks at the stop flag
 
 
 def default_command() -> list[str]:
-    """`riskloop monitor --act`, with the riskloop of this environment."""
+    """`riskloop monitor --act`, with the riskloop of this environment; `python -m riskloop`
+    where no console script is installed (the compose jobs image runs a mounted working copy)."""
     exe = Path(sys.executable).with_name("riskloop")
-    return [str(exe) if exe.exists() else "riskloop", "monitor", "--act"]
+    return [
+        *([str(exe)] if exe.exists() else [sys.executable, "-m", "riskloop"]),
+        "monitor",
+        "--act",
+    ]
 
 
 def status_of(exit_code: int) -> str:
