@@ -19,17 +19,20 @@ SCENARIO ?= stable
 ROWS ?= 2000
 RATE ?= 500
 
-.PHONY: help tools stack install data repro run promote rollback deploy history backup restore tune-worker ui init-data bento container container-base serve \
+.PHONY: help tools stack install data repro run challenger promote rollback deploy history backup restore tune-worker ui plots init-data bento container container-base compose-images serve \
 	traffic monitor schedule retrain monitor-ui demo lint test bench bench-serving bench-ab bench-monitoring bench-own-data bench-container chaos clean
 
 help:
 	@echo "make run          install, fetch data, dvc repro, promote the first model, say where to look"
 	@echo "make test         install, ruff, pytest (PostgreSQL tests skip if no server)"
-	@echo "make ui           MLflow UI on the tracking store in use (UI_PORT=$(UI_PORT))"
+	@echo "make ui           MLflow UI on the tracking store in use (UI_PORT=$(UI_PORT)); @champion moves there are gated, audited, deployed"
+	@echo "make plots        dvc plots show -> dvc_plots/index.html, vega inline: opens offline"
 	@echo "make stack        PostgreSQL + MLflow server + API + scheduler on this machine (README: Deploy)"
 	@echo "make init-data    FILE=data/raw/<yours>.csv: draft params.yaml's data section (INIT_ARGS=--write params.yaml)"
 	@echo "make bento        import @champion into BentoML and build the bento | make serve (PORT=$(PORT))"
 	@echo "make container    the deployed bento as an OCI image (docker, else podman; CONTAINER_BASE=auto|default|local)"
+	@echo "make compose-images  the jobs image (+ an offline postgres) for deploy/compose (then: podman-compose / docker compose up -d)"
+	@echo "make challenger   VERSION=N: @challenger <- version N (e.g. a dvc exp run's), audited"
 	@echo "make promote      gated: @champion <- @challenger, then deploy | make rollback"
 	@echo "make deploy       serve @champion: bento + swap it into the running service | make history"
 	@echo "make backup       every store -> backups/<time>/ (BACKUP_ARGS='--keep 7 --max-age-days 30')"
@@ -77,6 +80,11 @@ run: repro
 	@echo "Score an applicant:  curl -s -XPOST localhost:$(PORT)/predict -H 'X-API-Key: change-me' \\"
 	@echo "                       -H 'content-type: application/json' -d @$(RISKLOOP_STATE_DIR)/bento/example_request.json"
 
+# `dvc exp run` never moves @challenger; name the version a reviewer should see (audited)
+challenger: install
+	@test -n "$(VERSION)" || { echo "usage: make challenger VERSION=<registered version> [REASON=…]"; exit 2; }
+	$(BIN)/riskloop challenger $(VERSION) $(if $(REASON),--reason "$(REASON)")
+
 promote: install
 	$(BIN)/riskloop promote $(if $(REASON),--reason "$(REASON)") $(if $(VERSION),--version $(VERSION))
 	$(BIN)/riskloop deploy --reason "promotion: $(or $(REASON),make promote)"
@@ -106,6 +114,11 @@ ui: install
 	@mkdir -p $(RISKLOOP_STATE_DIR)
 	$(BIN)/riskloop ui --port $(UI_PORT)
 
+# DVC's own page loads vega from a CDN and is blank offline; .dvc/config makes plain
+# `dvc plots show` use .dvc/plots/offline.html (vega inline), named here all the same
+plots: install
+	$(BIN)/dvc plots show --html-template .dvc/plots/offline.html
+
 # PostgreSQL (STACK_POSTGRES, default the machine's), an MLflow server on it, the API, the
 # scheduler: clients load state/stack/stack.env (see README "Deploy")
 stack: install
@@ -130,6 +143,11 @@ container: install
 # the local base (Debian packages: debootstrap + buildah, as root), built again: security updates
 container-base: install
 	$(BIN)/riskloop container --base-only
+
+# the images deploy/compose runs beside make container's: riskloop-jobs (MLflow server, scheduler)
+# and, where postgres:16 cannot be pulled, an offline PostgreSQL stand-in
+compose-images: install
+	$(BIN)/riskloop compose-images
 
 serve: install
 	$(BIN)/bentoml serve riskloop:latest --host $(HOST) --port $(PORT)
@@ -161,17 +179,21 @@ lint: install
 
 # System tools the deploy tests run, from Debian where apt can install them (as root); elsewhere
 # their tests skip and say why: promtool (Prometheus' rule checker and unit tester) for
-# tests/deploy/test_alerts.py; where no Docker engine answers, podman, buildah, runc and
-# debootstrap to build and run the serving container (tests/deploy/test_container.py).
+# tests/deploy/test_alerts.py; chromium, which Playwright drives to render /docs and the plots
+# page with the network refused (tests/serving/test_offline_pages.py); where no Docker engine
+# answers, podman, buildah, runc and debootstrap to build and run the serving container
+# (tests/deploy/test_container.py).
 APT_INSTALL := apt-get install -y -q --no-install-recommends
-TOOLS := promtool:prometheus
-CONTAINER_TOOLS := podman:podman buildah:buildah runc:runc debootstrap:debootstrap
+TOOLS := promtool:prometheus chromium:chromium
+# podman-compose's service names resolve through CNI's dnsname plugin (podman 4 on Debian 12)
+CONTAINER_TOOLS := podman:podman buildah:buildah runc:runc debootstrap:debootstrap \
+	/usr/lib/cni/dnsname:golang-github-containernetworking-plugin-dnsname
 tools:
 	@want="$(TOOLS)"; docker info >/dev/null 2>&1 || want="$$want $(CONTAINER_TOOLS)"; missing=""; \
 	for t in $$want; do PATH="$$PATH:/usr/sbin:/sbin" command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
 	[ -z "$$missing" ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		{ $(APT_INSTALL) $$missing || { apt-get update -q && $(APT_INSTALL) $$missing; }; } >/dev/null 2>&1; } || \
-		echo "not installed (Debian packages):$$missing: tests/deploy/test_alerts.py or test_container.py will skip"
+		echo "not installed (Debian packages):$$missing: the tests that need them will skip"
 
 test: lint data tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

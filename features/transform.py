@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from features.contract import Contract
-from riskloop.settings import DataSettings, FeatureSettings
+from riskloop.settings import DataSettings, FeatureSettings, texts_for
 
 # Status features that must carry a +1 monotone constraint (see params.yaml train section).
 STATUS_FEATURES = (
@@ -52,6 +52,13 @@ def feature_names(data: DataSettings, settings: FeatureSettings) -> list[str]:
     """The model's features for these settings, before any data: inputs, then derived."""
     derived = repayment_arrays(lambda cols: np.zeros((1, len(cols))), settings)
     return [*data.model_input_columns, *derived]
+
+
+def missing_reason_texts(data: DataSettings, settings: FeatureSettings,
+                         texts: dict[str, str]) -> list[str]:  # fmt: skip
+    """Model features for which serving.reason_texts has no text."""
+    names = feature_names(data, settings)
+    return [n for n, t in zip(names, texts_for(names, texts, data.onehot), strict=True) if not t]
 
 
 def unknown_references(data: DataSettings, settings: FeatureSettings,

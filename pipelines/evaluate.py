@@ -1,27 +1,38 @@
 """Stage `evaluate`: score the untouched test split with the registered challenger (through
 the MLflow model itself, which must reproduce the out-of-sample reference it carries), write
-metrics.json, DVC plots, importance, fairness and the challenger-vs-champion table; log them
-to the training run and as version tags."""
+metrics.json, DVC plots, importance, fairness, the challenger-vs-champion table and the model
+card (reports/evaluate/model_card.html, training/card.py); log them to the training run and
+their key figures as version tags."""
 
 from __future__ import annotations
 
 import logging
+import time
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
+from mlflow.entities.model_registry import ModelVersion
 
 from pipelines import lineage, paths
 from riskloop import package
 from riskloop.cli import run_main
 from riskloop.errors import RegistryError
-from riskloop.settings import load_params
+from riskloop.settings import Params, load_params, texts_for
+from serving.scoring import cutoffs
+from training import card_html, report
 from training import metrics as m
-from training import report
+from training.card import bootstrap_intervals, gate_count, monotonicity, verdict
+from training.gates import Scored, candidate_gates
 from training.plots import save_curves
 from training.registry import version_uri
 from training.tracking import connect
 
 log = logging.getLogger("evaluate")
+CARD = paths.EVAL_DIR / "model_card.html"
+CARD_ARTIFACT_DIR = "model_card"  # under the version's training run; MLflow's UI renders it
+CSV_FLOAT = "%.6g"  # the evaluation tables as people read them in MLflow's preview
 
 
 def score(uri: str | package.ModelPackage, raw: pd.DataFrame):
@@ -56,6 +67,139 @@ def recent_comparison(version: str, champ, registry, target: str, ev) -> dict | 
     return out
 
 
+# ---------------------------------------------------------------- model card
+def served(params: Params, role: str, version: str, pkg: package.ModelPackage,
+           p: np.ndarray) -> card_html.ModelScores:  # fmt: skip
+    """A model's test-split PD with the cuts the service gives it (resolved from its own
+    out-of-sample reference, as promote and serving resolve them)."""
+    cut = cutoffs(params.serving.decisions, pkg.reference_scores)
+    return card_html.ModelScores(role, version, np.asarray(p, dtype=float), cut)
+
+
+def stability(train_p: np.ndarray, test_p: np.ndarray) -> card_html.Stability:
+    # here, not at the top: monitoring.psi registers an Evidently stat test (seconds to import)
+    from monitoring.psi import DEFAULT_BINS, bin_shares, psi
+
+    ref, cur = bin_shares(train_p, test_p, DEFAULT_BINS)
+    return card_html.Stability(psi(train_p, test_p), ref, cur, len(train_p), len(test_p))
+
+
+def split_rows(test_rows: int, excluded: int) -> str:
+    rows = {s: pq.ParquetFile(paths.PREPARED / f"{s}.parquet").metadata.num_rows
+            for s in ("train", "valid")}  # fmt: skip
+    left = f" ({excluded:,} left out: customers seen in production batches)" if excluded else ""
+    return f"train {rows['train']:,}, valid {rows['valid']:,}, test {test_rows:,}{left}"
+
+
+def period(params: Params) -> str:
+    column = params.data.time_column
+    if column is None:
+        return "no time column (stratified random split)"
+    spans = []
+    for split in paths.SPLITS:
+        t = pd.read_parquet(paths.PREPARED / f"{split}.parquet", columns=[column])[column]
+        spans.append(f"{split} {t.min()} to {t.max()}")
+    return f"{column}: " + "; ".join(spans)
+
+
+def lineage_rows(params: Params, mv: ModelVersion, trained: dict, rows: str) -> dict[str, str]:
+    tags, data = mv.tags, params.data
+    created = datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC)
+    source = f" from {data.source.package}" if data.source else ""
+    return {
+        "model version": f"{trained['model_name']} v{mv.version}"
+        + (f" (@{', @'.join(mv.aliases)})" if mv.aliases else ""),
+        "registered": created.strftime("%Y-%m-%d %H:%M UTC"),
+        "MLflow run": mv.run_id,
+        "git commit": tags.get("git_commit", "unknown"),
+        "data": f"{data.raw_file}{source}; DVC hash {trained['data_hash']}",
+        "rows": rows,
+        "period": period(params),
+        "search": f"Optuna study {trained['study_name']}: {trained['n_trials']} trials, best valid "
+        f"AUC {trained['best_valid_auc']:.4f}; CV AUC of the refit {trained['cv_auc_mean']:.4f} "
+        f"± {trained['cv_auc_std']:.4f}",
+        "model sha256": trained["model_sha256"][:16],
+    }
+
+
+def training_params(trained: dict, constraints: dict[str, int]) -> dict[str, object]:
+    best = {k: f"{v:.4g}" if isinstance(v, float) else v for k, v in trained["best_params"].items()}
+    return {**best, "boost_rounds": trained["boost_rounds"],
+            "monotone_constraints": f"{sum(v != 0 for v in constraints.values())} features"}  # fmt: skip
+
+
+def card_tags(card: card_html.CardData, name: str) -> dict[str, str]:
+    """The card's key figures as short version tags (the MLflow UI's version page). Every key
+    is always set: a re-evaluation must not leave an earlier run's figure behind."""
+    gates, iv = card.gates, card.intervals
+    failed = [g.name for g in gates if not g.passed]
+    held = sum(c.passed for c in card.monotone)
+    ratios = [(g.value, g.name.removeprefix("approval_ratio")[1:-1]) for g in gates
+              if g.name.startswith("approval_ratio[") and g.value is not None]  # fmt: skip
+    versus = "no champion"
+    if iv.difference and card.champion:
+        versus = f"{iv.difference['roc_auc'].text(signed=True)} vs v{card.champion.version}"
+    return {
+        "card.verdict": card.verdict,
+        "card.gates_passed": gate_count(gates),
+        "card.gates_failed": ", ".join(failed) or "none",
+        "card.test_auc_ci": iv.candidate["roc_auc"].text(),
+        "card.auc_vs_champion": versus,
+        "card.score_psi": "not measured" if card.stability is None else f"{card.stability.psi:.3f}",
+        "card.min_approval_ratio": "{:.3f} ({})".format(*min(ratios)) if ratios else "not gated",
+        "card.monotonicity": f"{held}/{len(card.monotone)} hold",
+        "card.artifact": f"{CARD_ARTIFACT_DIR}/{name}",
+    }
+
+
+def model_card(params: Params, mv: ModelVersion, trained: dict, test: pd.DataFrame, excluded: int,
+               pkg: package.ModelPackage, inner, challenger: card_html.ModelScores,
+               champion: card_html.ModelScores | None, importance: pd.DataFrame) -> card_html.CardData:  # fmt: skip
+    """Everything the card shows: the promotion gates as promote runs them (training/gates.py,
+    on the probabilities scored here), bootstrap intervals, monotonicity, stability."""
+    from pipelines.promote import train_scores  # promote imports this module: import late
+
+    data, y = params.data, test[params.data.target].to_numpy()
+    train = pd.read_parquet(paths.PREPARED / "train.parquet")
+    train_p, added = train_scores(params, pkg, train)
+    baseline = None
+    if params.promotion.min_auc_over_baseline is not None:
+        from training.baseline import baseline_auc
+
+        baseline = baseline_auc(train, test, data)
+    rule = f"approve = risk_score < {challenger.cut.review_from}, v{challenger.version}'s review_from as served"  # fmt: skip
+    groups = report.protected_groups(test, data)
+    scored = Scored(y=y, candidate=challenger.p, approved=challenger.approved, approval_rule=rule,
+                    groups=groups, champion=None if champion is None else champion.p, train=train_p,
+                    train_left_out=added, baseline_auc=baseline)  # fmt: skip
+    gates = candidate_gates(scored, params.promotion)
+    intervals = bootstrap_intervals(y, challenger.p, None if champion is None else champion.p)
+    names = inner.feature_names
+    constraints = {f: c for f, c in params.train.monotone_constraints.items() if f in names}
+    checks = monotonicity(lambda f: inner.booster.inplace_predict(f, predict_type="margin"),
+                          inner.features(test)[names], constraints)  # fmt: skip
+    headline = verdict(challenger.version, gates, None if champion is None else champion.version,
+                       None if intervals.difference is None else intervals.difference["roc_auc"])  # fmt: skip
+    texts = dict(
+        zip(names, texts_for(names, params.serving.reason_texts, data.onehot), strict=True)
+    )
+    purpose = (f"Probability that a customer defaults ({data.target}), served as a 0-100 risk score "
+               "(the PD in percent) with a risk band and a decision. Protected attributes "
+               f"({', '.join(data.protected) or 'none'}) are kept out of the model's inputs and used "
+               "for the fairness checks below.")  # fmt: skip
+    return card_html.CardData(
+        model_name=trained["model_name"], y=y, challenger=challenger, champion=champion,
+        gates=gates, verdict=headline, intervals=intervals, purpose=purpose,
+        lineage=lineage_rows(params, mv, trained, split_rows(len(test), excluded)),
+        training_params=training_params(trained, constraints), approval_rule=rule, groups=groups,
+        bands=params.serving.bands, importance=importance, reason_texts=texts, monotone=checks,
+        stability=stability(train_p, challenger.p), calibration_bins=params.evaluate.calibration_bins,
+        decision_threshold=params.evaluate.decision_threshold,
+        min_group_rows=params.promotion.min_group_rows,
+        min_approval_ratio=params.promotion.min_approval_ratio,
+    )  # fmt: skip
+
+
 def main() -> None:
     params = load_params()
     ev, data = params.evaluate, params.data
@@ -76,12 +220,14 @@ def main() -> None:
     test_metrics = m.classification_metrics(y, p, ev.decision_threshold, ev.calibration_bins)
 
     champ = registry.champion()
-    champ_metrics = None
+    champ_metrics, champ_scores = None, None
     if champ is not None and str(champ.version) != version:
-        p_champ, _ = score(version_uri(registry.name, champ.version), test)
+        champ_pkg = package.ModelPackage.download(version_uri(registry.name, champ.version))
+        p_champ, _ = score(champ_pkg, test)
         champ_metrics = m.classification_metrics(
             y, p_champ, ev.decision_threshold, ev.calibration_bins
         )
+        champ_scores = served(params, "champion", str(champ.version), champ_pkg, p_champ)
     table = report.comparison(test_metrics, champ_metrics)
     recent = recent_comparison(
         version, champ_metrics is not None and champ, registry, data.target, ev
@@ -99,11 +245,22 @@ def main() -> None:
         frame.to_csv(paths.PLOTS / f"{name}.csv", index=False)
     paths.EVAL_DIR.mkdir(parents=True, exist_ok=True)
     importance = report.importance(inner.contributions(test), ev.top_features)
-    fairness = report.fairness_table(test, y, p, data, ev.decision_threshold)
-    importance.to_csv(paths.EVAL_DIR / "feature_importance.csv", index=False)
-    fairness.to_csv(paths.EVAL_DIR / "fairness.csv", index=False)
-    table.to_csv(paths.EVAL_DIR / "champion_vs_challenger.csv", index=False)
+    importance.to_csv(
+        paths.EVAL_DIR / "feature_importance.csv", index=False, float_format=CSV_FLOAT
+    )
+    table.to_csv(paths.EVAL_DIR / "champion_vs_challenger.csv", index=False, float_format=CSV_FLOAT)
     pngs = save_curves(paths.EVAL_DIR, roc, pr, calib, dist)
+
+    started = time.perf_counter()
+    challenger = served(params, "challenger", version, pkg, p)
+    # approval as the service decides it (the gates' and the card's), not p < a threshold
+    fairness = report.fairness_table(test, y, p, data, challenger.approved)
+    fairness.to_csv(paths.EVAL_DIR / "fairness.csv", index=False, float_format=CSV_FLOAT)
+    # get_model_version, not the search by_fingerprint ran: only it returns the aliases
+    card = model_card(params, registry.version(version), trained, test, test_excluded, pkg, inner,
+                      challenger, champ_scores, importance)  # fmt: skip
+    CARD.write_text(card_html.render(card), encoding="utf-8")
+    log.info("model card %s in %.1fs: %s", CARD, time.perf_counter() - started, card.verdict)
 
     paths.write_json(paths.METRICS, {
         "test": test_metrics,
@@ -120,10 +277,12 @@ def main() -> None:
         client.log_artifact(run_id, str(f), "evaluation")
     for f in paths.PLOTS.glob("*.csv"):
         client.log_artifact(run_id, str(f), "evaluation/plots")
+    client.log_artifact(run_id, str(CARD), CARD_ARTIFACT_DIR)
     tags = {
         f"test_{k}": f"{test_metrics[k]:.6g}" for k in ("roc_auc", "gini", "ks", "brier", "ece")
     }
     tags["evaluated_against_champion"] = champ.version if champ_metrics else "none"
+    tags |= card_tags(card, CARD.name)
     if recent:
         tags["recent_roc_auc"] = f"{recent['challenger']['roc_auc']:.6g}"
         tags["recent_rows"] = str(recent["rows"])

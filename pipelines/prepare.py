@@ -11,7 +11,7 @@ import yaml
 from sklearn.model_selection import train_test_split
 
 from features.contract import validate_raw
-from features.transform import unknown_references
+from features.transform import missing_reason_texts, unknown_references
 from pipelines import lineage, paths
 from riskloop.cli import run_main
 from riskloop.errors import DataContractError, DataVersionError, SettingsError
@@ -97,7 +97,12 @@ def check_references(params: Params) -> None:
     problems = unknown_references(params.data, params.features, {
         "train.monotone_constraints": list(params.train.monotone_constraints),
         "monitoring.psi.key_features": params.monitoring.psi.key_features,
+        "serving.reason_texts": [k for k in params.serving.reason_texts if k not in params.data.onehot],
     })  # fmt: skip
+    missing = missing_reason_texts(params.data, params.features, params.serving.reason_texts)
+    if missing:
+        problems.append(f"serving.reason_texts has no text for {missing}: a declined applicant is "
+                        "told each principal reason (`riskloop init-data` drafts them)")  # fmt: skip
     if problems:
         raise SettingsError(
             "params.yaml does not fit the declared data:\n  " + "\n  ".join(problems)

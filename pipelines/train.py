@@ -1,13 +1,17 @@
 """Stage `train`: Optuna search (one MLflow parent run per study, a child run per trial),
 refit of the best parameters on train+valid, CV of that configuration, then ONE MLflow
-model (feature builder + booster, returning probabilities) registered as @challenger. The
-model carries its contract, golden batch and out-of-sample reference (training/package.py):
-the test split is scored here only to package that reference, never to choose anything."""
+model (feature builder + booster, returning probabilities) registered as a new version: a
+workspace run (`dvc repro`, a retrain) makes it @challenger, a `dvc exp run` tags it with the
+experiment's name and leaves @challenger alone (training/registry.py `Origin`). The model
+carries its contract, golden batch and out-of-sample reference (training/package.py): the
+test split is scored here only to package that reference, never to choose anything."""
 
 from __future__ import annotations
 
 import logging
+import os
 import pickle
+import subprocess
 import warnings
 from importlib.metadata import version
 
@@ -24,6 +28,7 @@ from riskloop.settings import load_params
 from training import fit, search
 from training.model import CreditRiskModel
 from training.package import log_model
+from training.registry import PIPELINE_FILES, registration_summary, training_origin
 from training.tracking import connect, dvc_data_hash, git_commit
 
 log = logging.getLogger("train")
@@ -35,8 +40,21 @@ def pinned(packages: list[str]) -> list[str]:
     return [f"{p}=={version(p)}" for p in packages]
 
 
+def pipeline_modified() -> bool | None:
+    """Whether dvc.yaml or params.yaml differ from git HEAD (or are not committed at all);
+    None outside a git checkout."""
+    cmd = ["git", "status", "--porcelain", "--untracked-files=all", "--", *PIPELINE_FILES]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    except OSError:
+        return None
+    return bool(proc.stdout.strip()) if proc.returncode == 0 else None
+
+
 def main() -> None:
     params = load_params()
+    # the pipeline as it was when its params were read, not after a long search
+    origin = training_origin(os.environ, pipeline_modified())
     tr = params.train
     fit.check_device(tr)
     client, exp_id, registry = connect(params.registry)
@@ -56,7 +74,8 @@ def main() -> None:
     with mlflow.start_run(experiment_id=exp_id, run_name=f"train-{name}") as parent:
         run_id = parent.info.run_id
         mlflow.set_tags({search.STUDY_TAG: name, "riskloop.role": "study", "git_commit": commit,
-                         "data_hash": data_hash, "optuna_storage": stores.redact(stores.optuna_storage())})  # fmt: skip
+                         "data_hash": data_hash, "optuna_storage": stores.redact(stores.optuna_storage()),
+                         **origin.tags()})  # fmt: skip
         mlflow.log_params(
             {f"train.{k}": v for k, v in tr.model_dump(exclude={"search_space"}).items()}
         )
@@ -107,7 +126,8 @@ def main() -> None:
             "best_params": str(best.params), "study_truncated": str(truncated).lower(),
             **{k: f"{v:.6g}" for k, v in summary.items()},
             **{k: carried[k] for k in ("model_sha256", "contract_sha", "feature_code_sha")}}  # fmt: skip
-    mv = registry.register_challenger(info.model_uri, tags)
+    before = registry.challenger()
+    mv = registry.register(info.model_uri, {**tags, **origin.tags()}, origin.sets_challenger)
     # Deterministic content only (no run id, no registry version): a fresh clone's `dvc repro`
     # rewrites dvc.lock byte for byte. The evaluate stage finds the version by model_sha256.
     paths.write_json(paths.TRAIN_REPORT, {
@@ -115,8 +135,10 @@ def main() -> None:
         "best_params": best.params, "study_truncated": truncated, "model_sha256": carried["model_sha256"],
         "contract_sha": carried["contract_sha"], "feature_code_sha": carried["feature_code_sha"], **summary,
     })  # fmt: skip
-    log.info("registered %s v%s as @%s (cv auc %.4f ± %.4f, test auc %.4f)", registry.name, mv.version,
-             params.registry.challenger_alias, cv_mean, cv_std, carried["test_metrics"]["roc_auc"])  # fmt: skip
+    summary_line = registration_summary(registry.name, str(mv.version), origin, params.registry.challenger_alias,
+                                        str(before.version) if before else None)  # fmt: skip
+    log.info("%s; cv auc %.4f ± %.4f, test auc %.4f", summary_line, cv_mean, cv_std,
+             carried["test_metrics"]["roc_auc"])  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -296,9 +296,29 @@ def write_params(path: Path, result: Draft) -> list[str]:
             decisions[key] = cut
         changed.append(f"serving.decisions: now relative, decline the riskiest {decline:.0%} of the "
                        f"model's test split, review the next {review - decline:.0%}")  # fmt: skip
+    serving = doc.get("serving")
+    if serving is not None:
+        # the previous dataset's texts name its features: one neutral draft per new input
+        texts = CommentedMap((_quoted(k), v) for k, v in draft_reason_texts(result.data).items())
+        serving["reason_texts"] = texts
+        serving.yaml_set_comment_before_after_key(
+            "reason_texts", before="CHECK reason_texts: drafted from the column names; write the "
+            "reason a declined applicant reads", indent=2)  # fmt: skip
+        changed.append(f"serving.reason_texts: {len(texts)} drafts from the column names: "
+                       "write the reason a declined applicant reads")  # fmt: skip
     with path.open("w") as fh:
         yaml.dump(doc, fh)
     return [f"dropped {key}: it names columns of the previous dataset" for key in dropped] + changed
+
+
+def draft_reason_texts(data: dict[str, Any]) -> dict[str, str]:
+    """A neutral text per model input (a one-hot group by its name): the column name in words."""
+    from riskloop.settings import DataSettings
+
+    settings = DataSettings.model_validate(data)
+    group_of = {m: g for g, members in settings.onehot.items() for m in members}
+    names = dict.fromkeys(group_of.get(c, c) for c in settings.model_input_columns)
+    return {n: re.sub(r"[_\-\s]+", " ", n).strip().capitalize() for n in names}
 
 
 def _plain(node: Any) -> Any:

@@ -65,6 +65,8 @@ class DataSettings(Frozen):
     categorical: dict[str, list[int | str] | CategoricalColumn] = {}
     onehot: dict[str, list[str]] = {}
     protected: list[str] = []
+    # protected attribute -> {level, or one-hot member: the group's name in reports and gates}
+    group_labels: dict[str, dict[int | str, str]] = {}
     ignore: list[str] = []  # columns of the file riskloop does not use (free text, leaks)
 
     @property
@@ -117,6 +119,7 @@ class DataSettings(Frozen):
                 raise ValueError(
                     f"protected attribute {name!r} is neither a column nor a one-hot group"
                 )
+        self._check_group_labels()
         for group, members in self.onehot.items():
             if len(members) < 2:
                 raise ValueError(f"one-hot group {group!r} needs at least two columns")
@@ -133,6 +136,21 @@ class DataSettings(Frozen):
         if both:
             raise ValueError(f"ignored column(s) {both} are also declared")
         return self
+
+    def _check_group_labels(self) -> None:
+        for name, labels in self.group_labels.items():
+            if name not in self.protected:
+                raise ValueError(f"group_labels names {name!r}, which is not a protected attribute")
+            known = self.onehot.get(name) or self.levels.get(name)
+            if known is None:  # a numeric attribute is reported in quartiles: nothing to name
+                raise ValueError(f"group_labels.{name}: only a categorical or one-hot attribute's "
+                                 "groups take names (a numeric one is grouped in quartiles)")  # fmt: skip
+            unknown = sorted(map(str, set(map(str, labels)) - set(map(str, known))))
+            if unknown:
+                raise ValueError(f"group_labels.{name} names unknown group(s) {unknown}; "
+                                 f"its groups: {known}")  # fmt: skip
+            if len(set(labels.values())) != len(labels):
+                raise ValueError(f"group_labels.{name} gives two groups the same name")
 
     @field_validator("categorical", mode="before")
     @classmethod
@@ -242,6 +260,16 @@ class PromotionSettings(Frozen):
     # same train split (training/baseline.py) plus this margin (null: no such gate)
     min_auc_over_baseline: Annotated[float, Field(ge=-0.5, le=0.5)] | None = None
     max_auc_drop: Annotated[float, Field(ge=0, le=0.5)] = 0.005
+    # Fairness, per protected attribute on the rows that carry it (training/gates.py; null: off).
+    # Approval = the service's decision: risk_score below the candidate's own review_from.
+    # The four-fifths rule: lowest group approval rate / highest >= this.
+    min_approval_ratio: Annotated[float, Field(gt=0, le=1)] | None = 0.8
+    max_group_auc_gap: Annotated[float, Field(gt=0, le=1)] | None = 0.1  # highest - lowest AUC
+    # Smaller groups are reported, not gated: their rates and AUCs are mostly sampling noise.
+    min_group_rows: Annotated[int, Field(ge=1)] = 200
+    min_group_class_rows: Annotated[int, Field(ge=1)] = 100  # AUC: defaults and non-defaults each
+    # Stability: PSI of the candidate's PD, test split vs train split (monitoring/psi.py); null: off.
+    max_score_psi: Annotated[float, Field(gt=0)] | None = 0.25
 
     @model_validator(mode="after")
     def _some_floor(self) -> PromotionSettings:
@@ -290,6 +318,13 @@ class DecisionSettings(Frozen):
         return self
 
 
+def texts_for(names: list[str], texts: dict[str, str],
+              onehot: dict[str, list[str]]) -> list[str | None]:  # fmt: skip
+    """Each feature's adverse-action text: its own, else its one-hot group's (None: none)."""
+    group_of = {member: group for group, members in onehot.items() for member in members}
+    return [texts.get(n) or texts.get(group_of.get(n, "")) for n in names]
+
+
 class InterventionSettings(Frozen):
     cooldown_hours: Annotated[float, Field(ge=0)] = 168
     actions: dict[str, str] = {}  # risk band -> action
@@ -299,6 +334,9 @@ class ServingSettings(Frozen):
     max_records: Annotated[int, Field(ge=1, le=100_000)] = 10_000
     max_customer_ids: Annotated[int, Field(ge=1, le=100_000)] = 1_000
     top_reasons: Annotated[int, Field(ge=0, le=20)] = 3
+    # adverse-action reason a lender can send, per model feature (or one-hot group name):
+    # returned beside each reason code; every feature needs one (checked by `dvc repro`)
+    reason_texts: dict[str, Annotated[str, Field(min_length=1, max_length=200)]] = {}
     # band name -> lowest risk_score in the band (order in the file does not matter; one starts at 0)
     bands: dict[str, Annotated[int, Field(ge=0, le=100)]] = {
         "low": 0,

@@ -46,6 +46,7 @@ REASONS = pa.list_(
             ("value", pa.float64()),
             ("level", pa.string()),
             ("contribution", pa.float64()),
+            ("text", pa.string()),
         ]
     )
 )

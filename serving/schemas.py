@@ -197,6 +197,9 @@ class Reason(BaseModel):
     )
     level: str | None = Field(default=None, description="a categorical feature's level")
     contribution: float
+    text: str | None = Field(
+        default=None, description="the adverse-action reason a lender sends (serving.reason_texts)"
+    )
 
 
 class Prediction(BaseModel):

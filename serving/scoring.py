@@ -98,15 +98,18 @@ def decisions(scores: np.ndarray, cut: Cutoffs) -> list[str]:
 
 
 def reasons(contrib: np.ndarray, feats: np.ndarray, names: list[str], top_k: int,
-            levels: dict[int, list] | None = None) -> list[list[dict]]:  # fmt: skip
+            levels: dict[int, list] | None = None,
+            texts: list[str | None] | None = None) -> list[list[dict]]:  # fmt: skip
     """Up to k features that raise each row's risk the most (exact TreeSHAP, log-odds; only
-    positive contributions: a feature that lowers the risk is no reason to decline).
+    positive contributions: a feature that lowers the risk is no reason to decline), each
+    with its adverse-action text (`texts`, by feature index: serving.reason_texts).
     All contributions plus the base value (last column) sum to the row's margin. A
     categorical feature (`levels`: feature index -> its levels, a code being a position)
     is shown by its level, never by the code the model reads."""
     if top_k == 0:
         return [[] for _ in range(len(contrib))]
     levels = levels or {}
+    texts = texts or [None] * len(names)
     values = contrib[:, :-1]
     order = np.argsort(-values, axis=1, kind="stable")[:, :top_k]
     out = []
@@ -119,6 +122,6 @@ def reasons(contrib: np.ndarray, feats: np.ndarray, names: list[str], top_k: int
             given = not np.isnan(v)
             row.append({"feature": names[c], "value": float(v) if given and not coded else None,
                         "level": str(levels[c][int(v)]) if given and coded else None,
-                        "contribution": float(values[r, c])})  # fmt: skip
+                        "contribution": float(values[r, c]), "text": texts[c]})  # fmt: skip
         out.append(row)
     return out

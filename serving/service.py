@@ -42,8 +42,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from features.contract import Contract
 from riskloop.errors import RateLimited, Refused
 from riskloop.package import ModelPackage, model_code
-from riskloop.settings import load_params
-from serving import arrowio, deployment, golden, httpguard, metrics, requestlog, scoring
+from riskloop.settings import load_params, texts_for
+from serving import arrowio, deployment, docs, golden, httpguard, metrics, requestlog, scoring
 from serving.codecs import Codecs
 from serving.config import load_env
 from serving.fastpath import CURRENT_KEY, Gateway, Job, MicroBatcher, new_ids
@@ -86,8 +86,10 @@ _PREDICT_LATENCY = metrics.LATENCY.labels("predict")  # label lookups cost more 
 _PREDICT_OK = metrics.REQUESTS.labels("predict", "200")
 
 app = FastAPI(
-    title="riskloop scoring", version="1", description="Probability of default with reason codes."
-)
+    title="riskloop scoring", version="1", description="Probability of default with reason codes.",
+    docs_url=None, redoc_url=None,  # FastAPI's pages load from a CDN: /docs is serving/docs.py's
+)  # fmt: skip
+docs.mount(app)
 
 
 def _openapi() -> dict[str, Any]:
@@ -178,6 +180,7 @@ class Engine:
     tag: str
     feature_names: list[str]
     levels: dict[int, list]  # categorical feature's index -> its levels (reasons show levels)
+    texts: list[str | None]  # each feature's adverse-action text (serving.reason_texts)
     cutoffs: scoring.Cutoffs  # decisions, resolved for this model (relative cuts differ per model)
 
 
@@ -204,7 +207,8 @@ def load_engine(bento_model: bentoml.Model) -> Engine:
     names = list(model.builder.feature_names_)
     levels = {i: contract.data.levels[n] for i, n in enumerate(names) if n in contract.data.levels}
     cut = scoring.cutoffs(PARAMS.serving.decisions, pkg.reference_scores)
-    return Engine(model, scorer, version, str(bento_model.tag), names, levels, cut)
+    texts = texts_for(names, PARAMS.serving.reason_texts, contract.data.onehot)
+    return Engine(model, scorer, version, str(bento_model.tag), names, levels, texts, cut)
 
 
 class _State:
@@ -363,6 +367,7 @@ class RiskService:
         feats = engine.model.builder.transform_array(values)
         explain_rows = [np.arange(len(j)) + off for j, off in zip(jobs, _offsets(jobs), strict=True)
                         if j.explain != "none"]  # fmt: skip
+        top_k = PARAMS.serving.top_reasons
         contrib, top, p = None, [[]] * len(feats), None
         if explain_rows:
             rows = np.concatenate(explain_rows)
@@ -370,9 +375,8 @@ class RiskService:
             contrib = np.full((len(feats), c.shape[1]), np.nan)
             contrib[rows] = c
             top = list(top)
-            found = scoring.reasons(
-                c, feats[rows], engine.feature_names, PARAMS.serving.top_reasons, engine.levels
-            )
+            found = scoring.reasons(c, feats[rows], engine.feature_names, top_k, engine.levels,
+                                    engine.texts)  # fmt: skip
             for r, reasons in zip(rows.tolist(), found, strict=True):
                 top[r] = reasons
             if p_explained is not None:  # the same pass scored these rows
@@ -387,6 +391,19 @@ class RiskService:
         scores = scoring.risk_scores(p)
         bands = scoring.risk_bands(scores, PARAMS.serving.bands)
         decisions = scoring.decisions(scores, engine.cutoffs)
+        # a declined applicant is always told the principal reasons, whatever the request
+        # asked (explain=none, or top_reasons 0): those rows are explained now
+        unexplained = np.ones(len(feats), dtype=bool)
+        if explain_rows and top_k:
+            unexplained[rows] = False
+        declined = np.flatnonzero(unexplained & (np.asarray(decisions) == "decline"))
+        if len(declined):
+            c, _ = engine.scorer.explain(feats[declined])
+            top = list(top)
+            found = scoring.reasons(c, feats[declined], engine.feature_names, max(top_k, 1),
+                                    engine.levels, engine.texts)  # fmt: skip
+            for r, reasons in zip(declined.tolist(), found, strict=True):
+                top[r] = reasons
         probs, score_list = p.tolist(), scores.tolist()
         ids = new_ids(len(p))
         log = PredictionColumns(

@@ -85,17 +85,3 @@ def score_distribution(y: np.ndarray, p: np.ndarray, bins: int = 20) -> pd.DataF
         counts, _ = np.histogram(np.asarray(p)[y == label], bins=edges)
         out[name] = counts / max(counts.sum(), 1)
     return out
-
-
-def group_report(y: np.ndarray, p: np.ndarray, groups: pd.Series, threshold: float) -> pd.DataFrame:
-    """Approval rate, default rate and AUC per group of one protected attribute."""
-    y = np.asarray(y, dtype=int)
-    p = np.asarray(p, dtype=float)
-    rows = []
-    for value in sorted(groups.dropna().unique(), key=str):
-        m = (groups == value).to_numpy()
-        ym, pm = y[m], p[m]
-        auc = float(roc_auc_score(ym, pm)) if len(np.unique(ym)) == 2 else float("nan")
-        rows.append({"group": str(value), "n": int(m.sum()), "approval_rate": float((pm < threshold).mean()),
-                     "default_rate": float(ym.mean()), "roc_auc": auc})  # fmt: skip
-    return pd.DataFrame(rows)

@@ -1,5 +1,6 @@
 """The one adapter to the MLflow model registry: URIs, aliases, promotion, rollback and their
-audit trail. Serving loads by alias only.
+audit trail, and the rule for which training run moves @challenger (`training_origin`: a DVC
+experiment never does). Serving loads by alias only.
 
 Every alias move is recorded twice: as tags on the version it points at (who, when, why,
 previous champion; the latest move), and as one append-only entry in the registered model's
@@ -12,6 +13,7 @@ import getpass
 import json
 import os
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +27,13 @@ from riskloop.errors import RegistryError
 from riskloop.settings import RegistrySettings
 
 AUDIT_PREFIX = "riskloop.audit."
+# DVC 3 sets both in every `dvc exp run` stage (workspace, --temp, --queue: all go through
+# dvc/repo/experiments/queue/base.py `_stash_exp`), never in `dvc repro`; values from dvc.env.
+DVC_EXP_NAME = "DVC_EXP_NAME"
+DVC_EXP_BASELINE_REV = "DVC_EXP_BASELINE_REV"
+# What an experiment's -S edits and a person edits by hand: the pipeline and its numbers.
+# Not data.dvc/dvc.lock: a retrain re-pins the data and must still yield a challenger.
+PIPELINE_FILES = ("dvc.yaml", "params.yaml")
 
 
 def alias_uri(name: str, alias: str) -> str:
@@ -41,6 +50,56 @@ def actor() -> str:
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a training run came from, which decides whether its version becomes @challenger.
+
+    An experiment never moves @challenger: many run at a time, queued, from throwaway params,
+    so "whatever ran last" is no reviewer's choice; its version is tagged with the experiment's
+    name and baseline, and `make challenger VERSION=N` makes it the challenger on purpose.
+    A workspace run (`dvc repro`, a retrain) does move it, also with uncommitted edits to the
+    pipeline files, tagged `workspace: modified`: DVC's own workflow is edit, repro, then
+    commit the dvc.lock that records the run, so demanding a commit first would mean training
+    twice, and the workspace is the one place a person runs on purpose, one run at a time.
+    The tag (and `git_commit`'s `-dirty`) tells a reviewer no commit holds that pipeline."""
+
+    experiment: str | None = None
+    baseline_rev: str | None = None
+    pipeline_modified: bool | None = None  # None: not known (no git checkout)
+
+    @property
+    def sets_challenger(self) -> bool:
+        return self.experiment is None
+
+    def tags(self) -> dict[str, str]:
+        if self.experiment is not None:
+            return {
+                "experiment": self.experiment,
+                "experiment_baseline": self.baseline_rev or "unknown",
+            }
+        state = {True: "modified", False: "committed", None: "unknown"}[self.pipeline_modified]
+        return {"workspace": state}
+
+
+def training_origin(env: Mapping[str, str], pipeline_modified: bool | None) -> Origin:
+    """The rule, pure: a DVC experiment's name in the environment makes it an experiment."""
+    name = env.get(DVC_EXP_NAME, "").strip()
+    if name:
+        return Origin(experiment=name, baseline_rev=env.get(DVC_EXP_BASELINE_REV) or None)
+    return Origin(pipeline_modified=pipeline_modified)
+
+
+def registration_summary(name: str, version: str, origin: Origin, alias: str,
+                         before: str | None) -> str:  # fmt: skip
+    """The one line train ends with: what was registered and what happened to @challenger."""
+    was = f"v{before}" if before else "none"
+    if not origin.sets_challenger:
+        return (f"registered {name} v{version} (experiment {origin.experiment}), @{alias} unchanged "
+                f"({was}); make it the challenger with `make challenger VERSION={version}`")  # fmt: skip
+    modified = "; pipeline files differ from git HEAD" if origin.pipeline_modified else ""
+    return f"registered {name} v{version} as @{alias} (was {was}{modified})"
 
 
 @dataclass
@@ -82,10 +141,13 @@ class Registry:
             )
         return max(found, key=lambda v: int(v.version))
 
-    def register_challenger(self, model_uri: str, tags: dict[str, str]) -> ModelVersion:
-        """Create a version with all its lineage tags in one call, then point @challenger at
-        it. If the alias cannot be set the version is deleted: no half-registered entries."""
+    def register(self, model_uri: str, tags: dict[str, str], as_challenger: bool) -> ModelVersion:
+        """Create a version with all its lineage tags in one call (one store transaction), then
+        point @challenger at it if `as_challenger`. If the alias cannot be set the version is
+        deleted: no half-registered entries."""
         mv = mlflow.register_model(model_uri, self.name, tags=tags)
+        if not as_challenger:
+            return mv
         try:
             self.client.set_registered_model_alias(
                 self.name, self.settings.challenger_alias, mv.version
@@ -94,6 +156,9 @@ class Registry:
             self.client.delete_model_version(self.name, mv.version)
             raise
         return mv
+
+    def register_challenger(self, model_uri: str, tags: dict[str, str]) -> ModelVersion:
+        return self.register(model_uri, tags, as_challenger=True)
 
     def set_tags(self, version: str | int, tags: dict[str, str]) -> None:
         for key, value in tags.items():
@@ -119,6 +184,31 @@ class Registry:
         return [json.loads(v) for k, v in sorted(tags.items()) if k.startswith(AUDIT_PREFIX)]
 
     # ------------------------------------------------------------------ alias moves
+    def move_challenger(self, version: str | int, reason: str) -> tuple[str | None, str]:
+        """Point @challenger at an existing version on purpose; tag it with who/when/why and
+        audit the move. Returns (previous challenger or None, new one); no move, no audit entry
+        when it already is the challenger.
+        A rolled-back version is refused: the rollback was a reviewer's verdict on it."""
+        mv = self.version(version)
+        alias = self.settings.challenger_alias
+        if mv.tags.get("rolled_back") == "true":
+            raise RegistryError(
+                f"{self.name} v{mv.version} was rolled back ({mv.tags.get('rolled_back_at')}, by "
+                f"{mv.tags.get('rolled_back_by')}: {mv.tags.get('rollback_reason')}); it cannot be "
+                f"@{alias} again. To serve it anyway, promote it by name (still gated): "
+                f"make promote VERSION={mv.version} REASON=…"
+            )
+        current = self.challenger()
+        previous = str(current.version) if current is not None else None
+        if previous == str(mv.version):
+            return previous, previous
+        self.set_tags(mv.version, {"challenger_set_by": actor(), "challenger_set_at": now_iso(),
+                                   "challenger_reason": reason,
+                                   "previous_challenger": previous or "none"})  # fmt: skip
+        self.client.set_registered_model_alias(self.name, alias, str(mv.version))
+        self.record("challenger", previous, str(mv.version), reason)
+        return previous, str(mv.version)
+
     def move_champion(self, version: str | int, reason: str, previous: str | None,
                       action: str = "promote", **extra: Any) -> None:  # fmt: skip
         """Point @champion at `version`, tag it with who/when/why/previous, audit the move."""

@@ -2,7 +2,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.transform import STATUS_FEATURES, FeatureBuilder, repayment_features
+from features.transform import (
+    STATUS_FEATURES,
+    FeatureBuilder,
+    missing_reason_texts,
+    repayment_features,
+)
+from pipelines.prepare import check_references
+from riskloop.errors import SettingsError
 from tests.conftest import stratified_sample
 
 
@@ -66,3 +73,21 @@ def test_array_fast_path_equals_dataframe_path(raw, params):
     np.testing.assert_array_equal(
         builder.transform_array(values), builder.transform(rows).to_numpy()
     )
+
+
+def test_every_model_feature_has_an_adverse_action_text(params):
+    assert missing_reason_texts(params.data, params.features, params.serving.reason_texts) == []
+
+
+def test_prepare_refuses_features_without_a_text_and_texts_of_no_feature(params):
+    texts = {
+        k: v for k, v in params.serving.reason_texts.items() if k not in ("PAY_0", "EDUCATION")
+    }
+    texts["NO_SUCH_COLUMN"] = "Something"
+    broken = params.model_copy(
+        update={"serving": params.serving.model_copy(update={"reason_texts": texts})}
+    )
+    with pytest.raises(SettingsError) as err:
+        check_references(broken)
+    message = str(err.value)
+    assert "NO_SUCH_COLUMN" in message and "'PAY_0'" in message and "'EDUCATION_1'" in message

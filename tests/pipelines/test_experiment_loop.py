@@ -1,5 +1,6 @@
 """The whole `dvc repro` in a temporary copy of the repository, on a stratified sample,
-with a real MLflow store (SQLite here, PostgreSQL below) and real Optuna storage."""
+with a real MLflow store (SQLite here, PostgreSQL below) and real Optuna storage. A workspace
+run moves @challenger; a `dvc exp run` only registers a version tagged with its name."""
 
 from __future__ import annotations
 
@@ -24,6 +25,11 @@ def client_for(uri: str) -> MlflowClient:
 
 def versions(uri: str, name: str = "credit-risk"):
     return sorted(int(v.version) for v in client_for(uri).search_model_versions(f"name='{name}'"))
+
+
+def verb(repo, *args: str, check: bool = True):
+    """`riskloop VERB ARGS` on the copy's own code (the console script imports this checkout's)."""
+    return repo.py("-c", "from riskloop.app import main; main()", *args, check=check)
 
 
 def ran_stages(proc) -> set[str]:
@@ -57,6 +63,7 @@ def test_experiment_loop_on_sqlite(tmp_path, sample):
         "cv_auc_mean",
     ):
         assert v1.tags.get(tag), tag
+    assert v1.tags["workspace"] == "committed" and "experiment" not in v1.tags
     assert v1.tags["data_hash"] == repo.path.joinpath("data.dvc").read_text().split("md5: ")[1][:32]
     metrics = json.loads((repo.path / "metrics.json").read_text())
     assert 0.6 < metrics["test"]["roc_auc"] <= 1 and metrics["test"]["n"] == 600
@@ -74,13 +81,24 @@ def test_experiment_loop_on_sqlite(tmp_path, sample):
 
     assert ran_stages(repo.dvc("repro")) == set()  # nothing changed, nothing runs
 
+    # a workspace run with uncommitted params still becomes the challenger, marked as such
     repo.set_params(**{"train.seed": 7})
     assert ran_stages(repo.dvc("repro")) == {"train", "evaluate"}
     assert versions(uri) == [1, 2]
+    v2 = client.get_model_version_by_alias("credit-risk", "challenger")
+    assert v2.version == "2" and v2.tags["workspace"] == "modified"
     repo.commit("seed 7")
+    baseline = repo.run("git", "rev-parse", "HEAD").stdout.strip()
 
-    repo.dvc("exp", "run", "-S", "train.n_trials=2")
+    exp_run = repo.dvc("exp", "run", "-S", "train.n_trials=2")
     assert versions(uri) == [1, 2, 3]  # the experiment logged to the real store, not a temp copy
+    # ... as a version of its own: tagged with its name, evaluated, not the reviewer's challenger
+    v3 = client.get_model_version("credit-risk", "3")
+    exp_name = v3.tags["experiment"]
+    assert exp_name in exp_run.stdout and v3.tags["experiment_baseline"] == baseline
+    assert "workspace" not in v3.tags and v3.tags["test_roc_auc"]
+    assert f"(experiment {exp_name}), @challenger unchanged (v2)" in exp_run.stdout + exp_run.stderr
+    assert client.get_model_version_by_alias("credit-risk", "challenger").version == "2"
 
     shown = repo.dvc("metrics", "show", "--json").stdout
     assert "roc_auc" in shown
@@ -89,9 +107,18 @@ def test_experiment_loop_on_sqlite(tmp_path, sample):
 
     promoted = repo.py("-m", "pipelines.promote", "--if-no-champion")
     assert "first champion" in promoted.stdout
-    assert str(client.get_model_version_by_alias("credit-risk", "champion").version) == "3"
+    assert str(client.get_model_version_by_alias("credit-risk", "champion").version) == "2"
     refused = repo.py("-m", "pipelines.rollback", check=False)
     assert refused.returncode == 1 and "nothing to roll back to" in refused.stderr
+
+    # the experiment reaches review only when named, and the move is audited
+    unknown = verb(repo, "challenger", "9", check=False)
+    assert unknown.returncode == 1 and "credit-risk has no version 9" in unknown.stderr
+    moved = verb(repo, "challenger", "3", "--reason", "fewer trials, same AUC")
+    assert "@challenger -> v3 (was v2)" in moved.stdout
+    assert client.get_model_version_by_alias("credit-risk", "challenger").version == "3"
+    history = json.loads(verb(repo, "history", "--json").stdout)["history"]
+    assert [(e["action"], e["from"], e["to"]) for e in history][-1] == ("challenger", "2", "3")
 
 
 def corrupt_cases(sample: pd.DataFrame, target: str) -> dict[str, tuple[pd.DataFrame, str]]:

@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from riskloop.settings import texts_for
 from serving.arrowio import stream_bytes
 from serving.config import NO_RATE_LIMIT
 from serving.scorer import SMALL_BATCH
@@ -103,6 +104,10 @@ def test_predict_by_record(served, params):
         assert pred["decision"] in {"approve", "review", "decline"}
         assert 1 <= len(pred["reasons"]) <= params.serving.top_reasons
         assert all(r["contribution"] > 0 for r in pred["reasons"])
+        # each code with the adverse-action text params give its feature (or one-hot group)
+        names = [r["feature"] for r in pred["reasons"]]
+        texts = texts_for(names, params.serving.reason_texts, params.data.onehot)
+        assert [r["text"] for r in pred["reasons"]] == texts and all(texts)
         assert pred["model_name"] == "credit-risk" and pred["model_version"] == "1"
         assert len(pred["prediction_id"]) == 32
 
@@ -118,7 +123,21 @@ def test_predict_without_reasons(served, params, n):
     expected = served["model"].predict_proba(pd.DataFrame(recs))
     for pred, p in zip(preds, expected, strict=True):
         assert pred["probability_of_default"] == pytest.approx(float(p), rel=1e-6)
-        assert pred["reasons"] == []
+        if pred["decision"] != "decline":
+            assert pred["reasons"] == []
+
+
+def test_a_declined_record_always_carries_its_principal_reasons(served, params):
+    """Even when the request asks for no reasons: the applicant is owed them (adverse action);
+    the same reasons, with their texts, as when reasons are asked for."""
+    recs = records(served["customers"], params, 300, start=100)
+    quiet = post(served, "/predict", {"records": recs, "explain": "none"}).json()["predictions"]
+    declined = [i for i, pred in enumerate(quiet) if pred["decision"] == "decline"]
+    assert declined, "no declined record among 300: pick others"
+    asked = post(served, "/predict", {"records": [recs[i] for i in declined]}).json()["predictions"]
+    for i, full in zip(declined, asked, strict=True):
+        assert quiet[i]["reasons"] and quiet[i]["reasons"] == full["reasons"]
+        assert all(r["text"] and r["contribution"] > 0 for r in quiet[i]["reasons"])
 
 
 def test_reasons_sum_with_base_value_to_margin(served, params):

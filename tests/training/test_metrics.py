@@ -48,14 +48,3 @@ def test_threshold_metrics():
     assert out["precision_at_threshold"] == 0.5
     assert out["recall_at_threshold"] == 0.5
     assert out["approval_rate"] == 0.5
-
-
-def test_group_report():
-    import pandas as pd
-
-    y = np.array([0, 1, 0, 1])
-    p = np.array([0.1, 0.8, 0.6, 0.9])
-    table = m.group_report(y, p, pd.Series(["a", "a", "b", "b"]), 0.5).set_index("group")
-    assert table.loc["a", "approval_rate"] == 0.5
-    assert table.loc["b", "approval_rate"] == 0.0
-    assert table.loc["a", "roc_auc"] == 1.0
