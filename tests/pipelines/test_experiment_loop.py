@@ -86,7 +86,7 @@ def test_experiment_loop_on_sqlite(tmp_path, sample):
     assert ran_stages(repo.dvc("repro")) == {"train", "evaluate"}
     assert versions(uri) == [1, 2]
     v2 = client.get_model_version_by_alias("credit-risk", "challenger")
-    assert v2.version == "2" and v2.tags["workspace"] == "modified"
+    assert str(v2.version) == "2" and v2.tags["workspace"] == "modified"
     repo.commit("seed 7")
     baseline = repo.run("git", "rev-parse", "HEAD").stdout.strip()
 
@@ -98,7 +98,7 @@ def test_experiment_loop_on_sqlite(tmp_path, sample):
     assert exp_name in exp_run.stdout and v3.tags["experiment_baseline"] == baseline
     assert "workspace" not in v3.tags and v3.tags["test_roc_auc"]
     assert f"(experiment {exp_name}), @challenger unchanged (v2)" in exp_run.stdout + exp_run.stderr
-    assert client.get_model_version_by_alias("credit-risk", "challenger").version == "2"
+    assert str(client.get_model_version_by_alias("credit-risk", "challenger").version) == "2"
 
     shown = repo.dvc("metrics", "show", "--json").stdout
     assert "roc_auc" in shown
@@ -116,7 +116,7 @@ def test_experiment_loop_on_sqlite(tmp_path, sample):
     assert unknown.returncode == 1 and "credit-risk has no version 9" in unknown.stderr
     moved = verb(repo, "challenger", "3", "--reason", "fewer trials, same AUC")
     assert "@challenger -> v3 (was v2)" in moved.stdout
-    assert client.get_model_version_by_alias("credit-risk", "challenger").version == "3"
+    assert str(client.get_model_version_by_alias("credit-risk", "challenger").version) == "3"
     history = json.loads(verb(repo, "history", "--json").stdout)["history"]
     assert [(e["action"], e["from"], e["to"]) for e in history][-1] == ("challenger", "2", "3")
 
