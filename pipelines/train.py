@@ -8,6 +8,7 @@ test split is scored here only to package that reference, never to choose anythi
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -123,7 +124,7 @@ def main() -> None:
 
     tags = {"git_commit": commit, "data_hash": data_hash, "study_name": name, "run_id": run_id,
             "params": params.train.model_dump_json(exclude={"search_space"}),
-            "best_params": str(best.params), "study_truncated": str(truncated).lower(),
+            "best_params": json.dumps({k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in best.params.items()}), "study_truncated": str(truncated).lower(),
             **{k: f"{v:.6g}" for k, v in summary.items()},
             **{k: carried[k] for k in ("model_sha256", "contract_sha", "feature_code_sha")}}  # fmt: skip
     before = registry.challenger()

@@ -111,6 +111,9 @@ def review(version: str) -> str:
         # recorded before the revert, so the revert's own event finds it and does nothing
         registry.record("refuse-ui", str(version), known, reason, gates=figures, moved_by=by,
                         attempted=str(version))  # fmt: skip
+        # what the version page in the UI shows: why this version is not the champion
+        registry.set_tags(version, {"ui_promotion_refused": f"{now_iso()}: " + "; ".join(
+            f"{g.summary} failed" for g in failed)})  # fmt: skip
         if known:
             registry.client.set_registered_model_alias(
                 registry.name, params.registry.champion_alias, known

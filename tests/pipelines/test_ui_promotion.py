@@ -137,6 +137,7 @@ def test_ui_moves_of_champion_are_gated_audited_and_deployed(tmp_path, raw, para
         assert (refused["attempted"], refused["to"]) == ("1", "2")
         assert refused["gates"]["auc_floor"]["verdict"] == "FAIL", refused
         assert "gate auc_floor: " in refused["reason"] and "vs min 0.99" in refused["reason"]
+        assert "auc_floor" in client.get_model_version(name, "1").tags["ui_promotion_refused"]
         deadline = time.monotonic() + 30
         while str(client.get_model_version_by_alias(name, alias).version) != "2":
             assert time.monotonic() < deadline, "the refused move was not undone"
