@@ -31,7 +31,7 @@ def main() -> None:
         print("no promotion or rollback recorded yet")
     for e in entries:
         moved = f"v{e['from'] or '-'} -> v{e['to'] or '-'}"
-        print(f"{e['at']}  {e['action']:<9} {moved:<12} by {e['by']}: {e['reason']}")
+        print(f"{e['at']}  {e['action']:<10} {moved:<12} by {e['by']}: {e['reason']}")
 
 
 if __name__ == "__main__":
