@@ -11,13 +11,12 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import pytest
+from tests.conftest import debian_tool
 
 # schemes that never touch the network (the page itself may be a file://)
 LOCAL_SCHEMES = {"file", "data", "blob", "about"}
@@ -28,13 +27,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 
 
 def chromium() -> str:
-    path = shutil.which("chromium")
-    if path is None:
-        msg = "chromium not installed (Debian package chromium; `make test` installs it)"
-        if os.environ.get("RISKLOOP_REQUIRE_TOOLS") == "1":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
+    return debian_tool("chromium", "chromium")
 
 
 def is_local(url: str) -> bool:

@@ -34,6 +34,22 @@ _MLFLOW_URI_GLOBALS = (
 MLFLOW_URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 
+def needed(msg: str) -> None:
+    """A tool a test needs is missing: skip, saying why; fail under RISKLOOP_REQUIRE_TOOLS=1
+    (CI, where `make test` installs it)."""
+    if os.environ.get("RISKLOOP_REQUIRE_TOOLS") == "1":
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+def debian_tool(command: str, package: str) -> str:
+    """The path of `command`, from Debian's `package` (`make tools` installs it); else needed()."""
+    path = shutil.which(command)
+    if path is None:
+        needed(f"{command} not installed (Debian package {package}; `make test` installs it)")
+    return path
+
+
 def restore_mlflow_uris(env: dict[str, str | None]) -> None:
     """Unset MLflow's URI globals; put the URI variables back to `env` (None: absent)."""
     for module, name in _MLFLOW_URI_GLOBALS:

@@ -14,16 +14,10 @@ import pytest
 import yaml
 
 from pipelines import container
-from tests.conftest import ROOT
+from tests.conftest import ROOT, needed
 from tests.serving.server import build_bento, train_champion
 
 IMAGE = "riskloop-test"
-
-
-def needed(msg: str):
-    if os.environ.get("RISKLOOP_REQUIRE_TOOLS") == "1":
-        pytest.fail(msg)
-    pytest.skip(msg)
 
 
 @pytest.fixture(scope="package")

@@ -6,14 +6,14 @@ follow the latest monitoring run on a real SQLite store."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import debian_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 PROM = ROOT / "deploy/prometheus"
@@ -26,13 +26,7 @@ PROMETHEUS_OWN = {"up"}  # written by Prometheus itself for every scrape target
 
 
 def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        msg = "promtool not installed (Debian package prometheus; `make test` installs it)"
-        if os.environ.get("RISKLOOP_REQUIRE_TOOLS") == "1":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
+    return debian_tool("promtool", "prometheus")
 
 
 def exported() -> set[str]:

@@ -26,8 +26,7 @@ import pytest
 from mlflow import MlflowClient
 
 from pipelines import compose_images
-from tests.conftest import ROOT, make_repo_copy, stratified_sample
-from tests.deploy.conftest import needed
+from tests.conftest import ROOT, make_repo_copy, needed, stratified_sample
 from tests.serving.server import KEYS, free_port
 
 pytestmark = pytest.mark.slow
