@@ -15,12 +15,13 @@ PORT ?= 3000
 # `make serve` listens here; beyond loopback the service refuses to start without API_KEYS
 HOST ?= 127.0.0.1
 MONITOR_UI_PORT ?= 8000
+DASHBOARD_PORT ?= 8501
 SCENARIO ?= stable
 ROWS ?= 2000
 RATE ?= 500
 
 .PHONY: help tools stack install data repro run challenger promote rollback deploy history backup restore tune-worker ui plots init-data bento container container-base compose-images serve \
-	traffic monitor schedule retrain monitor-ui demo lint test bench bench-serving bench-ab bench-monitoring bench-own-data bench-container chaos clean
+	traffic dashboard monitor schedule retrain monitor-ui demo lint test bench bench-serving bench-ab bench-monitoring bench-own-data bench-container chaos clean
 
 help:
 	@echo "make run          install, fetch data, dvc repro, promote the first model, say where to look"
@@ -38,6 +39,7 @@ help:
 	@echo "make backup       every store -> backups/<time>/ (BACKUP_ARGS='--keep 7 --max-age-days 30')"
 	@echo "make restore      latest backup (BACKUP=<name>) into the configured stores (RESTORE_ARGS=--force)"
 	@echo "make tune-worker  join the running Optuna study (needs shared OPTUNA_STORAGE)"
+	@echo "make dashboard   risk-operations app on 127.0.0.1:$(DASHBOARD_PORT) in front of the API (API_BASE_URL, API_KEY)"
 	@echo "make traffic      SCENARIO=stable|recession|new_segment ROWS= RATE= against the served bento"
 	@echo "make monitor      Evidently drift + realized performance -> retrain or not (reports/monitoring/)"
 	@echo "make schedule     make monitor --act on monitoring.schedule (cron, UTC), one run at a time"
@@ -151,6 +153,10 @@ compose-images: install
 
 serve: install
 	$(BIN)/bentoml serve riskloop:latest --host $(HOST) --port $(PORT)
+
+# API_BASE_URL (default the `make serve` port), API_KEY; DASHBOARD_HOST beyond loopback needs DASHBOARD_PASSWORD
+dashboard: install
+	API_BASE_URL=$${API_BASE_URL:-http://127.0.0.1:$(PORT)} $(BIN)/riskloop dashboard --port $(DASHBOARD_PORT)
 
 traffic: install
 	$(BIN)/riskloop traffic --scenario $(SCENARIO) --rows $(ROWS) --rate $(RATE) \

@@ -62,6 +62,8 @@ VERBS: dict[str, Verb] = {
                "the store's riskloop webhook; <state>/mlflow-webhook.key; a UI move: @champion, the audit trail, the deployment"),
     "retrain": Verb("pipelines.retrain", "labelled production rows -> a new data version -> dvc repro -> a challenger",
                     "data/raw/production/, data.dvc, the registry's @challenger"),
+    "dashboard": Verb("dashboard.launch", "the risk-operations dashboard (Streamlit) on 127.0.0.1:8501, in front of the API",
+                      "nothing itself: it scores, labels and records interventions through the API"),
     "demo": Verb("pipelines.demo", "the whole loop: serve, stable and recession traffic, monitor, retrain",
                  "everything the verbs above change"),
 }  # fmt: skip

@@ -12,6 +12,7 @@ import keyword
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -252,10 +253,72 @@ class Intervention(BaseModel):
     risk_band: str | None = None
     action: str
     created_at: str
+    source: Literal["policy", "manual"] = Field(
+        description="policy: triggered by a prediction; manual: a person's decision (POST /interventions)"
+    )
+    note: str | None = None
 
 
 class InterventionsResponse(BaseModel):
     interventions: list[Intervention]
+
+
+MAX_NOTE_LENGTH = 500  # serving/store.py's interventions.note
+# A note is free text (tabs and line breaks too) without the control characters no log
+# should hold: PostgreSQL cannot store NUL (lone surrogates pydantic refuses itself).
+NOTE = Annotated[
+    str, Field(max_length=MAX_NOTE_LENGTH, pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$")
+]
+
+
+def intervention_actions(serving: ServingSettings) -> list[str]:
+    """The actions an intervention may take: those `serving.interventions.actions` configures."""
+    return sorted(set(serving.interventions.actions.values()))
+
+
+def intervention_request_model(actions: list[str]) -> type[BaseModel]:
+    """POST /interventions: a person's decision about a customer. `action` is one of
+    `actions` (an enum in the OpenAPI); another is a 422 naming them."""
+    allowed = ", ".join(actions) or "none (serving.interventions.actions is empty)"
+
+    def known(value: str) -> str:
+        if value not in actions:
+            raise PydanticCustomError(
+                "unknown_action", "Input should be one of the configured actions: {allowed}",
+                {"allowed": allowed},
+            )  # fmt: skip
+        return value
+
+    action = Annotated[str, AfterValidator(known),
+                       Field(json_schema_extra={"enum": list(actions)} if actions else None)]  # fmt: skip
+    examples = [{"customer_id": "1", "action": a, "note": "called: agreed a payment plan"}
+                for a in actions[:1]]  # fmt: skip
+    return create_model(
+        "InterventionRequest",
+        __config__=ConfigDict(
+            extra="forbid", json_schema_extra={"examples": examples} if examples else None
+        ),
+        customer_id=(CUSTOMER_ID, ...),
+        action=(action, ...),
+        note=(NOTE | None, None),
+    )
+
+
+class InterventionResponse(BaseModel):
+    intervention: Intervention
+
+
+class ContractResponse(BaseModel):
+    """What a client needs to build valid records for the served model."""
+
+    model_name: str
+    model_version: str = Field(description="the registry version serving now")
+    fingerprint: str = Field(description="the data contract's fingerprint (as in /readyz)")
+    contract: dict[str, Any] = Field(
+        description="the served model's contract.json: `features.contract.Contract.from_json` reads it"
+    )
+    example: dict[str, Any] = Field(description="a real record the model was trained on")
+    actions: list[str] = Field(description="the actions POST /interventions takes")
 
 
 class Problem(BaseModel):

@@ -53,11 +53,15 @@ from serving.logbatch import PredictionColumns
 from serving.model_tag import model_tag
 from serving.schemas import (
     ERRORS,
+    ContractResponse,
+    InterventionResponse,
     InterventionsResponse,
     OutcomesRequest,
     OutcomesResponse,
     PredictCustomerResponse,
     PredictResponse,
+    intervention_actions,
+    intervention_request_model,
 )
 from serving.scorer import Scorer
 from serving.security import FailedKeyThrottle, FixedWindowLimiter
@@ -78,10 +82,15 @@ CONTRACT = Contract.from_json(PACKAGE.contract_doc)
 CODECS = Codecs(CONTRACT, PARAMS.serving, PACKAGE.example)
 PredictRequest = CODECS.PredictRequest
 PredictCustomerRequest = CODECS.PredictCustomerRequest
+ACTIONS = intervention_actions(PARAMS.serving)  # what a manual intervention may take
+InterventionRequest = intervention_request_model(ACTIONS)
 LIMITER = FixedWindowLimiter(ENV.rate_limit_max, ENV.rate_limit_window, ENV.api_keys,
                              max_rows=ENV.rate_limit_rows, max_explained=ENV.rate_limit_explained_rows)  # fmt: skip
 _NO_REASONS = "[]"
 STORE_CALL_TIMEOUT_S = 5.0  # /predict_customer, /outcomes, /interventions
+# GET /contract's parts that no deployment changes (a deployed model has the same contract)
+_CONTRACT_FIXED = {"fingerprint": CONTRACT.fingerprint, "example": PACKAGE.example,
+                   "actions": ACTIONS}  # fmt: skip
 _PREDICT_LATENCY = metrics.LATENCY.labels("predict")  # label lookups cost more than the update
 _PREDICT_OK = metrics.REQUESTS.labels("predict", "200")
 
@@ -128,14 +137,19 @@ def _endpoint(request: Request) -> str:
 
 
 @app.exception_handler(StarletteHTTPException)
-async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    """FastAPI's own errors (a body it cannot parse: 400) in the shape the document declares."""
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """FastAPI's own errors (a body it cannot parse: 400) in the shape the document declares;
+    a 405's Allow names every method the document gives the path (Starlette's names those of
+    the path's first route only: GET and POST /interventions are two routes)."""
     if exc.status_code in (400, 422):
         body: dict[str, Any] = {"detail": [{"field": "body", "message": str(exc.detail),
                                             "type": "json_invalid"}]}  # fmt: skip
     else:
         body = {"detail": str(exc.detail)}
-    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+    headers, path = exc.headers, getattr(request.scope.get("route"), "path", None)
+    if exc.status_code == 405 and (methods := app.openapi()["paths"].get(path)):
+        headers = {**(headers or {}), "Allow": ", ".join(sorted(m.upper() for m in methods))}
+    return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
 
 @app.exception_handler(RequestValidationError)
@@ -182,6 +196,7 @@ class Engine:
     levels: dict[int, list]  # categorical feature's index -> its levels (reasons show levels)
     texts: list[str | None]  # each feature's adverse-action text (serving.reason_texts)
     cutoffs: scoring.Cutoffs  # decisions, resolved for this model (relative cuts differ per model)
+    contract_doc: dict[str, Any]  # its contract.json (same contract, its own lineage)
 
 
 def load_engine(bento_model: bentoml.Model) -> Engine:
@@ -208,7 +223,8 @@ def load_engine(bento_model: bentoml.Model) -> Engine:
     levels = {i: contract.data.levels[n] for i, n in enumerate(names) if n in contract.data.levels}
     cut = scoring.cutoffs(PARAMS.serving.decisions, pkg.reference_scores)
     texts = texts_for(names, PARAMS.serving.reason_texts, contract.data.onehot)
-    return Engine(model, scorer, version, str(bento_model.tag), names, levels, texts, cut)
+    return Engine(model, scorer, version, str(bento_model.tag), names, levels, texts, cut,
+                  pkg.contract_doc)  # fmt: skip
 
 
 class _State:
@@ -613,6 +629,28 @@ class RiskService:
         if unavailable:
             return unavailable
         return ORJSONResponse({"interventions": rows})  # orjson writes datetimes as ISO 8601
+
+    @app.post("/interventions", responses={200: {"model": InterventionResponse}, **ERRORS})
+    async def record_intervention(self, body: InterventionRequest) -> ORJSONResponse:  # type: ignore[valid-type]
+        """A person's decision (a credit officer's): recorded now, never refused for the
+        cooldown the triggered ones keep."""
+        row, unavailable = await self._from_store(
+            "manual_intervention", self.store.record_manual_intervention,
+            body.customer_id, body.action, body.note,
+        )  # fmt: skip
+        if unavailable:
+            return unavailable
+        metrics.REQUESTS.labels("manual_intervention", "200").inc()
+        return ORJSONResponse({"intervention": row})
+
+    @app.get("/contract", responses={200: {"model": ContractResponse}, **ERRORS})
+    async def contract(self) -> ORJSONResponse:
+        """The served model's data contract, a real record and the intervention actions: what
+        a client needs to build requests."""
+        engine = self.engine
+        metrics.REQUESTS.labels("contract", "200").inc()
+        return ORJSONResponse({"model_name": self.model_name, "model_version": engine.version,
+                               "contract": engine.contract_doc, **_CONTRACT_FIXED})  # fmt: skip
 
 
 RiskService.add_asgi_middleware(

@@ -47,6 +47,8 @@ _CHUNK = 500
 
 TS = sa.DateTime(timezone=True)
 metadata = sa.MetaData()
+# Where an intervention comes from (interventions.source)
+POLICY, MANUAL = "policy", "manual"
 
 
 # An answered prediction the store may not hold yet: (prediction_id, customer_id, created_at)
@@ -109,6 +111,11 @@ interventions = sa.Table(
     sa.Column("risk_band", sa.String(32)),
     sa.Column("action", sa.String(64), nullable=False),
     sa.Column("created_at", TS, nullable=False),
+    # policy: triggered by a prediction (the log writer); manual: a person's decision, recorded
+    # with POST /interventions (migration 0006: every earlier row is a policy one)
+    sa.Column("source", sa.String(16), nullable=False, server_default=POLICY),
+    sa.Column("note", sa.String(500)),  # schemas.MAX_NOTE_LENGTH
+    sa.CheckConstraint(f"source IN ('{POLICY}', '{MANUAL}')", name="ck_interventions_source"),
     sa.Index("ix_interventions_customer_created", "customer_id", "created_at"),
     # one per prediction: the log writer's replays never record one twice (migration 0004)
     sa.Index("ux_interventions_prediction", "prediction_id", unique=True),
@@ -485,16 +492,23 @@ def insert_interventions(conn: sa.Connection, rows: Sequence[Mapping[str, Any]],
             "risk_band": (row.get("risk_band"), sa.String()),
             "action": (row["action"], sa.String()),
             "created_at": (at, TS),
+            "source": (POLICY, sa.String()),
         }
         select = sa.select(*(sa.literal(v, t) for v, t in values.values())).where(~sa.exists(clash))
         stmt = dialect_insert(conn, interventions).from_select(list(values), select)
         if row.get("prediction_id") is not None:
             stmt = stmt.on_conflict_do_nothing(index_elements=["prediction_id"])
-        if conn.dialect.name == "postgresql":
-            key = sa.func.hashtext(sa.literal(customer, sa.String()))
-            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_LOCK_NS, key)))
+        _lock_customer(conn, customer)
         added += conn.execute(stmt).rowcount
     return added
+
+
+def _lock_customer(conn: sa.Connection, customer: str) -> None:
+    """On PostgreSQL, one writer of a customer's interventions at a time (until the
+    transaction ends); SQLite's write lock already serializes them."""
+    if conn.dialect.name == "postgresql":
+        key = sa.func.hashtext(sa.literal(customer, sa.String()))
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_LOCK_NS, key)))
 
 
 # --- adapter ------------------------------------------------------------------------------
@@ -610,6 +624,29 @@ class PredictionStore:
                "risk_band": risk_band, "action": action, "created_at": now_utc()}  # fmt: skip
         with self.engine.begin() as conn:
             return insert_interventions(conn, [row], cooldown_s) == 1
+
+    def record_manual_intervention(
+        self, customer_id: str, action: str, note: str | None = None
+    ) -> dict[str, Any]:
+        """Record a person's decision now, whatever the cooldown (it is never refused): no
+        prediction, the risk score and band of the customer's newest stored prediction (None
+        when the store holds none). Returns the recorded row. It counts toward the cooldown of
+        the interventions the policy triggers, as every recorded one does."""
+        latest = (
+            sa.select(predictions.c.risk_score, predictions.c.risk_band)
+            .where(predictions.c.customer_id == customer_id)
+            .order_by(predictions.c.created_at.desc(), predictions.c.prediction_id.desc())
+            .limit(1)
+        )
+        with self.engine.begin() as conn:
+            _lock_customer(conn, customer_id)  # a policy insert's cooldown check sees this one
+            found = conn.execute(latest).first()
+            values = {"customer_id": customer_id, "prediction_id": None,
+                      "risk_score": found.risk_score if found else None,
+                      "risk_band": found.risk_band if found else None, "action": action,
+                      "created_at": now_utc(), "source": MANUAL, "note": note}  # fmt: skip
+            row = conn.execute(interventions.insert().values(values).returning(*interventions.c))
+            return _aware(row.one()._mapping)
 
     def list_interventions(
         self, limit: int = 100, customer_id: str | None = None

@@ -1,5 +1,5 @@
 """The prediction store on real SQLite and PostgreSQL: migrations, outcome labels,
-intervention cooldown, online features."""
+intervention cooldown, manual interventions, online features."""
 
 from __future__ import annotations
 
@@ -9,11 +9,14 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
 
 from riskloop.errors import SettingsError
 from serving.store import (
+    MIGRATIONS,
     VERSION_TABLE,
     PredictionStore,
     insert_interventions,
@@ -73,7 +76,7 @@ def test_upgrade_creates_the_schema_from_any_cwd(db_url, tmp_path, monkeypatch):
         } <= set(sa.inspect(engine).get_table_names())
         with engine.connect() as conn:
             assert conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).all() == [
-                ("0005",)
+                ("0006",)
             ]
             # The migrations and the tables the code uses describe the same schema.
             ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
@@ -193,6 +196,76 @@ def test_intervention_cooldown_holds_under_concurrency(store):
         t.join()
     assert sorted(results) == [False] * 7 + [True]
     assert len(store.list_interventions(customer_id="c9")) == 1
+
+
+def test_manual_interventions_are_never_refused(store):
+    """A person's decision is recorded at once, every time (no cooldown), with the customer's
+    newest stored score and band; it counts toward the cooldown of triggered ones."""
+    later = prediction("p2", "c1", T0 + timedelta(hours=1)) | {
+        "risk_score": 71,
+        "risk_band": "very_high",
+    }
+    add_predictions(store, prediction("p1", "c1"), later)
+    assert store.record_intervention("c1", "p1", 640, "high", "payment_reminder", cooldown_s=3600)
+    first = store.record_manual_intervention("c1", "restructuring_offer", "agreed a plan\nby phone")
+    second = store.record_manual_intervention("c1", "restructuring_offer")
+    assert second["id"] > first["id"]
+    assert {k: v for k, v in first.items() if k not in ("id", "created_at")} == {
+        "customer_id": "c1", "prediction_id": None, "risk_score": 71, "risk_band": "very_high",
+        "action": "restructuring_offer", "source": "manual", "note": "agreed a plan\nby phone",
+    }  # fmt: skip
+    assert first["created_at"].tzinfo is not None and second["note"] is None
+    unknown = store.record_manual_intervention("nobody", "payment_reminder")
+    assert (unknown["risk_score"], unknown["risk_band"]) == (None, None)
+
+    listed = store.list_interventions(customer_id="c1")
+    assert [(i["source"], i["note"]) for i in listed] == [
+        ("manual", None), ("manual", "agreed a plan\nby phone"), ("policy", None),
+    ]  # fmt: skip
+    assert listed[0] == second
+    # a triggered one within the cooldown of a manual one is not recorded
+    assert not store.record_intervention("nobody", "p3", 710, "very_high", "call", 3600)
+    assert store.record_intervention("nobody", "p4", 710, "very_high", "call", 0)
+
+
+def _raw_intervention(conn: sa.Connection, customer: str, pid: str | None) -> None:
+    conn.execute(
+        sa.text("INSERT INTO interventions (customer_id, prediction_id, risk_score, risk_band, "
+                "action, created_at) VALUES (:c, :p, 70, 'high', 'call', :at)"),
+        {"c": customer, "p": pid, "at": T0},
+    )  # fmt: skip
+
+
+def test_migration_0006_keeps_the_interventions_of_a_0005_store(db_url):
+    upgrade(db_url, "0005")
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            _raw_intervention(conn, "c1", "p1")
+            _raw_intervention(conn, "c2", None)
+        upgrade(db_url)
+        store = PredictionStore(engine)
+        old = sorted(store.list_interventions(), key=lambda i: i["id"])
+        assert [(i["customer_id"], i["prediction_id"], i["source"], i["note"]) for i in old] == [
+            ("c1", "p1", "policy", None), ("c2", None, "policy", None),
+        ]  # fmt: skip
+        assert old[0]["created_at"] == T0
+        store.record_manual_intervention("c1", "call", "x")
+        with engine.connect() as conn, pytest.raises(sa.exc.IntegrityError):
+            conn.execute(sa.text("UPDATE interventions SET source = 'robot'"))  # the CHECK
+        # and back: the rows stay, without the new columns
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0005")
+        with engine.connect() as conn:
+            columns = {c["name"] for c in sa.inspect(conn).get_columns("interventions")}
+            assert len(conn.execute(sa.text("SELECT id FROM interventions")).all()) == 3
+        assert not {"source", "note"} & columns
+        upgrade(db_url)
+    finally:
+        engine.dispose()
 
 
 def test_online_features_upsert_and_get(store):
