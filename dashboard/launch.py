@@ -47,6 +47,9 @@ def main() -> None:
     env.check()
     root = str(APP.parent.parent)  # the app imports riskloop's packages from the repository
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    os.environ.setdefault(
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"
+    )  # model cards: keep the log readable
     print(f"riskloop dashboard on http://{env.host}:{env.port} -> API {env.api_base_url}"
           + (" (login required)" if env.password else ""), flush=True)  # fmt: skip
     cmd = streamlit_args(env.host, env.port)

@@ -33,9 +33,6 @@ class DashboardEnv(BaseSettings):
     upload_max_rows: int = Field(default=100_000, ge=1, validation_alias="UPLOAD_MAX_ROWS")
     # where the MLflow UI runs (`make ui`), for links from the Models page; empty: no links
     mlflow_ui_url: str | None = Field(default=None, validation_alias="MLFLOW_UI_URL")
-    cache_ttl_s: float = Field(
-        default=30.0, ge=0, le=3600, validation_alias="DASHBOARD_CACHE_TTL_S"
-    )
 
     @property
     def loopback(self) -> bool:

@@ -5,7 +5,6 @@ page renders as fast with 1M predictions as with 1k. Tables are serving/store.py
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -189,7 +188,3 @@ def _why(exc: sa.exc.SQLAlchemyError) -> str:
     if "unable to open database file" in text:
         return "the prediction store does not exist yet: start the service (`make serve`) and score something"
     return f"the prediction store cannot be read: {text}"
-
-
-def as_series(rows: Sequence[tuple]) -> list[dict[str, Any]]:
-    return [dict(zip(("period", "value", "n"), r, strict=False)) for r in rows]

@@ -289,6 +289,11 @@ class Gateway:
             body, content_type = await asyncio.to_thread(self.metrics)
             await _respond(send, 200, body, content_type=content_type)
             return
+        if path == "/" and scope["method"] in ("GET", "HEAD"):
+            # BentoML's own index page loads scripts from the internet: the API's page is /docs
+            docs = (scope.get("root_path", "") + "/docs").encode()
+            await _respond(send, 307, b"", [(b"location", docs)])
+            return
         if path.startswith(EXEMPT) or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)
             return

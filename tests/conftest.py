@@ -216,3 +216,20 @@ def make_repo_copy(
                        "train.max_boost_rounds": 300})  # fmt: skip
     copy.commit("init")
     return copy
+
+
+@pytest.fixture(scope="session")
+def champion(tmp_path_factory, raw, params):
+    """One small registered champion and its bento, built once for every test that serves it
+    (tests/serving, tests/dashboard)."""
+    from tests.serving.server import build_bento, train_champion
+
+    state = tmp_path_factory.mktemp("serving-state")
+    model, customers = train_champion(state, raw, params)
+    # the default layout keeps the BentoML store under the repo's state/: build twice there so
+    # a bentofile pattern that matches earlier bentos (recursive copies) fails here
+    bento_home = ROOT / "state" / f"bentoml-test-{uuid.uuid4().hex[:8]}"
+    build_bento(state, bento_home)
+    build_bento(state, bento_home)
+    yield {"state": state, "bento_home": bento_home, "model": model, "customers": customers}
+    shutil.rmtree(bento_home, ignore_errors=True)

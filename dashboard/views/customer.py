@@ -75,7 +75,7 @@ def _latest(customer: str, history: list[dict]) -> None:
         st.altair_chart(alt.Chart(frame).mark_line(point=True).encode(
             x=alt.X("created_at:T", title="scored at"), y=alt.Y("risk_score:Q", title="risk score",
                                                                 scale=alt.Scale(domain=[0, 100]))),
-            use_container_width=True)  # fmt: skip
+            width="stretch")  # fmt: skip
 
 
 def _tables(history: list[dict], outcomes: list[dict], interventions: list[dict]) -> None:
@@ -83,16 +83,16 @@ def _tables(history: list[dict], outcomes: list[dict], interventions: list[dict]
     if history:
         frame = pd.DataFrame(history).drop(columns=["reasons"])
         frame["defaulted"] = frame["defaulted"].astype("Int64")
-        st.dataframe(frame, use_container_width=True, hide_index=True)
+        st.dataframe(frame, width="stretch", hide_index=True)
     left, right = st.columns(2)
     with left:
         st.subheader(f"Outcomes ({len(outcomes)})")
         if outcomes:
-            st.dataframe(pd.DataFrame(outcomes), use_container_width=True, hide_index=True)
+            st.dataframe(pd.DataFrame(outcomes), width="stretch", hide_index=True)
     with right:
         st.subheader(f"Interventions ({len(interventions)})")
         if interventions:
-            st.dataframe(pd.DataFrame(interventions), use_container_width=True, hide_index=True)
+            st.dataframe(pd.DataFrame(interventions), width="stretch", hide_index=True)
 
 
 def _record(customer: str) -> None:

@@ -48,7 +48,7 @@ def render() -> None:
             "at": r["created_at"], "status": r["status"], "retrain": r["retrain"],
             "reasons": "; ".join(r["reasons"] or []), "champion": r["model_version"], "rows": r["rows"],
             "labelled": r["labelled_rows"], "acted": r["acted_at"]} for r in runs]),
-            use_container_width=True, hide_index=True)  # fmt: skip
+            width="stretch", hide_index=True)  # fmt: skip
     else:
         st.caption("No monitoring run yet (`make monitor`).")
     st.subheader("Promotions and rollbacks")
@@ -56,7 +56,7 @@ def render() -> None:
     if entries:
         frame = pd.DataFrame(entries[::-1])
         keep = [c for c in ("at", "action", "from", "to", "by", "reason") if c in frame.columns]
-        st.dataframe(frame[keep], use_container_width=True, hide_index=True)
+        st.dataframe(frame[keep], width="stretch", hide_index=True)
     else:
         st.caption("No promotion or rollback recorded yet.")
 
@@ -69,7 +69,7 @@ def _metrics(versions: list[registry.VersionFacts]) -> None:
     names = sorted({k for v in versions for k in v.metrics})
     frame = pd.DataFrame({f"v{v.version} (@{v.alias})": [v.metrics.get(n) for n in names] for v in versions},
                          index=[n.removeprefix("test_") for n in names])  # fmt: skip
-    st.dataframe(frame, use_container_width=True)
+    st.dataframe(frame, width="stretch")
 
 
 def _card(reg, v: registry.VersionFacts) -> None:

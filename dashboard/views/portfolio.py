@@ -52,7 +52,7 @@ def render() -> None:
         hist = pd.DataFrame(_cached("score_histogram", f), columns=["risk_score", "predictions"])
         st.altair_chart(alt.Chart(hist).mark_bar().encode(
             x=alt.X("risk_score:Q", bin=alt.Bin(step=5), title="risk score"),
-            y=alt.Y("sum(predictions):Q", title="predictions")), use_container_width=True)  # fmt: skip
+            y=alt.Y("sum(predictions):Q", title="predictions")), width="stretch")  # fmt: skip
     with right:
         st.subheader("Realized AUC over time")
         per = _auc_by_period(labelled)
@@ -61,7 +61,7 @@ def render() -> None:
         else:
             st.altair_chart(alt.Chart(per).mark_line(point=True).encode(
                 x=alt.X("period:O", title=grain), y=alt.Y("auc:Q", title="realized AUC", scale=alt.Scale(domain=[0.5, 1])),
-                tooltip=["period", "auc", "labelled"]), use_container_width=True)  # fmt: skip
+                tooltip=["period", "auc", "labelled"]), width="stretch")  # fmt: skip
     left, right = st.columns(2)
     bands = sorted(context.params().serving.bands, key=context.params().serving.bands.get)
     with left:
@@ -124,7 +124,7 @@ def _stacked(rows: list[tuple[str, str, int]], what: str, grain: str,
         x=alt.X("period:O", title=grain),
         y=alt.Y("count:Q", stack="normalize" if share else "zero", title="share" if share else "count"),
         color=alt.Color(f"{what}:N", scale=scale, sort=order), order=alt.Order("rank:Q"),
-        tooltip=["period", what, "count"]), use_container_width=True)  # fmt: skip
+        tooltip=["period", what, "count"]), width="stretch")  # fmt: skip
 
 
 def _monitoring() -> None:
@@ -153,11 +153,11 @@ def _monitoring() -> None:
         rows.append({"feature": name, "key": name in psi.key_features, "psi": value, "level": level,
                      "drifted": col.get("drifted"), "method": col.get("method")})  # fmt: skip
     table = pd.DataFrame(rows).sort_values(["key", "psi"], ascending=False)
-    st.dataframe(table, use_container_width=True, hide_index=True)
+    st.dataframe(table, width="stretch", hide_index=True)
     series = [{"run": r["created_at"], "feature": k, "psi": v["psi"]} for r in runs
               for k, v in r["summary"]["drift"].get("columns", {}).items()
               if k in psi.key_features and v.get("psi") is not None]  # fmt: skip
     if len(runs) > 1 and series:
         st.altair_chart(alt.Chart(pd.DataFrame(series)).mark_line(point=True).encode(
             x=alt.X("run:T", title="monitoring run"), y=alt.Y("psi:Q", title="PSI"),
-            color="feature:N", tooltip=["run:T", "feature", "psi"]), use_container_width=True)  # fmt: skip
+            color="feature:N", tooltip=["run:T", "feature", "psi"]), width="stretch")  # fmt: skip

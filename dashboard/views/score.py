@@ -128,7 +128,7 @@ def _answer(a: dict[str, Any]) -> None:
             color=alt.Color("effect:N", scale=alt.Scale(domain=["raises risk", "lowers risk"],
                                                         range=["#d62728", "#1f77b4"])),
         )  # fmt: skip
-        st.altair_chart(chart, use_container_width=True)
+        st.altair_chart(chart, width="stretch")
 
 
 # ---------------------------------------------------------------------- a file
@@ -164,7 +164,7 @@ def _file(contract: Contract) -> None:
     failed = int(scored["error"].notna().sum())
     st.success(f"Scored {len(scored) - failed:,} of {len(scored):,} rows"
                + (f"; {failed:,} refused (see the error column)" if failed else ""))  # fmt: skip
-    st.dataframe(scored.head(50), use_container_width=True)
+    st.dataframe(scored.head(50), width="stretch")
     st.download_button("Download the scored file (CSV)", scored.to_csv(index=False).encode(),
                        file_name=f"{upload.name.rsplit('.', 1)[0]}-scored.csv", mime="text/csv",
                        type="primary")  # fmt: skip

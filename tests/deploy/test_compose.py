@@ -37,12 +37,19 @@ def test_riskloop_processes_get_the_stacks_client_settings():
         env = doc["services"][name]["environment"]
         assert needed <= set(env), (name, needed - set(env))
         assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    # the dashboard reads the api's store (read only) and the same registry, and scores via the api
+    dash, api = doc["services"]["dashboard"]["environment"], doc["services"]["api"]["environment"]
+    assert dash["DASHBOARD_STORE_URL"].split("@")[1] == api["DATABASE_URL"].split("@")[1]
+    assert (
+        dash["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+        and dash["API_BASE_URL"] == "http://api:3000"
+    )
 
 
 def test_secrets_come_from_env_and_the_example_names_them_all():
     text = (COMPOSE / "compose.yaml").read_text()
     required = set(re.findall(r"\$\{(\w+):\?", text))
-    assert required == {"POSTGRES_PASSWORD", "API_KEYS"}
+    assert required == {"POSTGRES_PASSWORD", "API_KEYS", "DASHBOARD_API_KEY", "DASHBOARD_PASSWORD"}
     example = dict(
         line.split("=", 1)
         for line in (COMPOSE / "env.example").read_text().splitlines()
@@ -53,7 +60,7 @@ def test_secrets_come_from_env_and_the_example_names_them_all():
     )
     for name, service in compose()["services"].items():
         for key, value in (service.get("environment") or {}).items():
-            if re.search(r"PASSWORD|API_KEYS", key):
+            if re.search(r"PASSWORD|API_KEY", key):
                 assert "${" in str(value), (name, key)  # never a literal secret
         assert "healthcheck" in service or name in ("api", "scheduler"), name
 

@@ -5,7 +5,8 @@ the local Debian base and the PostgreSQL stand-in). The whole loop goes through 
 backend in the compose PostgreSQL), promote, the champion's bento becomes the serving image,
 the api container answers traffic and writes the compose PostgreSQL, and the scheduler
 container's monitoring run decides to retrain and retrains inside the container (the mounted
-working copy), registering v2 on the server. Secrets come only from the .env file.
+working copy), registering v2 on the server. The dashboard container shows the api's
+predictions and the served champion behind its login. Secrets come only from the .env file.
 
 Skips where neither engine is available, fails instead under RISKLOOP_REQUIRE_TOOLS=1 (CI)."""
 
@@ -26,6 +27,7 @@ import pytest
 from mlflow import MlflowClient
 
 from pipelines import compose_images
+from tests.browser import offline_page
 from tests.conftest import ROOT, make_repo_copy, needed, stratified_sample
 from tests.serving.server import KEYS, free_port
 
@@ -63,7 +65,7 @@ def test_the_loop_runs_through_the_compose_stack(engine, tmp_path, raw, params):
         else compose_images.POSTGRES_OFFICIAL
     )
     compose = compose_command(cli, env)
-    api_port, mlflow_port = free_port(), free_port()
+    api_port, mlflow_port, dashboard_port = free_port(), free_port(), free_port()
     mlflow_url, api_url = f"http://127.0.0.1:{mlflow_port}", f"http://127.0.0.1:{api_port}"
     serving = f"riskloop-compose-{uuid.uuid4().hex[:8]}"  # make container's --image
     repo = make_repo_copy(tmp_path, stratified_sample(raw, params.data.target, 3000),
@@ -79,7 +81,8 @@ def test_the_loop_runs_through_the_compose_stack(engine, tmp_path, raw, params):
     dotenv.write_text("".join(f"{k}={v}\n" for k, v in {
         "POSTGRES_PASSWORD": password, "API_KEYS": KEYS["main"], "POSTGRES_IMAGE": postgres_image,
         "RISKLOOP_IMAGE": f"{serving}:latest", "API_PORT": api_port, "MLFLOW_PORT": mlflow_port,
-        "RISKLOOP_REPO": repo.path, "RISKLOOP_UID": os.getuid(),
+        "RISKLOOP_REPO": repo.path, "RISKLOOP_UID": os.getuid(), "DASHBOARD_API_KEY": KEYS["main"],
+        "DASHBOARD_PASSWORD": password, "DASHBOARD_PORT": dashboard_port,
     }.items()))  # fmt: skip
     project = f"rltest{uuid.uuid4().hex[:8]}"
     base = [*compose, "-f", str(COMPOSE_FILE), "--env-file", str(dotenv), "-p", project]
@@ -96,7 +99,7 @@ def test_the_loop_runs_through_the_compose_stack(engine, tmp_path, raw, params):
 
     def logs() -> str:
         out = []
-        for service in ("postgres", "mlflow", "api", "scheduler"):
+        for service in ("postgres", "mlflow", "api", "scheduler", "dashboard"):
             proc = run("logs", service, timeout=60)
             out.append(f"--- {service}\n{(proc.stdout + proc.stderr)[-2500:]}")
         return "\n".join(out)
@@ -126,6 +129,8 @@ def test_the_loop_runs_through_the_compose_stack(engine, tmp_path, raw, params):
         wait_for(lambda: int(psql("select count(*) from predictions")) >= 400,
                  "400 predictions in the compose store", 60, logs)  # fmt: skip
 
+        see_the_dashboard(f"http://127.0.0.1:{dashboard_port}", password, logs)
+
         client = MlflowClient(mlflow_url, registry_uri=mlflow_url)
         name = params.registry.model_name
 
@@ -149,3 +154,23 @@ def test_the_loop_runs_through_the_compose_stack(engine, tmp_path, raw, params):
         down = run("down", "-v", timeout=300)
         subprocess.run([cli, "rmi", "-f", f"{serving}:latest"], env=env, capture_output=True)
     assert down.returncode == 0, down.stdout + down.stderr
+
+
+def see_the_dashboard(url: str, password: str, logs) -> None:
+    """The dashboard container, in chromium: its login, then the 400 predictions the api
+    container wrote (read from the compose PostgreSQL) and the served champion (from the api
+    and the MLflow server)."""
+    wait_for(lambda: httpx.get(url + "/_stcore/health", timeout=3).status_code == 200,
+             "the dashboard container", 180, logs)  # fmt: skip
+    with offline_page() as op:
+        p = op.page
+        p.goto(url + "/portfolio")
+        p.get_by_role("textbox", name="Password").fill(password)
+        p.get_by_role("button", name="Sign in").click()
+        p.get_by_text("Risk score distribution").wait_for(timeout=60_000)
+        assert "400" in p.inner_text("body")
+        p.goto(url + "/models")
+        p.get_by_role("textbox", name="Password").fill(password)  # a new session logs in again
+        p.get_by_role("button", name="Sign in").click()
+        p.get_by_text("The service serves @champion v1.").wait_for(timeout=60_000)
+        assert op.blocked == [] and op.errors == []

@@ -70,7 +70,8 @@ def test_docs_render_offline_in_a_browser(browser, champion, tmp_path):
     server = Server(champion["bento_home"], champion["state"], f"sqlite:///{tmp_path / 'p.db'}")
     try:
         with offline_page() as p:
-            p.page.goto(server.url + "/docs")
+            p.page.goto(server.url)  # the root is the API's page, not BentoML's online index
+            assert p.page.url == server.url + "/docs"
             p.page.wait_for_selector('.opblock-summary-path[data-path="/predict_customer"]')
             shown = p.page.eval_on_selector_all(
                 ".opblock-summary-path", "els => els.map(e => e.dataset.path)"
