@@ -3,6 +3,7 @@ the latest monitoring decisions with their reasons, and the promotion/rollback h
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pandas as pd
@@ -33,6 +34,10 @@ def render() -> None:
     elif champion:
         st.success(f"The service serves @champion v{champion.version}.")
     versions = [v for v in (champion, challenger) if v]
+    if (
+        champion and challenger and champion.version == challenger.version
+    ):  # one version, two aliases
+        versions = [replace(champion, alias=f"{champion.alias}, @{challenger.alias}")]
     if versions:
         _metrics(versions)
         for v in versions:

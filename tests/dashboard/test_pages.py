@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
+from mlflow import MlflowClient
 
 from tests.browser import chromium, offline_page, screenshot_dir
 from tests.conftest import ROOT
@@ -33,9 +34,17 @@ def browser() -> str:
     return chromium()
 
 
+CARD = "<html><body><h1>credit-risk v1 — model card</h1><p>gates: 8 of 8 pass</p></body></html>"
+
+
 @pytest.fixture(scope="module")
 def stack(browser, champion, params, tmp_path_factory):
     db = f"sqlite:///{tmp_path_factory.mktemp('dashboard-store') / 'predictions.db'}"
+    # a model card where the evaluate stage logs it (the test champion skips evaluate), so the
+    # Models page's download and inline card are exercised on the real artifact store
+    client = MlflowClient(f"sqlite:///{champion['state'] / 'mlflow.db'}")
+    version = client.get_model_version_by_alias(params.registry.model_name, "champion")
+    client.log_text(version.run_id, CARD, "model_card/model_card.html")
     load_online_features(db, champion["customers"], params)
     server = Server(champion["bento_home"], champion["state"], db)
     dashboard = Dashboard(champion["state"], server.url, KEYS["main"], db)
@@ -224,6 +233,12 @@ def test_every_page_opens_with_a_portfolio_in_the_store(stack, page, records, tm
             )  # five charts
         if name == "models":
             p.get_by_text("no_retrain").first.wait_for(timeout=WAIT_MS)
+            p.get_by_text("v1 (@champion, @challenger)").click()  # one version with both aliases
+            p.get_by_role("button", name="Download v1's model card (HTML)").wait_for(
+                timeout=WAIT_MS
+            )
+            card = p.frame_locator("iframe").first.get_by_text("credit-risk v1 — model card")
+            card.wait_for(timeout=WAIT_MS)
         shot(page, f"data-{name}")
 
 
