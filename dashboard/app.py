@@ -53,8 +53,6 @@ def _guarded(render):
 
 def main() -> None:
     st.set_page_config(page_title="riskloop", page_icon="📉", layout="wide")
-    if not _logged_in():
-        return
     pages = [
         st.Page(_guarded(score.render), title="Score an applicant", url_path="score", default=True),
         st.Page(_guarded(customer.render), title="Customer", url_path="customer"),
@@ -62,7 +60,11 @@ def main() -> None:
         st.Page(_guarded(models.render), title="Models", url_path="models"),
         st.Page(_guarded(service.render), title="Service", url_path="service"),
     ]
-    st.navigation(pages).run()
+    # resolved before the login, so the page the URL names is the one shown after it
+    authed = _logged_in()
+    page = st.navigation(pages, position="sidebar" if authed else "hidden")
+    if authed:
+        page.run()
 
 
 main()

@@ -92,10 +92,10 @@ def _card(reg, v: registry.VersionFacts) -> None:
                 f"Gates passed: {v.card.get('gates_passed', '?')}; failed: {v.card.get('gates_failed', '?')}"
             )
         ui = context.env().mlflow_ui_url
-        if ui and v.run_id:
-            st.markdown(
-                f"[Open the run in the MLflow UI]({ui.rstrip('/')}/#/experiments/0/runs/{v.run_id})"
-            )
+        if ui:
+            name = context.params().registry.model_name
+            st.markdown(f"[v{v.version} in the MLflow UI]({ui.rstrip('/')}/#/models/{name}/versions/{v.version}) "
+                        "(its run, artifacts and the card under model_card/)")  # fmt: skip
         card = registry.model_card(reg, v.run_id) if v.run_id else None
         if card is None:
             st.caption("This version has no model card (evaluated before model cards existed).")

@@ -38,19 +38,10 @@ def _live() -> None:
         return
     before = st.session_state.get(LAST)
     st.session_state[LAST] = now
-    t = stats.traffic(now, before)
-    scored = stats.traffic(now, before, endpoint="predict")
-    window = f"last {t.seconds:.0f} s" if t.seconds else "since the service started"
-    c = st.columns(4)
-    c[0].metric(
-        "Requests / s" if t.seconds else "Requests",
-        _num(t.rate if t.seconds else t.requests),
-        help=window,
-    )
-    c[1].metric("Error rate (5xx)", "—" if t.error_rate is None else f"{t.error_rate:.2%}",
-                help=f"{window}; 4xx (the client's): {t.refused:,.0f}")  # fmt: skip
-    c[2].metric("p50 latency /predict", _ms(scored.p50_ms), help=window)
-    c[3].metric("p99 latency /predict", _ms(scored.p99_ms), help=window)
+    if before is not None:
+        _row(f"Last {now.at - before.at:.0f} s", stats.traffic(now, before),
+             stats.traffic(now, before, endpoint="predict"))  # fmt: skip
+    _row("Since the service started", stats.traffic(now), stats.traffic(now, endpoint="predict"))
     g = now.gauges
     c = st.columns(5)
     c[0].metric("Store", "up" if g.get("riskloop_store_up", ready.get("store_up")) else "DOWN")
@@ -73,6 +64,20 @@ def _live() -> None:
         latest = held["latest"].strftime("%Y-%m-%d %H:%M:%S UTC") if held["latest"] else "—"
         st.caption(f"The prediction store holds {held['predictions']:,} predictions (latest {latest}) "
                    f"and {held['outcomes']:,} outcomes.")  # fmt: skip
+
+
+def _row(title: str, t: stats.Traffic, scored: stats.Traffic) -> None:
+    """Requests, 5xx share and /predict latency over one span (between scrapes, or all)."""
+    st.markdown(f"**{title}**")
+    c = st.columns(4)
+    if t.seconds:
+        c[0].metric("Requests / s", _num(t.rate), help=f"{t.requests:,.0f} requests")
+    else:
+        c[0].metric("Requests", f"{t.requests:,.0f}")
+    c[1].metric("Error rate (5xx)", "—" if t.error_rate is None else f"{t.error_rate:.2%}",
+                help=f"4xx (the client's): {t.refused:,.0f}")  # fmt: skip
+    c[2].metric("p50 latency /predict", _ms(scored.p50_ms))
+    c[3].metric("p99 latency /predict", _ms(scored.p99_ms))
 
 
 def _num(v: float | None) -> str:

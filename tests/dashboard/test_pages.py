@@ -6,6 +6,7 @@ downloaded, a customer looked up and labelled, the login beyond loopback."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -194,7 +195,7 @@ def test_a_customer_is_looked_up_scored_labelled_and_helped(stack, page, params)
     p.get_by_text("outcome defaulted recorded").wait_for(timeout=WAIT_MS)
     box(p, "Note (optional)").fill("called, agreed a plan")
     p.get_by_role("button", name="Record intervention").click()
-    p.get_by_text("recorded", exact=False).last.wait_for(timeout=WAIT_MS)
+    p.get_by_text(re.compile(r"^intervention \w+ recorded$")).wait_for(timeout=WAIT_MS)
     settle(p)
     body = p.inner_text("body")
     assert "Outcomes (1)" in body and "Interventions (1)" in body and "manual" in body, body[-3000:]
@@ -221,6 +222,15 @@ def monitor(stack, cwd: Path) -> None:
 def test_every_page_opens_with_a_portfolio_in_the_store(stack, page, records, tmp_path):
     write(stack["db"], synthetic(records, 20_000, days=30, seed=3))
     monitor(stack, tmp_path)
+    key = {"X-API-Key": KEYS["main"]}
+    example = httpx.get(stack["api"] + "/contract", headers=key).json()["example"]
+    for _ in range(20):  # traffic the Service page measures
+        assert (
+            httpx.post(
+                stack["api"] + "/predict", headers=key, json={"records": [example]}
+            ).status_code
+            == 200
+        )
     for name in ("portfolio", "models", "service", "customer"):
         p = open_page(page, stack, name)
         no_traceback(p)
@@ -231,6 +241,12 @@ def test_every_page_opens_with_a_portfolio_in_the_store(stack, page, records, tm
             p.locator('[data-testid="stVegaLiteChart"]').nth(4).wait_for(
                 timeout=WAIT_MS
             )  # five charts
+        if name == "service":
+            p.get_by_text("Since the service started").wait_for(timeout=WAIT_MS)
+            latency = p.locator(
+                '[data-testid="stMetric"]', has_text="p50 latency /predict"
+            ).last  # since start
+            assert latency.inner_text().strip().endswith("ms"), latency.inner_text()
         if name == "models":
             p.get_by_text("no_retrain").first.wait_for(timeout=WAIT_MS)
             p.get_by_text("v1 (@champion, @challenger)").click()  # one version with both aliases
@@ -253,15 +269,15 @@ def test_beyond_loopback_it_needs_a_password(stack, tmp_path):
     try:
         with offline_page() as op:
             p = op.page
-            p.goto(guarded.url)
+            p.goto(guarded.url + "/models")
             box(p, "Password").wait_for(timeout=WAIT_MS)
-            assert "Score an applicant" not in p.inner_text("body")
+            assert "Score an applicant" not in p.inner_text("body")  # no page, not even its name
             box(p, "Password").fill("wrong")
             p.get_by_role("button", name="Sign in").click()
             p.get_by_text("Wrong password.").wait_for(timeout=WAIT_MS)
             box(p, "Password").fill("s3cret-pass")
             p.get_by_role("button", name="Sign in").click()
-            p.get_by_role("heading", name="Score an applicant").wait_for(timeout=WAIT_MS)
+            p.get_by_role("heading", name="Models").wait_for(timeout=WAIT_MS)  # the page asked for
             assert op.blocked == []
     finally:
         guarded.stop()

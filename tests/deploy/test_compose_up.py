@@ -164,13 +164,17 @@ def see_the_dashboard(url: str, password: str, logs) -> None:
              "the dashboard container", 180, logs)  # fmt: skip
     with offline_page() as op:
         p = op.page
-        p.goto(url + "/portfolio")
-        p.get_by_role("textbox", name="Password").fill(password)
-        p.get_by_role("button", name="Sign in").click()
-        p.get_by_text("Risk score distribution").wait_for(timeout=60_000)
-        assert "400" in p.inner_text("body")
-        p.goto(url + "/models")
-        p.get_by_role("textbox", name="Password").fill(password)  # a new session logs in again
-        p.get_by_role("button", name="Sign in").click()
-        p.get_by_text("The service serves @champion v1.").wait_for(timeout=60_000)
+
+        def shows(path: str, text: str) -> str:
+            p.goto(url + path)
+            p.get_by_role("textbox", name="Password").fill(password)  # each new session logs in
+            p.get_by_role("button", name="Sign in").click()
+            try:
+                p.get_by_text(text).first.wait_for(timeout=90_000)
+            except Exception:
+                raise AssertionError(f"{path}: {p.inner_text('body')[-2000:]}\n{logs()}") from None
+            return p.inner_text("body")
+
+        assert "400" in shows("/portfolio", "Risk score distribution")
+        shows("/models", "The service serves @champion v1.")
         assert op.blocked == [] and op.errors == []
