@@ -21,7 +21,7 @@ ROWS ?= 2000
 RATE ?= 500
 
 .PHONY: help tools stack install data repro run challenger promote rollback deploy history backup restore tune-worker ui plots init-data bento container container-base compose-images serve \
-	traffic dashboard monitor schedule retrain monitor-ui demo lint test bench bench-serving bench-ab bench-monitoring bench-own-data bench-container chaos clean
+	traffic dashboard monitor schedule retrain monitor-ui demo lint test bench bench-serving bench-ab bench-monitoring bench-own-data bench-container bench-dashboard chaos clean
 
 help:
 	@echo "make run          install, fetch data, dvc repro, promote the first model, say where to look"
@@ -46,6 +46,7 @@ help:
 	@echo "make monitor-ui   Evidently dashboard (MONITOR_UI_PORT=$(MONITOR_UI_PORT)) | make retrain"
 	@echo "make demo         the whole loop: train, serve, stable + recession traffic, monitor, retrain"
 	@echo "make bench        measure quality bars and timings -> bench/RESULTS.md"
+	@echo "make bench-dashboard  time to first render of each dashboard page at 1M predictions (BENCH_ARGS='--rows 20000 --runs 1')"
 	@echo "make chaos        kill -9, store outages and stalls, disk full, SIGTERM under traffic: rows lost (must be 0)"
 
 # Locked install: a venv with uv, then `uv sync --frozen` against uv.lock.
@@ -156,7 +157,8 @@ serve: install
 
 # API_BASE_URL (default the `make serve` port), API_KEY; DASHBOARD_HOST beyond loopback needs DASHBOARD_PASSWORD
 dashboard: install
-	API_BASE_URL=$${API_BASE_URL:-http://127.0.0.1:$(PORT)} $(BIN)/riskloop dashboard --port $(DASHBOARD_PORT)
+	API_BASE_URL=$${API_BASE_URL:-http://127.0.0.1:$(PORT)} MLFLOW_UI_URL=$${MLFLOW_UI_URL:-http://127.0.0.1:$(UI_PORT)} \
+		$(BIN)/riskloop dashboard --port $(DASHBOARD_PORT)
 
 traffic: install
 	$(BIN)/riskloop traffic --scenario $(SCENARIO) --rows $(ROWS) --rate $(RATE) \
@@ -221,6 +223,11 @@ bench-container: install
 
 bench-own-data: install
 	$(BIN)/python -m bench.own_data $(BENCH_ARGS)
+
+# each dashboard page's time to first render in headless chromium with 1M predictions in the
+# store (SQLite; PostgreSQL where RISKLOOP_TEST_PG_URL answers), beside a pandas-aggregating peer
+bench-dashboard: install data tools
+	$(BIN)/python -m bench.dashboard $(BENCH_ARGS)
 
 # every fault of bench/chaos.py against the bento `make bento` built, on SQLite and PostgreSQL
 chaos: install

@@ -1,6 +1,8 @@
 """The prediction store, read-only, aggregated in the database: every page query returns at
-most a few thousand rows (histograms, per-period counts), whatever the store holds, so a
-page renders as fast with 1M predictions as with 1k. Tables are serving/store.py's."""
+most a few thousand rows (histograms, per-period counts), whatever the store holds, so the
+dashboard's memory does not grow with the store; the database's work grows with the rows in
+the chosen period (bench/RESULTS.md: the six Portfolio queries over 1M rows take ~11 s on
+SQLite, ~5 s on PostgreSQL; over the default 7 days, ~1 s). Tables are serving/store.py's."""
 
 from __future__ import annotations
 

@@ -61,6 +61,20 @@ class OfflinePage:
         return path
 
 
+def refuse_beyond_loopback(context, blocked: list[str]) -> None:
+    """Every request of a Playwright browser context that leaves loopback is refused and
+    recorded in `blocked`."""
+
+    def gate(route) -> None:
+        if is_local(route.request.url):
+            route.continue_()
+        else:
+            blocked.append(route.request.url)
+            route.abort("internetdisconnected")
+
+    context.route("**/*", gate)
+
+
 @contextlib.contextmanager
 def offline_page(width: int = 1280, height: int = 900) -> Iterator[OfflinePage]:
     """A page in headless chromium on which every non-loopback request is refused and
@@ -74,14 +88,7 @@ def offline_page(width: int = 1280, height: int = 900) -> Iterator[OfflinePage]:
             context = browser.new_context(viewport={"width": width, "height": height})
             result = OfflinePage(context.new_page())
 
-            def gate(route) -> None:
-                if is_local(route.request.url):
-                    route.continue_()
-                else:
-                    result.blocked.append(route.request.url)
-                    route.abort("internetdisconnected")
-
-            context.route("**/*", gate)
+            refuse_beyond_loopback(context, result.blocked)
             result.page.on("pageerror", lambda exc: result.errors.append(str(exc)))
             yield result
         finally:

@@ -18,20 +18,35 @@ from features.contract import Contract
 PERIODS = {"last 24 hours": timedelta(days=1), "last 7 days": timedelta(days=7),
            "last 30 days": timedelta(days=30), "last 365 days": timedelta(days=365), "all time": None}  # fmt: skip
 ALL = "(all)"
+RECENT = timedelta(days=8)  # periods up to "last 7 days" (rounded to the minute) stay fresh
 DECISIONS = ["approve", "review", "decline"]
 
 
 def _cached(name: str, *args: Any) -> Any:
-    return _query(name, args)
+    """A store query, cached: 30 s for a recent window, 10 min for a long one (all time on 1M
+    rows scans them all: ~10 s on SQLite, bench/RESULTS.md) and for the version list."""
+    f = next((a for a in args if isinstance(a, Filters)), None)
+    recent = f is not None and f.since is not None and datetime.now(UTC) - f.since <= RECENT
+    return (_recent if recent else _long)(name, args)
 
 
 @st.cache_data(ttl=30, show_spinner=False)
-def _query(name: str, args: tuple) -> Any:
+def _recent(name: str, args: tuple) -> Any:
+    return getattr(context.store(), name)(*args)
+
+
+@st.cache_data(ttl=600, show_spinner=False)
+def _long(name: str, args: tuple) -> Any:
     return getattr(context.store(), name)(*args)
 
 
 def render() -> None:
     st.title("Portfolio")
+    if st.button(
+        "Refresh", help="recompute the figures now (they are cached 30 s, long periods 10 min)"
+    ):
+        _recent.clear()
+        _long.clear()
     f, grain = _filters()
     overview = _cached("overview", f)
     if not overview["predictions"]:
@@ -129,7 +144,7 @@ def _stacked(rows: list[tuple[str, str, int]], what: str, grain: str,
 
 def _monitoring() -> None:
     st.subheader("Drift and PSI (monitoring runs)")
-    runs = [r for r in _cached("monitoring_runs", 50) if (r.get("summary") or {}).get("drift")]
+    runs = [r for r in context.store().monitoring_runs(50) if (r.get("summary") or {}).get("drift")]
     if not runs:
         st.caption("No monitoring run with a drift report yet (`make monitor`).")
         return

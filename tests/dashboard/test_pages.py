@@ -235,6 +235,8 @@ def test_every_page_opens_with_a_portfolio_in_the_store(stack, page, records, tm
         p = open_page(page, stack, name)
         no_traceback(p)
         if name == "portfolio":
+            p.get_by_role("button", name="Refresh").click()  # figures an earlier visit cached
+            settle(p)
             p.get_by_text("Risk score distribution").wait_for(timeout=WAIT_MS)
             p.get_by_text("Realized AUC", exact=True).first.wait_for(timeout=WAIT_MS)
             p.get_by_text("Latest run:").wait_for(timeout=WAIT_MS)
