@@ -39,7 +39,7 @@ help:
 	@echo "make backup       every store -> backups/<time>/ (BACKUP_ARGS='--keep 7 --max-age-days 30')"
 	@echo "make restore      latest backup (BACKUP=<name>) into the configured stores (RESTORE_ARGS=--force)"
 	@echo "make tune-worker  join the running Optuna study (needs shared OPTUNA_STORAGE)"
-	@echo "make dashboard   risk-operations app on 127.0.0.1:$(DASHBOARD_PORT) in front of the API (API_BASE_URL, API_KEY)"
+	@echo "make dashboard    risk-operations app on 127.0.0.1:$(DASHBOARD_PORT) in front of the API (API_BASE_URL, API_KEY)"
 	@echo "make traffic      SCENARIO=stable|recession|new_segment ROWS= RATE= against the served bento"
 	@echo "make monitor      Evidently drift + realized performance -> retrain or not (reports/monitoring/)"
 	@echo "make schedule     make monitor --act on monitoring.schedule (cron, UTC), one run at a time"
