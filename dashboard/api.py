@@ -3,7 +3,7 @@ whose message a page shows as it is (never a traceback)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,14 +44,10 @@ class Chunk:
 
 
 class Api:
-    def __init__(self, env: DashboardEnv, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(self, env: DashboardEnv) -> None:
         headers = {"X-API-Key": env.api_key.get_secret_value()} if env.api_key else {}
         self.base = env.api_base_url.rstrip("/")
-        self.client = httpx.Client(base_url=self.base, headers=headers, timeout=env.api_timeout_s,
-                                   transport=transport)  # fmt: skip
-
-    def close(self) -> None:
-        self.client.close()
+        self.client = httpx.Client(base_url=self.base, headers=headers, timeout=env.api_timeout_s)
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
@@ -126,16 +122,11 @@ class Api:
         payload = {"customer_id": customer_id, "action": action, **({"note": note} if note else {})}
         return self._call("POST", "/interventions", json=payload)["intervention"]
 
-    def score_file(self, records: Sequence[dict[str, Any]], chunk_rows: int,
-                   on_chunk: Callable[[Chunk], None] | None = None) -> Iterator[Chunk]:  # fmt: skip
+    def score_file(self, records: Sequence[dict[str, Any]], chunk_rows: int) -> Iterator[Chunk]:
         """Score records chunk by chunk. A chunk the service refuses (422) is retried without
         the rows it named, so one bad row costs only itself."""
         for start in range(0, len(records), chunk_rows):
-            stop = min(start + chunk_rows, len(records))
-            chunk = self._score_chunk(records, start, stop)
-            if on_chunk:
-                on_chunk(chunk)
-            yield chunk
+            yield self._score_chunk(records, start, min(start + chunk_rows, len(records)))
 
     def _score_chunk(self, records: Sequence[dict[str, Any]], start: int, stop: int) -> Chunk:
         rows = list(range(start, stop))

@@ -14,11 +14,13 @@ from riskloop import stores
 from riskloop.settings import RegistrySettings
 from training.registry import Registry
 
-CARD_ARTIFACT = "model_card/model_card.html"
-
 
 class RegistryUnavailable(Exception):
     pass
+
+
+def _unreadable(exc: MlflowException) -> RegistryUnavailable:
+    return RegistryUnavailable(f"the MLflow registry cannot be read: {str(exc)[:200]}")
 
 
 @dataclass(frozen=True)
@@ -28,8 +30,8 @@ class VersionFacts:
     run_id: str | None
     created: int | None  # ms since the epoch
     metrics: dict[str, float] = field(default_factory=dict)
-    card: dict[str, str] = field(default_factory=dict)  # card.* tags (verdict, gates, …)
-    tags: dict[str, str] = field(default_factory=dict)
+    # the card.* tags evaluate sets: verdict, gates, artifact (the card's path in the run), …
+    card: dict[str, str] = field(default_factory=dict)
 
 
 def open_registry(settings: RegistrySettings) -> Registry:
@@ -48,22 +50,22 @@ def facts(registry: Registry, alias: str) -> VersionFacts | None:
             return None
         run = registry.client.get_run(mv.run_id) if mv.run_id else None
     except MlflowException as exc:
-        raise RegistryUnavailable(f"the MLflow registry cannot be read: {str(exc)[:200]}") from None
+        raise _unreadable(exc) from None
     metrics = {k: v for k, v in (run.data.metrics if run else {}).items() if k.startswith("test_")}
-    tags = dict(mv.tags or {})
-    card = {k.removeprefix("card."): v for k, v in tags.items() if k.startswith("card.")}
-    return VersionFacts(
-        alias, str(mv.version), mv.run_id, mv.creation_timestamp, metrics, card, tags
-    )
+    card = {k.removeprefix("card."): v for k, v in (mv.tags or {}).items() if k.startswith("card.")}
+    return VersionFacts(alias, str(mv.version), mv.run_id, mv.creation_timestamp, metrics, card)
 
 
-def model_card(registry: Registry, run_id: str) -> bytes | None:
-    """The version's model card HTML (self-contained), or None if it has none."""
+def model_card(v: VersionFacts) -> bytes | None:
+    """The version's model card HTML (self-contained), where its `card.artifact` tag says
+    evaluate logged it; None for a version evaluated before model cards existed."""
+    if not (v.run_id and v.card.get("artifact")):
+        return None
     try:
         import mlflow.artifacts
 
         path = mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=CARD_ARTIFACT, tracking_uri=stores.tracking_uri()
+            run_id=v.run_id, artifact_path=v.card["artifact"], tracking_uri=stores.tracking_uri()
         )
     except (MlflowException, OSError):
         return None
@@ -74,4 +76,4 @@ def history(registry: Registry) -> list[dict[str, Any]]:
     try:
         return registry.history()
     except MlflowException as exc:
-        raise RegistryUnavailable(f"the MLflow registry cannot be read: {str(exc)[:200]}") from None
+        raise _unreadable(exc) from None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -50,7 +50,6 @@ class Filters:
     categorical record field's level, read from the logged inputs)."""
 
     since: datetime | None = None
-    until: datetime | None = None
     model_version: str | None = None
     segment: tuple[str, Any] | None = None
 
@@ -58,8 +57,6 @@ class Filters:
         out = []
         if self.since is not None:
             out.append(table.c.created_at >= self.since)
-        if self.until is not None:
-            out.append(table.c.created_at < self.until)
         if table is predictions and self.model_version:
             out.append(predictions.c.model_version == self.model_version)
         if table is predictions and self.segment is not None:
@@ -83,10 +80,11 @@ def bucket(engine: sa.Engine, column: sa.ColumnElement, grain: Grain) -> sa.Colu
     return sa.func.to_char(utc, "YYYY-MM-DD HH24" if grain == "hour" else "YYYY-MM-DD")
 
 
-def grain_for(since: datetime | None, until: datetime | None) -> Grain:
-    if since is None or until is None:
-        return "day"
-    days = (until - since).total_seconds() / 86400
+def grain_for(since: datetime | None) -> Grain:
+    """The period charts per hour, day or week: a few dozen bars whatever the span up to now."""
+    if since is None:
+        return "week"
+    days = (datetime.now(UTC) - since).total_seconds() / 86400
     return "hour" if days <= 3 else "day" if days <= 120 else "week"
 
 

@@ -34,14 +34,12 @@ def render() -> None:
     elif champion:
         st.success(f"The service serves @champion v{champion.version}.")
     versions = [v for v in (champion, challenger) if v]
-    if (
-        champion and challenger and champion.version == challenger.version
-    ):  # one version, two aliases
+    if champion and challenger and champion.version == challenger.version:  # one, two aliases
         versions = [replace(champion, alias=f"{champion.alias}, @{challenger.alias}")]
     if versions:
         _metrics(versions)
         for v in versions:
-            _card(reg, v)
+            _card(v)
     st.subheader("Latest monitoring decisions")
     runs = context.store().monitoring_runs(10)
     if runs:
@@ -77,7 +75,7 @@ def _metrics(versions: list[registry.VersionFacts]) -> None:
     st.dataframe(frame, width="stretch")
 
 
-def _card(reg, v: registry.VersionFacts) -> None:
+def _card(v: registry.VersionFacts) -> None:
     created = (
         datetime.fromtimestamp(v.created / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
         if v.created
@@ -96,7 +94,7 @@ def _card(reg, v: registry.VersionFacts) -> None:
             name = context.params().registry.model_name
             st.markdown(f"[v{v.version} in the MLflow UI]({ui.rstrip('/')}/#/models/{name}/versions/{v.version}) "
                         "(its run, artifacts and the card under model_card/)")  # fmt: skip
-        card = registry.model_card(reg, v.run_id) if v.run_id else None
+        card = registry.model_card(v)
         if card is None:
             st.caption("This version has no model card (evaluated before model cards existed).")
             return

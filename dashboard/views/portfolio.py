@@ -86,7 +86,7 @@ def render() -> None:
         st.subheader("Decision mix")
         _stacked(_cached("mix", f, "decision", grain), "decision", grain, DECISIONS)
     st.subheader("Interventions by action")
-    rows = _cached("interventions_by_action", Filters(f.since, f.until), grain)
+    rows = _cached("interventions_by_action", Filters(f.since), grain)
     if rows:
         _stacked(rows, "action", grain, share=False)
     else:
@@ -116,7 +116,7 @@ def _filters() -> tuple[Filters, Grain]:
     # the period's start is rounded to the minute, so the cached queries are reused for a minute
     since = since.replace(second=0, microsecond=0) if since else None
     f = Filters(since=since, model_version=None if version == ALL else version, segment=seg)
-    return f, grain_for(since, now) if since else "week"
+    return f, grain_for(since)
 
 
 def _auc_by_period(labelled: list[tuple[str, int, int, int]]) -> pd.DataFrame:

@@ -12,7 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import context, form
-from dashboard.api import ApiError, Chunk
+from dashboard.api import ApiError
 from features.contract import Contract
 
 COLUMNS = 3
@@ -201,18 +201,12 @@ def _score(contract: Contract, frame: pd.DataFrame, chunk_rows: int) -> pd.DataF
     bar = st.progress(0.0, text="scoring…")
     results: dict[int, dict[str, Any]] = {}
     done = 0
-
-    def progress(chunk: Chunk) -> None:
-        nonlocal done
-        done = chunk.stop
-        bar.progress(done / len(recs), text=f"scored {done:,} of {len(recs):,} rows")
-
     try:
-        for chunk in context.api().score_file(recs, chunk_rows, progress):
-            for p in chunk.predictions:
-                results[p["row"]] = p
-            for row, why in chunk.problems.items():
-                results[row] = {"error": why}
+        for chunk in context.api().score_file(recs, chunk_rows):
+            results.update({p["row"]: p for p in chunk.predictions})
+            results.update({row: {"error": why} for row, why in chunk.problems.items()})
+            done = chunk.stop
+            bar.progress(done / len(recs), text=f"scored {done:,} of {len(recs):,} rows")
     except ApiError as exc:
         st.error(f"stopped after {done:,} rows: {exc}")
     bar.empty()

@@ -46,6 +46,9 @@ def stack(browser, champion, params, tmp_path_factory):
     client = MlflowClient(f"sqlite:///{champion['state'] / 'mlflow.db'}")
     version = client.get_model_version_by_alias(params.registry.model_name, "champion")
     client.log_text(version.run_id, CARD, "model_card/model_card.html")
+    client.set_model_version_tag(
+        version.name, version.version, "card.artifact", "model_card/model_card.html"
+    )
     load_online_features(db, champion["customers"], params)
     server = Server(champion["bento_home"], champion["state"], db)
     dashboard = Dashboard(champion["state"], server.url, KEYS["main"], db)
