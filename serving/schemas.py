@@ -263,7 +263,7 @@ class InterventionsResponse(BaseModel):
     interventions: list[Intervention]
 
 
-MAX_NOTE_LENGTH = 500  # serving/store.py's interventions.note
+MAX_NOTE_LENGTH = 500  # a manual intervention's note (serving/store.py's column is this long)
 # A note is free text (tabs and line breaks too) without the control characters no log
 # should hold: PostgreSQL cannot store NUL (lone surrogates pydantic refuses itself).
 NOTE = Annotated[

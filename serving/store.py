@@ -27,6 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from riskloop.errors import SettingsError
 from riskloop.stores import normalize_db_url
 from serving.logbatch import PredictionColumns
+from serving.schemas import MAX_NOTE_LENGTH
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # MLflow keeps its own Alembic history in `alembic_version`; ours must not collide with it when
@@ -114,7 +115,7 @@ interventions = sa.Table(
     # policy: triggered by a prediction (the log writer); manual: a person's decision, recorded
     # with POST /interventions (migration 0006: every earlier row is a policy one)
     sa.Column("source", sa.String(16), nullable=False, server_default=POLICY),
-    sa.Column("note", sa.String(500)),  # schemas.MAX_NOTE_LENGTH
+    sa.Column("note", sa.String(MAX_NOTE_LENGTH)),
     sa.CheckConstraint(f"source IN ('{POLICY}', '{MANUAL}')", name="ck_interventions_source"),
     sa.Index("ix_interventions_customer_created", "customer_id", "created_at"),
     # one per prediction: the log writer's replays never record one twice (migration 0004)
@@ -511,6 +512,15 @@ def _lock_customer(conn: sa.Connection, customer: str) -> None:
         conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_LOCK_NS, key)))
 
 
+def _newest_first(customer_id: str, *columns: sa.ColumnElement) -> sa.Select:
+    """A customer's predictions, newest first (a tie: the larger id), on the customer index."""
+    return (
+        sa.select(*columns)
+        .where(predictions.c.customer_id == customer_id)
+        .order_by(predictions.c.created_at.desc(), predictions.c.prediction_id.desc())
+    )
+
+
 # --- adapter ------------------------------------------------------------------------------
 
 
@@ -600,11 +610,7 @@ class PredictionStore:
             if row is not None:
                 return row.prediction_id, row.customer_id
             return next(((p, c) for p, c, _ in pending if p == pid), None)
-        latest = (
-            sa.select(*cols)
-            .where(predictions.c.customer_id == cid, predictions.c.created_at <= received_at)
-            .order_by(predictions.c.created_at.desc(), predictions.c.prediction_id.desc())
-        )
+        latest = _newest_first(cid, *cols).where(predictions.c.created_at <= received_at)
         found = [(as_utc(r.created_at), r.prediction_id) for r in conn.execute(latest.limit(1))]
         found += [(as_utc(t), p) for p, c, t in pending if c == cid and as_utc(t) <= received_at]
         return (max(found)[1], cid) if found else None
@@ -632,15 +638,10 @@ class PredictionStore:
         prediction, the risk score and band of the customer's newest stored prediction (None
         when the store holds none). Returns the recorded row. It counts toward the cooldown of
         the interventions the policy triggers, as every recorded one does."""
-        latest = (
-            sa.select(predictions.c.risk_score, predictions.c.risk_band)
-            .where(predictions.c.customer_id == customer_id)
-            .order_by(predictions.c.created_at.desc(), predictions.c.prediction_id.desc())
-            .limit(1)
-        )
+        latest = _newest_first(customer_id, predictions.c.risk_score, predictions.c.risk_band)
         with self.engine.begin() as conn:
             _lock_customer(conn, customer_id)  # a policy insert's cooldown check sees this one
-            found = conn.execute(latest).first()
+            found = conn.execute(latest.limit(1)).first()
             values = {"customer_id": customer_id, "prediction_id": None,
                       "risk_score": found.risk_score if found else None,
                       "risk_band": found.risk_band if found else None, "action": action,
