@@ -90,9 +90,12 @@ def cutoffs(settings: DecisionSettings, reference_p: Callable[[], np.ndarray]) -
     return Cutoffs(min(review, decline), decline)  # a mixed pair may cross: review never above
 
 
+APPROVE, REVIEW, DECLINE = DECISIONS = ("approve", "review", "decline")  # least risky first
+
+
 def decisions(scores: np.ndarray, cut: Cutoffs) -> list[str]:
     return [
-        "decline" if s >= cut.decline_from else "review" if s >= cut.review_from else "approve"
+        DECLINE if s >= cut.decline_from else REVIEW if s >= cut.review_from else APPROVE
         for s in scores
     ]
 

@@ -16,14 +16,13 @@ from matplotlib import rc_context
 from matplotlib.figure import Figure
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
-from serving.scoring import Cutoffs, decisions, risk_bands, risk_scores
+from serving.scoring import DECISIONS, Cutoffs, decisions, risk_bands, risk_scores
 from training.card import MetricIntervals, MonotoneCheck, gate_count
 from training.gates import GateResult, group_table
 from training.metrics import calibration_table, classification_metrics, roc_points
 
 COLORS = ("#1f4e99", "#d9730d")  # challenger, champion: the same in every figure and table
 STYLES = ("-", "--")
-DECISIONS = ("approve", "review", "decline")
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,12 @@ import streamlit as st
 from dashboard import context, stats
 from dashboard.store import Filters, Grain, grain_for
 from features.contract import Contract
+from serving.scoring import DECISIONS
 
 PERIODS = {"last 24 hours": timedelta(days=1), "last 7 days": timedelta(days=7),
            "last 30 days": timedelta(days=30), "last 365 days": timedelta(days=365), "all time": None}  # fmt: skip
 ALL = "(all)"
 RECENT = timedelta(days=8)  # periods up to "last 7 days" (rounded to the minute) stay fresh
-DECISIONS = ["approve", "review", "decline"]
 
 
 def _cached(name: str, *args: Any) -> Any:
@@ -84,7 +84,7 @@ def render() -> None:
         _stacked(_cached("mix", f, "risk_band", grain), "band", grain, bands)
     with right:
         st.subheader("Decision mix")
-        _stacked(_cached("mix", f, "decision", grain), "decision", grain, DECISIONS)
+        _stacked(_cached("mix", f, "decision", grain), "decision", grain, list(DECISIONS))
     st.subheader("Interventions by action")
     rows = _cached("interventions_by_action", Filters(f.since), grain)
     if rows:
