@@ -4,16 +4,13 @@ and the bench: the dashboard is started the way `make dashboard` starts it."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
-
+from pipelines.stack import stop_group
 from tests.conftest import ROOT
-from tests.serving.server import free_port
+from tests.serving.server import free_port, wait_http
 
 
 class Dashboard:
@@ -37,26 +34,11 @@ class Dashboard:
             raise
 
     def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the dashboard exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/_stcore/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise TimeoutError(self.log_path.read_text()[-3000:])
+        wait_http(self.proc, self.url + "/_stcore/health", self.log_path, "the dashboard", timeout)
 
     def logs(self) -> str:
         return self.log_path.read_text()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        stop_group(self.proc, 15)
         self.log.close()

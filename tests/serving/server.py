@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pandas as pd
 
+from pipelines import stack
 from pipelines.materialize import online_rows
+from riskloop.errors import RiskloopError
 from riskloop.settings import Params
 from serving.store import PredictionStore, make_engine, upgrade
 from tests.conftest import ROOT, stratified_sample
@@ -98,28 +98,29 @@ class Server:
             raise
 
     def wait_ready(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"bentoml serve exited: {Path(self.log.name).read_text()[-3000:]}"
-                )
-            try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(Path(self.log.name).read_text()[-3000:])
+        wait_http(self.proc, self.url + "/readyz", Path(self.log.name), "bentoml serve", timeout)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)  # graceful: the writer flushes on shutdown
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        stack.stop_group(self.proc, 30)  # graceful first: the writer flushes on shutdown
         self.log.close()
+
+
+def wait_until(cond, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def wait_http(proc: subprocess.Popen, url: str, log: Path, what: str, timeout: float) -> None:
+    """Until `url` answers 200 (pipelines/stack.py's wait), with the process's log tail when
+    it exits or time runs out."""
+    try:
+        stack.wait_http(url, timeout, lambda: proc.poll() is None)
+    except RiskloopError as exc:
+        raise RuntimeError(f"{what}: {exc}\n{log.read_text()[-3000:]}") from None
 
 
 def logit(p: np.ndarray) -> np.ndarray:

@@ -13,7 +13,8 @@ import pytest
 import sqlalchemy as sa
 
 from features.contract import Contract
-from tests.serving.server import KEYS, Server
+from serving.schemas import intervention_actions
+from tests.serving.server import KEYS, Server, wait_until
 
 pytestmark = pytest.mark.slow
 MAIN = {"X-API-Key": KEYS["main"]}
@@ -45,19 +46,6 @@ def listed(served, customer: str) -> list[dict]:
     return resp.json()["interventions"]
 
 
-def wait_until(cond, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def actions(params) -> list[str]:
-    return sorted(set(params.serving.interventions.actions.values()))
-
-
 def test_contract_is_the_served_models(served, params):
     resp = httpx.get(served["url"] + "/contract", headers=MAIN, timeout=30)
     assert resp.status_code == 200, resp.text
@@ -69,7 +57,7 @@ def test_contract_is_the_served_models(served, params):
     assert contract.fingerprint == body["fingerprint"] == ready["contract"]
     assert body["model_name"] == params.registry.model_name
     assert body["model_version"] == ready["model_version"]
-    assert body["actions"] == actions(params) and body["actions"]
+    assert body["actions"] == intervention_actions(params.serving) and body["actions"]
     # the example is a record of that contract, which the service scores as it is
     assert set(body["example"]) <= set(contract.fields)
     assert post(served, "/predict", {"records": [body["example"]]}).status_code == 200
@@ -78,7 +66,7 @@ def test_contract_is_the_served_models(served, params):
     for headers in ({}, {"X-API-Key": "wrong"}):
         resp = httpx.get(served["url"] + "/contract", headers=headers, timeout=30)
         assert resp.status_code == 401
-    assert post(served, "/interventions", {"customer_id": "c", "action": actions(params)[0]},
+    assert post(served, "/interventions", {"customer_id": "c", "action": intervention_actions(params.serving)[0]},
                 headers={}).status_code == 401  # fmt: skip
 
 
@@ -94,7 +82,9 @@ def test_openapi_declares_both_routes(served, params):
     resp = httpx.request("PUT", served["url"] + "/contract", headers=MAIN, timeout=30)
     assert (resp.status_code, resp.headers["allow"]) == (405, "GET")
     schemas = spec["components"]["schemas"]
-    assert schemas["InterventionRequest"]["properties"]["action"]["enum"] == actions(params)
+    assert schemas["InterventionRequest"]["properties"]["action"]["enum"] == intervention_actions(
+        params.serving
+    )
     assert {"source", "note"} <= set(schemas["Intervention"]["properties"])
 
 
@@ -107,7 +97,7 @@ def test_manual_interventions_are_recorded_every_time(served, params):
     assert pred["intervention"] == "restructuring_offer"
     wait_until(lambda: listed(served, cid), "the triggered intervention")  # its prediction too
 
-    action = actions(params)[0]
+    action = intervention_actions(params.serving)[0]
     first = post(served, "/interventions", {"customer_id": cid, "action": action,
                                             "note": "called: agreed a payment plan\n(2 months)"})  # fmt: skip
     second = post(served, "/interventions", {"customer_id": cid, "action": action})
@@ -159,8 +149,10 @@ def test_an_unknown_action_is_refused_naming_the_allowed_ones(served, params):
     problem = resp.json()["detail"][0]
     assert resp.status_code == 422
     assert (problem["field"], problem["type"]) == ("action", "unknown_action")
-    assert all(a in problem["message"] for a in actions(params)), problem["message"]
-    longest = post(served, "/interventions", {"customer_id": "officer-2", "action": actions(params)[-1],
+    assert all(a in problem["message"] for a in intervention_actions(params.serving)), problem[
+        "message"
+    ]
+    longest = post(served, "/interventions", {"customer_id": "officer-2", "action": intervention_actions(params.serving)[-1],
                                               "note": "é" * 500})  # fmt: skip
     assert longest.status_code == 200 and longest.json()["intervention"]["note"] == "é" * 500
 
@@ -174,7 +166,7 @@ def test_metrics_count_both_routes(served):
 def test_a_locked_store_answers_503_and_records_nothing(served, params):
     """Another writer holds the SQLite store past the route's time bound: 503 with
     Retry-After, as for /outcomes, never a 500 nor a hung request."""
-    body = {"customer_id": "officer-locked", "action": actions(params)[0]}
+    body = {"customer_id": "officer-locked", "action": intervention_actions(params.serving)[0]}
     holder = sqlite3.connect(served["db_path"], isolation_level=None, timeout=10)
     try:
         holder.execute("BEGIN IMMEDIATE")  # readers go on (WAL); writers wait

@@ -36,6 +36,7 @@ from tests.serving.server import (
     Server,
     load_online_features,
     logit,
+    wait_until,
 )
 
 pytestmark = pytest.mark.slow
@@ -81,15 +82,6 @@ def stored_ids(db_url: str) -> list[str]:
             return [r[0] for r in conn.execute(sa.text("select prediction_id from predictions"))]
     finally:
         engine.dispose()
-
-
-def wait_until(cond, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_predict_by_record(served, params):
