@@ -193,7 +193,9 @@ def test_a_customer_is_looked_up_scored_labelled_and_helped(stack, page, params)
         p.get_by_role("button", name="Look up").click()
         settle(p)
     assert "Latest risk score" in p.inner_text("body")
-    p.get_by_text("defaulted", exact=True).click()
+    p.get_by_test_id("stRadioGroup").get_by_text(
+        "defaulted", exact=True
+    ).click()  # not the table's column
     p.get_by_role("button", name="Record outcome").click()
     p.get_by_text("outcome defaulted recorded").wait_for(timeout=WAIT_MS)
     box(p, "Note (optional)").fill("called, agreed a plan")
