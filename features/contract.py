@@ -289,15 +289,43 @@ def find_violations(raw: pd.DataFrame, data: DataSettings | Contract, require_ta
     _check(out, raw, raw[idc].isna(), idc, "missing id", idc)
     _check(out, raw, raw[idc].duplicated(keep=False) & raw[idc].notna(), idc, "duplicate id", idc)
     if require_target:
-        target = pd.to_numeric(raw[data.target], errors="coerce")
-        _check(out, raw, ~target.isin([0, 1]), data.target, "target must be 0 or 1", idc)
-        present_classes = {int(v) for v in target.dropna().unique() if v in (0, 1)}
+        target = target_codes(raw[data.target], data)
+        allowed_values = (f"one of {list(data.target_labels)} (data.target_labels)"
+                          if data.target_labels else "0 or 1")  # fmt: skip
+        _check(out, raw, target.isna(), data.target, f"target must be {allowed_values}", idc)
+        present_classes = {int(v) for v in target.dropna().unique()}
         if len(raw) and len(present_classes) < 2:
             out.append(Violation(data.target, f"one-class target (only {sorted(present_classes)})",
                                  len(raw)))  # fmt: skip
     if len(raw) == 0:
         out.append(Violation(idc, "no rows", 0))
     return out
+
+
+def as_label(value: Any) -> str | None:
+    """A target value as data.target_labels writes it (a CSV's 2 and a Parquet's 2.0 are '2')."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, (int, float, np.integer, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def target_codes(values: pd.Series, data: DataSettings) -> pd.Series:
+    """The target as 1 (default) / 0 (repaid), float with NaN where a value is neither: a
+    0/1 column as it is, any other coding through data.target_labels."""
+    if not data.target_labels:
+        numbers = pd.to_numeric(values, errors="coerce")
+        return numbers.where(numbers.isin([0, 1])).astype("float64")
+    return values.map(lambda v: data.target_labels.get(as_label(v))).astype("float64")
+
+
+def target_values(codes: pd.Series, data: DataSettings) -> pd.Series:
+    """1/0 outcomes written as the data writes its target (the inverse of target_codes)."""
+    if not data.target_labels:
+        return codes.astype(int)
+    label = {code: value for value, code in data.target_labels.items()}
+    return codes.astype(int).map(label)
 
 
 def raise_violations(violations: list[Violation], source: str) -> None:
@@ -324,7 +352,7 @@ def typed(raw: pd.DataFrame, contract: Contract) -> pd.DataFrame:
         clean[col] = numbers.astype("int64" if rule.integer and not rule.nullable else "float64")
     data = contract.data
     if data.target in clean.columns:
-        clean[data.target] = clean[data.target].astype("int64")
+        clean[data.target] = target_codes(clean[data.target], data).astype("int64")
     return clean.reset_index(drop=True)
 
 

@@ -115,8 +115,8 @@ def lineage_rows(params: Params, mv: ModelVersion, trained: dict, rows: str) -> 
         "data": f"{data.raw_file}{source}; DVC hash {trained['data_hash']}",
         "rows": rows,
         "period": period(params),
-        "search": f"Optuna study {trained['study_name']}: {trained['n_trials']} trials, best valid "
-        f"AUC {trained['best_valid_auc']:.4f}; CV AUC of the refit {trained['cv_auc_mean']:.4f} "
+        "search": f"Optuna study {trained['study_name']}: {trained['n_trials']} trials, best "
+        f"{trained.get('tuned_on', 'valid split')} AUC {trained['best_valid_auc']:.4f}; CV AUC of the refit {trained['cv_auc_mean']:.4f} "
         f"± {trained['cv_auc_std']:.4f}",
         "model sha256": trained["model_sha256"][:16],
     }

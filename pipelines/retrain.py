@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from features.contract import Contract, validate_raw
+from features.contract import Contract, target_values, validate_raw
 from monitoring import records
 from pipelines import lineage, paths
 from riskloop.cli import run_main
@@ -63,7 +63,7 @@ def build_batch(
     )
     raw = labelled.reindex(columns=data.feature_columns)
     raw.insert(0, data.id_column, ids)
-    raw[data.target] = labelled["defaulted"].astype(int).to_numpy()
+    raw[data.target] = target_values(labelled["defaulted"], data).to_numpy()
     if data.time_column:  # out-of-time data: a production row happened when it was scored
         raw[data.time_column] = pd.to_datetime(labelled["created_at"], utc=True, format="mixed").dt.strftime(
             "%Y-%m-%d %H:%M:%S").to_numpy()  # fmt: skip

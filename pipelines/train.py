@@ -18,7 +18,6 @@ from importlib.metadata import version
 
 import mlflow
 import pandas as pd
-import xgboost as xgb
 
 from features.transform import FeatureBuilder
 from pipelines import lineage, paths
@@ -65,8 +64,7 @@ def main() -> None:
     frames = {n: pd.read_parquet(paths.FEATURES / f"{n}.parquet") for n in ("train", "valid")}
     names = builder.feature_names_
     monotone = fit.monotone_vector(tr, names)
-    dtrain = xgb.DMatrix(frames["train"][names], label=frames["train"][target])
-    dvalid = xgb.DMatrix(frames["valid"][names], label=frames["valid"][target])
+    tuning = search.tuning(frames["train"], frames["valid"], names, target, tr)
 
     data_hash = dvc_data_hash()
     name = search.study_name(params, data_hash)
@@ -81,9 +79,7 @@ def main() -> None:
             {f"train.{k}": v for k, v in tr.model_dump(exclude={"search_space"}).items()}
         )
         logger = search.TrialLogger(client, exp_id, run_id, name)
-        truncated = search.optimize(
-            study, search.make_objective(dtrain, dvalid, tr, monotone, logger), tr
-        )
+        truncated = search.optimize(study, search.make_objective(tuning, tr, monotone, logger), tr)
         try:
             best = study.best_trial
         except ValueError as exc:
@@ -93,12 +89,10 @@ def main() -> None:
 
         best_params = {**search.base_xgb_params(tr, monotone, tr.seed), **best.params}
         both = pd.concat([frames["train"], frames["valid"]], ignore_index=True)
-        rounds = fit.refit_rounds(
-            best.user_attrs["best_iteration"], len(frames["train"]), len(both)
-        )
+        rounds = fit.refit_rounds(best.user_attrs["best_iteration"], tuning.train_rows, len(both))
         y = both[target].to_numpy()
-        log.info("best trial %d (valid AUC %.4f): %d-fold CV and refit on train+valid, %d rounds",
-                 best.number, best.value, tr.cv_folds, rounds)  # fmt: skip
+        log.info("best trial %d (%s AUC %.4f): %d-fold CV and refit on train+valid, %d rounds",
+                 best.number, tuning.mode, best.value, tr.cv_folds, rounds)  # fmt: skip
         cv_mean, cv_std = fit.cross_validate(
             both[names], y, best_params, rounds, tr.cv_folds, tr.seed
         )
@@ -124,7 +118,7 @@ def main() -> None:
 
     tags = {"git_commit": commit, "data_hash": data_hash, "study_name": name, "run_id": run_id,
             "params": params.train.model_dump_json(exclude={"search_space"}),
-            "best_params": json.dumps({k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in best.params.items()}), "study_truncated": str(truncated).lower(),
+            "best_params": json.dumps({k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in best.params.items()}), "study_truncated": str(truncated).lower(), "tuned_on": tuning.mode,
             **{k: f"{v:.6g}" for k, v in summary.items()},
             **{k: carried[k] for k in ("model_sha256", "contract_sha", "feature_code_sha")}}  # fmt: skip
     before = registry.challenger()
@@ -134,7 +128,8 @@ def main() -> None:
     paths.write_json(paths.TRAIN_REPORT, {
         "model_name": registry.name, "study_name": name, "data_hash": data_hash,
         "best_params": best.params, "study_truncated": truncated, "model_sha256": carried["model_sha256"],
-        "contract_sha": carried["contract_sha"], "feature_code_sha": carried["feature_code_sha"], **summary,
+        "contract_sha": carried["contract_sha"], "feature_code_sha": carried["feature_code_sha"],
+        "tuned_on": tuning.mode, **summary,
     })  # fmt: skip
     summary_line = registration_summary(registry.name, str(mv.version), origin, params.registry.challenger_alias,
                                         str(before.version) if before else None)  # fmt: skip

@@ -13,7 +13,6 @@ import pickle
 
 import mlflow
 import pandas as pd
-import xgboost as xgb
 
 from pipelines import paths
 from riskloop.cli import run_main
@@ -38,8 +37,7 @@ def main() -> None:
         names = pickle.load(fh).feature_names_
     frames = {n: pd.read_parquet(paths.FEATURES / f"{n}.parquet") for n in ("train", "valid")}
     target = params.data.target
-    dtrain = xgb.DMatrix(frames["train"][names], label=frames["train"][target])
-    dvalid = xgb.DMatrix(frames["valid"][names], label=frames["valid"][target])
+    data = search.tuning(frames["train"], frames["valid"], names, target, tr)
     name = search.study_name(params, dvc_data_hash())
     seed = args.seed if args.seed is not None else tr.seed + os.getpid()
     study = search.open_study(name, tr, seed)
@@ -50,7 +48,7 @@ def main() -> None:
     logger = search.TrialLogger(client, exp_id, parent, name)
     before = search.finished(study)
     search.optimize(
-        study, search.make_objective(dtrain, dvalid, tr, fit.monotone_vector(tr, names), logger), tr
+        study, search.make_objective(data, tr, fit.monotone_vector(tr, names), logger), tr
     )
     log.info(
         "study %s: %d -> %d finished trials (parent run %s)",

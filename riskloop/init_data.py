@@ -2,9 +2,10 @@
 section from what is in it, so a new dataset needs editing, not writing.
 
 What it decides, and flags where a person should look (`# CHECK` comments in the draft):
-- the id (unique in every row; a name like `id`, `*_id`) and the target (two values, 0/1,
-  a name like `default`, `target`, `bad`); ambiguous or missing ones stop with the
-  candidates named, and `--id`/`--target` settle them;
+- the id (unique in every row; a name like `id`, `*_id`) and the target (two values, 0/1
+  or any other two, a name like `default`, `target`, `bad`); ambiguous or missing ones stop
+  with the candidates named, and `--id`/`--target` settle them; a target not written 0/1
+  gets `target_labels` (which value is the default: one named so, else the rarer, flagged);
 - a date column (`time_column`: out-of-time split) when one parses as dates;
 - numeric columns with bounds from the observed range widened by a margin (never across
   zero), whole numbers as `integer`, columns with gaps as `nullable`;
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.contract import as_label, target_codes
 from riskloop.errors import DataContractError, SettingsError
 from riskloop.settings import DataSettings
 from riskloop.tables import read_table
@@ -43,6 +45,9 @@ TARGET_NAME = re.compile(r"default|target|label|^bad|delinq|outcome|^y$|^class$|
 ID_NAME = re.compile(r"(^|[_\-\s])id$|^id([_\-\s]|$)|_id$|^id$|number$|^no$", re.I)
 PROTECTED_NAME = re.compile(r"sex|gender|(?<![a-z])age(?![a-z])|race|ethnic|marital|marriage|religio|"
                             r"national|citizen|disab|pregnan|foreign", re.I)  # `age`, not `mortgage`  # fmt: skip
+# a target value that means default
+DEFAULT_LABEL = re.compile(r"bad|default(ed)?|yes|y|true|charged[ _-]?off|delinquent|late|fail(ed|ure)?",
+                           re.I)  # fmt: skip
 DATE_NAME = re.compile(r"date|time|month|period|_dt$|_at$", re.I)
 
 
@@ -117,19 +122,18 @@ def draft(frame: pd.DataFrame, raw_file: str, raw_dir: str = "data/raw", id_colu
     """The draft `data` section for `frame`, and what to check in it."""
     columns = [str(c) for c in frame.columns]
     frame = frame.set_axis(columns, axis=1)
-    binary = [c for c in columns if set(pd.to_numeric(frame[c], errors="coerce").dropna().unique()) == {0, 1}
-              and frame[c].notna().all()]  # fmt: skip
-    target = _pick("target", binary, [c for c in binary if TARGET_NAME.search(c)], target, columns,
-                   "target")  # fmt: skip
+    two_valued = [c for c in columns if frame[c].notna().all() and frame[c].nunique() == 2]
+    binary = [
+        c for c in two_valued if set(pd.to_numeric(frame[c], errors="coerce").unique()) == {0, 1}
+    ]
+    target = _pick("target", binary or two_valued, [c for c in two_valued if TARGET_NAME.search(c)],
+                   target, columns, "target")  # fmt: skip
     unique = [c for c in columns if c != target and frame[c].notna().all() and frame[c].is_unique]
     id_column = _pick(
         "id", unique, [c for c in unique if ID_NAME.search(c)], id_column, columns, "id"
     )
     out = Draft(data={})
-    text_targets = frame[target].dropna().unique()
-    if not set(pd.to_numeric(pd.Series(text_targets), errors="coerce")) <= {0, 1}:
-        raise DataContractError(f"target {target!r} holds {sorted(map(str, text_targets))[:5]}: "
-                                "riskloop needs 1 = default, 0 = repaid; recode it first")  # fmt: skip
+    labels = _target_labels(frame[target], target, out)
     dates = [c for c in columns if c not in (id_column, target)
              and not pd.api.types.is_numeric_dtype(frame[c]) and _is_date(frame[c])]  # fmt: skip
     if time_column is None and dates:
@@ -177,15 +181,41 @@ def draft(frame: pd.DataFrame, raw_file: str, raw_dir: str = "data/raw", id_colu
         out.checks.append(f"protected: {protected} look like protected attributes by name; they are "
                           "kept out of the model and used for fairness reports. Remove any that are not.")  # fmt: skip
     data: dict[str, Any] = {"raw_dir": raw_dir, "raw_file": raw_file, "id_column": id_column,
-                            "target": target, "time_column": time_column, "numeric": numeric,
+                            "target": target, **({"target_labels": labels} if labels else {}),
+                            "time_column": time_column, "numeric": numeric,
                             "categorical": categorical, "protected": protected}  # fmt: skip
     if out.ignored:
         data["ignore"] = list(out.ignored)
-    DataSettings.model_validate(data)  # the draft is valid as written
     out.data = data
-    rate = out.default_rate = float(pd.to_numeric(frame[target]).mean())
+    settings = DataSettings.model_validate(data)
+    rate = out.default_rate = float(target_codes(frame[target], settings).mean())
     out.checks.append(f"target: {target} (default rate {rate:.1%}); id_column: {id_column}")
     return out
+
+
+def _target_labels(values: pd.Series, target: str, out: Draft) -> dict[str, int]:
+    """{} for a 0/1 target; else which of its two values is the default (1): the one named
+    like a default (`bad`, `yes`, ...), or the rarer one, flagged for a person to confirm."""
+    distinct = values.dropna().unique()
+    if set(pd.to_numeric(pd.Series(distinct), errors="coerce")) == {0, 1}:
+        return {}
+    if len(distinct) != 2 or values.isna().any():
+        shown = sorted(map(str, distinct))[:5]
+        raise DataContractError(f"target {target!r} holds {len(distinct)} values {shown}"
+                                f"{' and gaps' if values.isna().any() else ''}: riskloop needs two, "
+                                "one meaning default")  # fmt: skip
+    written = {as_label(v): v for v in distinct}
+    named = [k for k in written if DEFAULT_LABEL.fullmatch(k)]
+    if len(named) == 1:
+        default, why = named[0], "named like a default"
+    else:
+        counts = values.map(as_label).value_counts()
+        default = str(counts.idxmin())
+        why = f"the rarer value, {counts[default] / len(values):.0%} of rows"
+    repaid = next(k for k in written if k != default)
+    out.checks.append(f"target_labels: {default!r} -> 1 (default; {why}), {repaid!r} -> 0: swap the "
+                      "numbers if that is the wrong way round")  # fmt: skip
+    return {default: 1, repaid: 0}
 
 
 # ------------------------------------------------------------------ params.yaml
@@ -256,6 +286,10 @@ def write_params(path: Path, result: Draft) -> list[str]:
                 inner.fa.set_flow_style()
                 nums[_quoted(col)] = inner
             data[key] = nums
+        elif key == "target_labels":
+            labels = CommentedMap((_quoted(k), v) for k, v in value.items())
+            labels.fa.set_flow_style()
+            data[key] = labels
         elif isinstance(value, list):
             seq = CommentedSeq([_quoted(v) for v in value])
             seq.fa.set_flow_style()
@@ -334,7 +368,9 @@ def main(argv: list[str] | None = None) -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     ap.add_argument("file", type=Path, help="the CSV or Parquet file (put it under data/raw/)")
     ap.add_argument("--id", dest="id_column", help="the id column, when the guess is ambiguous")
-    ap.add_argument("--target", help="the 0/1 target column (1 = default)")
+    ap.add_argument(
+        "--target", help="the target column (two values; 1 or a value like `bad` = default)"
+    )
     ap.add_argument("--time-column", help="the date column for an out-of-time split")
     ap.add_argument("--write", type=Path, metavar="PARAMS",
                     help="write the draft into this params.yaml (else print it)")  # fmt: skip

@@ -60,6 +60,9 @@ class DataSettings(Frozen):
     raw_file: str
     id_column: str
     target: str
+    # a target written as text or other codes: each of its two values -> 1 (default) or 0
+    # (repaid), e.g. {bad: 1, good: 0}; empty: the target holds 0 and 1
+    target_labels: dict[str, Literal[0, 1]] = {}
     time_column: str | None = None
     numeric: dict[str, NumericColumn]
     categorical: dict[str, list[int | str] | CategoricalColumn] = {}
@@ -120,6 +123,9 @@ class DataSettings(Frozen):
                     f"protected attribute {name!r} is neither a column nor a one-hot group"
                 )
         self._check_group_labels()
+        if self.target_labels and sorted(self.target_labels.values()) != [0, 1]:
+            raise ValueError(f"target_labels {dict(self.target_labels)} must give one value 1 "
+                             "(default) and one value 0 (repaid)")  # fmt: skip
         for group, members in self.onehot.items():
             if len(members) < 2:
                 raise ValueError(f"one-hot group {group!r} needs at least two columns")
@@ -151,6 +157,14 @@ class DataSettings(Frozen):
                                  f"its groups: {known}")  # fmt: skip
             if len(set(labels.values())) != len(labels):
                 raise ValueError(f"group_labels.{name} gives two groups the same name")
+
+    @field_validator("target_labels", mode="before")
+    @classmethod
+    def _labels_as_written(cls, value: object) -> object:
+        if isinstance(value, dict) and any(isinstance(k, bool) for k in value):
+            raise ValueError(f"target_labels has YAML booleans as values ({list(value)}): quote "
+                             "them ('yes': 1, 'no': 0)")  # fmt: skip
+        return value
 
     @field_validator("categorical", mode="before")
     @classmethod
@@ -236,6 +250,9 @@ class TrainSettings(Frozen):
     search_space: dict[str, SearchRange]
     monotone_constraints: dict[str, Literal[-1, 0, 1]] = {}
     cv_folds: Annotated[int, Field(ge=2)] = 5
+    # below this many rows of train+valid each trial is scored by cv_folds-fold CV on them
+    # (training/search.py Tuning); null: always on the valid split
+    tune_cv_below_rows: Annotated[int, Field(ge=1)] | None = 20_000
 
     @model_validator(mode="after")
     def _known_params(self) -> TrainSettings:

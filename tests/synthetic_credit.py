@@ -1,8 +1,8 @@
 """A second dataset shape, generated: what a lender's own export often looks like, and
 nothing like the Taiwan file riskloop ships with. Text categories (one level with a hyphen),
 missing values in numeric and text columns, a column name with a hyphen, an application date,
-string ids, candidate protected attributes by name, and no monthly repayment
-history. Seeded and small, so a test can take it from `riskloop init-data` to a served,
+string ids, candidate protected attributes by name, a target written "yes"/"no" (words YAML
+would read as booleans), and no monthly repayment history. Seeded and small, so a test can take it from `riskloop init-data` to a served,
 monitored, retrained model.
 
     python -m tests.synthetic_credit data/raw/applications.csv --rows 4000
@@ -66,7 +66,7 @@ def generate(rows: int = 4000, seed: int = 7, start: str = "2023-01-01") -> pd.D
         "employment_years": years,
         "recent_inquiries": inquiries,
         "debt-to-income": dti,
-        "defaulted": default.astype(int),
+        "defaulted": np.where(default, "yes", "no"),
     })  # fmt: skip
 
 

@@ -17,7 +17,9 @@ import time
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import optuna
+import pandas as pd
 import xgboost as xgb
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
@@ -25,6 +27,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 from optuna_integration import XGBoostPruningCallback
+from sklearn.model_selection import StratifiedKFold
 
 from riskloop import stores
 from riskloop.settings import Params, TrainSettings
@@ -97,24 +100,70 @@ class TrialLogger:
         self.client.set_terminated(run.info.run_id, "FINISHED" if state != "FAIL" else "FAILED")
 
 
-def make_objective(dtrain: xgb.DMatrix, dvalid: xgb.DMatrix, train: TrainSettings,
-                   monotone: tuple[int, ...], logger: TrialLogger | None):  # fmt: skip
+@dataclass(frozen=True)
+class Tuning:
+    """What each trial is scored on. Normally the valid split (early stopping and the score);
+    with fewer than `train.tune_cv_below_rows` rows of train+valid, the mean AUC over
+    `train.cv_folds` stratified folds of train+valid: a validation split of a few hundred rows
+    chooses by noise (German credit: 200 rows, bench/RESULTS.md)."""
+
+    dtrain: xgb.DMatrix  # the train split, or train+valid for CV
+    dvalid: xgb.DMatrix | None  # None for CV
+    folds: list[tuple[np.ndarray, np.ndarray]] | None
+    train_rows: int  # rows a trial's booster learns from (its rounds scale from these)
+
+    @property
+    def mode(self) -> str:
+        return "valid split" if self.folds is None else f"{len(self.folds)}-fold CV"
+
+
+def tuning(train_frame: pd.DataFrame, valid_frame: pd.DataFrame, names: list[str], target: str,
+           settings: TrainSettings) -> Tuning:  # fmt: skip
+    n = len(train_frame) + len(valid_frame)
+    if settings.tune_cv_below_rows is None or n >= settings.tune_cv_below_rows:
+        return Tuning(xgb.DMatrix(train_frame[names], label=train_frame[target]),
+                      xgb.DMatrix(valid_frame[names], label=valid_frame[target]), None,
+                      len(train_frame))  # fmt: skip
+    both = pd.concat([train_frame, valid_frame], ignore_index=True)
+    y = both[target].to_numpy()
+    folds = list(StratifiedKFold(settings.cv_folds, shuffle=True,
+                                 random_state=settings.seed).split(both[names], y))  # fmt: skip
+    return Tuning(xgb.DMatrix(both[names], label=y), None, folds,
+                  n * (settings.cv_folds - 1) // settings.cv_folds)  # fmt: skip
+
+
+def _score(
+    params: dict, data: Tuning, train: TrainSettings, trial: optuna.Trial
+) -> tuple[float, int]:
+    """(AUC, best iteration) of one trial's parameters, early-stopped."""
+    rounds, stop = train.max_boost_rounds, train.early_stopping_rounds
+    if data.folds is None:
+        callbacks = [XGBoostPruningCallback(trial, "valid-auc")] if train.pruning else []
+        booster = xgb.train(params, data.dtrain, num_boost_round=rounds, evals=[(data.dvalid, "valid")],
+                            early_stopping_rounds=stop, callbacks=callbacks, verbose_eval=False)  # fmt: skip
+        return float(booster.best_score), int(booster.best_iteration)
+    callbacks = [XGBoostPruningCallback(trial, "test-auc")] if train.pruning else []
+    history = xgb.cv(params, data.dtrain, num_boost_round=rounds, folds=data.folds,
+                     early_stopping_rounds=stop, callbacks=callbacks, verbose_eval=False)  # fmt: skip
+    # the history ends at the best round (early stopping trims it)
+    return float(history["test-auc-mean"].iloc[-1]), len(history) - 1
+
+
+def make_objective(data: Tuning, train: TrainSettings, monotone: tuple[int, ...],
+                   logger: TrialLogger | None):  # fmt: skip
     def objective(trial: optuna.Trial) -> float:
         params = {**base_xgb_params(train, monotone, train.seed), **suggest(trial, train)}
-        callbacks = [XGBoostPruningCallback(trial, "valid-auc")] if train.pruning else []
         try:
-            booster = xgb.train(params, dtrain, num_boost_round=train.max_boost_rounds,
-                                evals=[(dvalid, "valid")], early_stopping_rounds=train.early_stopping_rounds,
-                                callbacks=callbacks, verbose_eval=False)  # fmt: skip
+            auc, best_iteration = _score(params, data, train, trial)
         except optuna.TrialPruned:
             if logger:
                 logger.log(trial, {}, "PRUNED")
             raise
-        trial.set_user_attr("best_iteration", int(booster.best_iteration))
+        trial.set_user_attr("best_iteration", best_iteration)
         if logger:
-            logger.log(trial, {"valid_auc": booster.best_score, "best_iteration": booster.best_iteration},
-                       "COMPLETE")  # fmt: skip
-        return float(booster.best_score)
+            metric = "valid_auc" if data.folds is None else "cv_auc"
+            logger.log(trial, {metric: auc, "best_iteration": best_iteration}, "COMPLETE")
+        return auc
 
     return objective
 
@@ -130,7 +179,7 @@ def _duration(seconds: float) -> str:
 
 class Progress:
     """Optuna callback: one line per finished trial of this process (trial k of n, its
-    valid AUC or its pruning, the best so far, time elapsed and left), instead of silence."""
+    AUC or its pruning, the best so far, time elapsed and left), instead of silence."""
 
     def __init__(self, n_trials: int) -> None:
         self.n_trials, self.start, self.ran = n_trials, time.monotonic(), 0
@@ -141,7 +190,7 @@ class Progress:
         elapsed = time.monotonic() - self.start
         left = elapsed / self.ran * max(self.n_trials - done, 0)
         got = (
-            f"valid AUC {trial.value:.4f}"
+            f"AUC {trial.value:.4f}"
             if trial.state == TrialState.COMPLETE
             else trial.state.name.lower()
         )

@@ -43,6 +43,7 @@ def test_own_data_from_init_data_to_retrain(tmp_path, raw, params):
         "defaulted",
         "application_date",
     )
+    assert data["target_labels"] == {"yes": 1, "no": 0}  # the file's own words, read back as such
     assert data["categorical"]["home_ownership"] == sorted(HOME)
     assert data["categorical"]["purpose"] == {"levels": sorted(PURPOSE), "nullable": True}
     assert data["numeric"]["annual_income"]["nullable"] is True
@@ -111,3 +112,5 @@ def test_own_data_from_init_data_to_retrain(tmp_path, raw, params):
         server.stop()
     batch = next((repo.path / "data/raw/production").glob("*/records.csv"))
     assert batch.read_text().splitlines()[1].startswith("prod-1-")
+    # the retrain batch writes outcomes as the data writes its target
+    assert set(pd.read_csv(batch)["defaulted"]) <= {"yes", "no"}

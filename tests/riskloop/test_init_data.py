@@ -56,11 +56,9 @@ def test_ambiguity_and_unusable_targets_are_named(frame):
     with pytest.raises(DataContractError, match=r"several columns could be the target.*--target"):
         draft(two, "f.csv")
     assert draft(two, "f.csv", target="defaulted").data["target"] == "defaulted"
-    text = frame.assign(defaulted=frame["defaulted"].map({0: "good", 1: "bad"}))
-    with pytest.raises(DataContractError, match="no column looks like the target"):
-        draft(text, "f.csv")
-    with pytest.raises(DataContractError, match="recode it first"):
-        draft(text, "f.csv", target="defaulted")
+    three = frame.assign(defaulted=frame["defaulted"].where(frame.index % 7 > 0, "maybe"))
+    with pytest.raises(DataContractError, match=r"target 'defaulted' holds 3 values.*needs two"):
+        draft(three, "f.csv", target="defaulted")
     with pytest.raises(DataContractError, match=r"no column looks like the id.*--id"):
         draft(frame.drop(columns="application_id"), "f.csv")
     free_text = frame.assign(
@@ -68,6 +66,35 @@ def test_ambiguity_and_unusable_targets_are_named(frame):
     )
     d = draft(free_text, "f.csv", id_column="application_id")
     assert "note" in d.data["ignore"]
+
+
+@pytest.mark.parametrize("coded, labels, why", [
+    ({"yes": "bad", "no": "good"}, {"bad": 1, "good": 0}, "named like a default"),
+    ({"yes": 2, "no": 1}, {"2": 1, "1": 0}, "the rarer value"),  # German credit's own coding
+    ({"yes": 0, "no": 1}, {}, None),  # 0/1 stays as it is (1 = default, whatever the words)
+])  # fmt: skip
+def test_a_target_not_written_0_1_gets_its_labels(frame, coded, labels, why):
+    d = draft(frame.assign(defaulted=frame["defaulted"].map(coded)), "f.csv")
+    assert d.data.get("target_labels", {}) == labels
+    if why:
+        assert any(c.startswith("target_labels") and why in c for c in d.checks), d.checks
+    settings = DataSettings.model_validate(d.data)
+    clean = validate_raw(frame.assign(defaulted=frame["defaulted"].map(coded)), settings)
+    expected = (frame["defaulted"] == "yes") if labels else frame["defaulted"].map(coded)
+    assert clean["defaulted"].tolist() == expected.astype(int).tolist()
+    assert d.default_rate == pytest.approx(expected.astype(int).mean())
+
+
+def test_target_values_the_labels_do_not_name_are_violations(frame):
+    d = draft(frame, "f.csv")
+    assert d.data["target_labels"] == {"yes": 1, "no": 0}
+    with pytest.raises(DataContractError, match=r"target must be one of \['yes', 'no'\]"):
+        validate_raw(frame.assign(defaulted=frame["defaulted"].replace("no", "n")),
+                     DataSettings.model_validate(d.data))  # fmt: skip
+    with pytest.raises(ValueError, match="YAML booleans"):
+        DataSettings.model_validate({**d.data, "target_labels": {True: 1, False: 0}})
+    with pytest.raises(ValueError, match="one value 1"):
+        DataSettings.model_validate({**d.data, "target_labels": {"yes": 1, "no": 1}})
 
 
 def test_write_keeps_other_settings_and_drops_the_old_datasets_sections(frame, tmp_path):
@@ -134,3 +161,4 @@ def test_written_levels_and_names_read_back_unchanged(frame, tmp_path):
     loaded = load_params(params)  # PyYAML, as every stage reads it
     assert loaded.data.levels["odd level"] == sorted(odd)
     assert loaded.data.levels["home_ownership"] == sorted(HOME)
+    assert loaded.data.target_labels == {"yes": 1, "no": 0}  # quoted, not YAML's true/false
