@@ -71,6 +71,22 @@ def _restore_mlflow_uris():
     restore_mlflow_uris(before)
 
 
+# riskloop's own tests run on the dataset it ships (they name its columns); `init-data --write`
+# makes params.yaml describe yours, and then they would fail by the hundred for no fault
+SHIPPED_RAW_FILE = "UCI_Credit_Card.csv"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    raw_file = load_params(ROOT / "params.yaml").data.raw_file
+    if raw_file != SHIPPED_RAW_FILE:
+        raise pytest.UsageError(
+            f"params.yaml describes your dataset ({raw_file}); riskloop's own tests run on the "
+            f"shipped one ({SHIPPED_RAW_FILE}). Run them in a clean clone of riskloop "
+            "(`git clone ... && make test`), or with your changes stashed (`git stash`); "
+            "tests/pipelines/test_own_data.py is the test of a dataset of another shape."
+        )
+
+
 @pytest.fixture(scope="session")
 def params() -> Params:
     return load_params(ROOT / "params.yaml")
