@@ -3,7 +3,9 @@ customers offline with the registry's @champion (or `--version N`), as the servi
 the model's own contract checks every row (every violation named, nothing written), its own
 feature code builds the features, and each row gets its probability of default, 0-100 risk
 score, band and decision (params.yaml's serving section). Writes SCORED (CSV or Parquet by
-its suffix) with the id column first; changes nothing else (no prediction log, no registry)."""
+its suffix) with the id column first; changes nothing else (no prediction log, no registry).
+With `compute.engine: dask` a Parquet file is scored partition by partition on the cluster
+(pipelines/score_batch_dask.py) and SCORED is a Parquet dataset (a directory)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import pandas as pd
 
 from features.contract import Contract, find_violations, raise_violations
 from pipelines.evaluate import score
+from riskloop import stores
 from riskloop.cli import run_main
 from riskloop.errors import RegistryError
 from riskloop.package import ModelPackage
@@ -55,12 +58,24 @@ def main() -> None:
         raise RegistryError(
             f"{params.registry.model_name} has no @champion: `make promote` first, or --version"
         )
-    pkg = ModelPackage.download(version_uri(registry.name, str(version)))
+    uri = version_uri(registry.name, str(version))
+    pkg = ModelPackage.download(uri)
     contract = Contract.from_json(pkg.contract_doc)
+    cut = scoring.cutoffs(params.serving.decisions, pkg.reference_scores)
+    if params.compute.engine == "dask":
+        from pipelines import score_batch_dask
+
+        rows = score_batch_dask.score_file(args.file, args.out, uri, stores.tracking_uri(), contract,
+                                           params, cut)  # fmt: skip
+        print(f"scored {rows:,} rows with {registry.name} v{version} on Dask -> {args.out}/ "
+              "(a Parquet dataset, one file per partition)")  # fmt: skip
+        print(
+            f"decisions: review from risk_score {cut.review_from}, decline from {cut.decline_from}"
+        )
+        return
     raw = read_table(args.file)
     raise_violations(find_violations(raw, contract, require_target=False), str(args.file))
     probability, _ = score(pkg, raw)
-    cut = scoring.cutoffs(params.serving.decisions, pkg.reference_scores)
     out = scored(
         raw, np.asarray(probability, dtype=float), contract.data.id_column, params.serving, cut
     )

@@ -431,7 +431,20 @@ class MonitoringSettings(Frozen):
         return cron.check(value)
 
 
+class ComputeSettings(Frozen):
+    """Where the stages that read whole datasets run (riskloop/compute.py). `local`: in this
+    process, whole frames. `dask`: partition by partition on a Dask cluster — the address in
+    DASK_SCHEDULER_ADDRESS, else a LocalCluster the stage starts and stops itself."""
+
+    engine: Literal["local", "dask"] = "local"
+    workers: Annotated[int, Field(ge=1)] = 2  # LocalCluster only
+    threads_per_worker: Annotated[int, Field(ge=1)] = 1
+    memory_limit: str = "2GiB"  # per LocalCluster worker (Dask's own syntax)
+    partition_rows: Annotated[int, Field(ge=1000)] = 250_000  # rows a task holds at once
+
+
 class Params(Frozen):
+    compute: ComputeSettings = ComputeSettings()
     data: DataSettings
     split: SplitSettings = SplitSettings()
     features: FeatureSettings

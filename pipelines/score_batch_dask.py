@@ -1,0 +1,91 @@
+"""score-batch on Dask: a Parquet file scored partition by partition on the cluster, never
+whole in one process. Each worker loads the model version once (from the tracking store),
+checks its partition against the model's own contract and scores it exactly as the local
+path does (pipelines.score_batch.scored); the output is a Parquet dataset, one file per
+partition, written by the workers."""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as pads
+
+from features.contract import Contract, find_violations, raise_violations
+from riskloop.compute import dask_client
+from riskloop.errors import DataContractError
+from riskloop.settings import Params, ServingSettings
+from serving import scoring
+
+
+@functools.lru_cache(maxsize=4)
+def _package(uri: str, tracking_uri: str):
+    """The model version, downloaded once per worker process."""
+    import mlflow
+
+    from riskloop.package import ModelPackage
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    return ModelPackage.download(uri)
+
+
+def score_partition(part: pd.DataFrame, uri: str, tracking_uri: str, contract_doc: dict,
+                    serving: ServingSettings, cut: scoring.Cutoffs, source: str) -> pd.DataFrame:  # fmt: skip
+    from pipelines.evaluate import score
+    from pipelines.score_batch import scored
+
+    contract = Contract.from_json(contract_doc)
+    if part.empty:
+        return _empty(contract.data.id_column)
+    raise_violations(find_violations(part, contract, require_target=False), source)
+    probability, _ = score(_package(uri, tracking_uri), part.reset_index(drop=True))
+    return scored(part, np.asarray(probability, dtype=float), contract.data.id_column, serving, cut)
+
+
+def _empty(id_column: str) -> pd.DataFrame:
+    return pd.DataFrame({id_column: pd.Series(dtype=object), "probability_of_default": pd.Series(dtype=float),
+                         "risk_score": pd.Series(dtype="int64"), "risk_band": pd.Series(dtype="str"),
+                         "decision": pd.Series(dtype="str")})  # fmt: skip
+
+
+def score_file(path: Path, out: Path, uri: str, tracking_uri: str, contract: Contract,
+               params: Params, cut: scoring.Cutoffs) -> int:  # fmt: skip
+    """Score `path` (Parquet) into the Parquet dataset `out`; returns the rows scored."""
+    import dask.dataframe as dd
+    from distributed import progress
+
+    if path.suffix.lower() not in (".parquet", ".pq") and not path.is_dir():
+        raise DataContractError(f"{path}: compute.engine dask scores Parquet (a file or a dataset "
+                                "directory); convert the CSV first")  # fmt: skip
+    with dask_client(params.compute) as client:
+        # compute.partition_rows bounds what one task holds, whatever the file's row groups
+        total = pads.dataset(path, format="parquet").count_rows()
+        frame = dd.read_parquet(path, split_row_groups=True)
+        frame = frame.repartition(
+            npartitions=max(1, math.ceil(total / params.compute.partition_rows))
+        )
+        id_column = contract.data.id_column
+        meta = _empty(id_column).astype({id_column: frame[id_column].dtype})
+        result = frame.map_partitions(score_partition, uri, tracking_uri, contract.to_json(), params.serving,
+                                      cut, str(path), meta=meta, align_dataframes=False)  # fmt: skip
+        # written beside OUT and moved in place once every partition is scored: a partition
+        # that fails (a bad row) leaves no partial dataset behind
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = out.parent / f".{out.name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        try:
+            written = client.compute(result.to_parquet(partial, write_index=False, compute=False))
+            progress(written)  # a text bar on stdout while the partitions are scored
+            written.result()
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(partial, out)
+    return pads.dataset(out, format="parquet").count_rows()  # from the files' metadata

@@ -1,0 +1,77 @@
+"""score-batch on a 2-worker Dask LocalCluster scores a Parquet file partition by partition
+and gives every row exactly what the local engine gives it; a bad row is named, nothing is
+written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from tests.conftest import ROOT, stratified_sample
+from tests.modelling import fit_small_model, register_champion
+
+RISKLOOP = str(Path(sys.executable).parent / "riskloop")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, raw, params):
+    """A champion in a fresh store, and a 3,000-row Parquet file of 6 row groups."""
+    tmp = tmp_path_factory.mktemp("dask")
+    model, parts = fit_small_model(
+        stratified_sample(raw, params.data.target, 2000), params, 30, ("train",)
+    )
+    register_champion(tmp / "state", model, params, parts["test"])
+    rows = raw.drop(columns=[params.data.target]).sample(3000, random_state=1)
+    pq.write_table(pa.Table.from_pandas(rows, preserve_index=False), tmp / "portfolio.parquet",
+                   row_group_size=500)  # fmt: skip
+    return tmp, rows
+
+
+def score_batch(tmp: Path, engine: str, source: str, out: str) -> subprocess.CompletedProcess:
+    doc = yaml.safe_load((ROOT / "params.yaml").read_text())
+    doc["compute"] = {
+        "engine": engine,
+        "workers": 2,
+        "memory_limit": "1GiB",
+        "partition_rows": 1000,
+    }
+    (tmp / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp),
+           "RISKLOOP_STATE_DIR": str(tmp / "state"), "PYTHONPATH": str(ROOT)}  # fmt: skip
+    return subprocess.run([RISKLOOP, "score-batch", source, "--out", out], cwd=tmp, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+
+
+def test_dask_scores_every_row_as_the_local_engine_does(workdir, params):
+    tmp, rows = workdir
+    local = score_batch(tmp, "local", "portfolio.parquet", "local.parquet")
+    assert local.returncode == 0, local.stdout + local.stderr
+    dask = score_batch(tmp, "dask", "portfolio.parquet", "dask-out")
+    assert dask.returncode == 0, dask.stdout + dask.stderr
+    assert "scored 3,000 rows" in dask.stdout and "on Dask" in dask.stdout, dask.stdout
+    parts = sorted((tmp / "dask-out").glob("*.parquet"))
+    assert len(parts) == 3  # 3,000 rows in partitions of 1,000, each written by a worker
+    idc = params.data.id_column
+    want = pd.read_parquet(tmp / "local.parquet").set_index(idc).sort_index()
+    got = pd.read_parquet(tmp / "dask-out").set_index(idc).sort_index()
+    assert list(got.index) == sorted(rows[idc])
+    pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=0, atol=1e-12)
+
+
+def test_a_bad_row_is_named_and_nothing_is_written(workdir):
+    tmp, rows = workdir
+    bad = rows.copy()
+    bad.iloc[1234, bad.columns.get_loc("AGE")] = 7
+    pq.write_table(pa.Table.from_pandas(bad, preserve_index=False), tmp / "bad.parquet",
+                   row_group_size=500)  # fmt: skip
+    proc = score_batch(tmp, "dask", "bad.parquet", "bad-out")
+    assert proc.returncode != 0
+    assert "AGE" in proc.stderr and "bad.parquet" in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp / "bad-out").exists() and not list(tmp.glob(".bad-out*"))
