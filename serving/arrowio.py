@@ -242,7 +242,7 @@ class ArrowCodec:
             as_int = pa.array(np.where(whole, values, 0).astype("int64"), mask=~whole)
             index = pc.index_in(as_int, value_set=levels)
         else:
-            index = pc.index_in(column.cast(levels.type), value_set=levels)
+            index = _index_of_integers(column, levels)
         missing = index.is_null().to_numpy(zero_copy_only=False)
         nulls = column.is_null().to_numpy(zero_copy_only=False)
         problems: list[dict[str, str]] = []
@@ -341,3 +341,17 @@ def records_table(contract: Contract, records: list[dict[str, Any]]) -> pa.Table
     for col in extra:
         columns[col] = pa.array([r.get(col) for r in records], pa.string())
     return pa.table(columns)
+
+
+def _index_of_integers(column: pa.Array, levels: pa.Array) -> pa.Array:
+    """Each integer value's position among the levels (null: not a level). A uint64 beyond
+    int64 cannot be cast to the levels' type (the fuzzer's crasher arrow-uint64-beyond-int64):
+    no level is that large, so such a value is simply not one."""
+    try:
+        return pc.index_in(column.cast(levels.type), value_set=levels)
+    except pa.ArrowInvalid:
+        fits = pc.less_equal(column, pa.scalar(2**63 - 1, column.type))
+        narrowed = pc.if_else(fits, column, pa.scalar(0, column.type)).cast(levels.type)
+        return pc.if_else(
+            fits, pc.index_in(narrowed, value_set=levels), pa.scalar(None, pa.int32())
+        )

@@ -45,3 +45,23 @@ def test_fuzzing_finds_no_crash_or_uncaught_error(target, tmp_path):
     tail = done.stderr[-3000:]
     assert done.returncode == 0 and not found, f"{found}: keep them in {CRASHERS}\n{tail}"
     assert "Done" in done.stderr, tail  # libFuzzer ran its budget out
+
+
+def test_a_uint64_beyond_int64_is_not_a_level():
+    """The fuzzer's arrow-uint64-beyond-int64, spelled out: a categorical column sent as
+    uint64 is matched to its levels, and a value no int64 holds is named as no level (422),
+    not a 500 from the cast."""
+    import pyarrow as pa
+
+    from serving import arrowio
+    from tests.serving.fuzz_decoders import codecs, seeds
+
+    table = pa.ipc.open_stream(seeds()["arrow"][1]).read_all()
+    sex = table.column_names.index("SEX")
+    good = table.set_column(sex, "SEX", pa.array([1] * table.num_rows, pa.uint64()))
+    codecs().arrow.decode(arrowio.stream_bytes(good), "")  # uint64 levels are levels
+    huge = [2**64 - 1] + [0] * (table.num_rows - 1)
+    bad = table.set_column(sex, "SEX", pa.array(huge, pa.uint64()))
+    with pytest.raises(arrowio.ArrowRequestError) as refused:
+        codecs().arrow.decode(arrowio.stream_bytes(bad), "")
+    assert refused.value.status == 422 and "SEX" in str(refused.value.errors), refused.value.errors
