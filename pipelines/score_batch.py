@@ -69,25 +69,22 @@ def main() -> None:
                                            params, cut)  # fmt: skip
         print(f"scored {rows:,} rows with {registry.name} v{version} on Dask -> {args.out}/ "
               "(a Parquet dataset, one file per partition)")  # fmt: skip
-        print(
-            f"decisions: review from risk_score {cut.review_from}, decline from {cut.decline_from}"
-        )
-        return
-    raw = read_table(args.file)
-    raise_violations(find_violations(raw, contract, require_target=False), str(args.file))
-    probability, _ = score(pkg, raw)
-    out = scored(
-        raw, np.asarray(probability, dtype=float), contract.data.id_column, params.serving, cut
-    )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    if args.out.suffix.lower() in (".parquet", ".pq"):
-        out.to_parquet(args.out, index=False)
     else:
-        out.to_csv(args.out, index=False)
-    bands = out["risk_band"].value_counts().to_dict()
-    print(
-        f"scored {len(out):,} rows with {registry.name} v{version} -> {args.out} (bands: {bands})"
-    )
+        raw = read_table(args.file)
+        raise_violations(find_violations(raw, contract, require_target=False), str(args.file))
+        probability, _ = score(pkg, raw)
+        out = scored(
+            raw, np.asarray(probability, dtype=float), contract.data.id_column, params.serving, cut
+        )
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        if args.out.suffix.lower() in (".parquet", ".pq"):
+            out.to_parquet(args.out, index=False)
+        else:
+            out.to_csv(args.out, index=False)
+        bands = out["risk_band"].value_counts().to_dict()
+        print(
+            f"scored {len(out):,} rows with {registry.name} v{version} -> {args.out} (bands: {bands})"
+        )
     print(f"decisions: review from risk_score {cut.review_from}, decline from {cut.decline_from}")
 
 

@@ -24,27 +24,31 @@ from serving import scoring
 
 
 @functools.lru_cache(maxsize=4)
-def _package(uri: str, tracking_uri: str):
-    """The model version, downloaded once per worker process."""
+def _model(uri: str, tracking_uri: str):
+    """The model version's pyfunc, downloaded and loaded once per worker process (not once
+    per partition, as calling pipelines.evaluate.score there would)."""
     import mlflow
 
     from riskloop.package import ModelPackage
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
-    return ModelPackage.download(uri)
+    return ModelPackage.download(uri).load_pyfunc()
 
 
 def score_partition(part: pd.DataFrame, uri: str, tracking_uri: str, contract_doc: dict,
                     serving: ServingSettings, cut: scoring.Cutoffs, source: str) -> pd.DataFrame:  # fmt: skip
-    from pipelines.evaluate import score
+    """One partition checked against the model's contract and scored as
+    pipelines.evaluate.score scores a frame."""
     from pipelines.score_batch import scored
 
     contract = Contract.from_json(contract_doc)
     if part.empty:
         return _empty(contract.data.id_column)
     raise_violations(find_violations(part, contract, require_target=False), source)
-    probability, _ = score(_package(uri, tracking_uri), part.reset_index(drop=True))
+    model = _model(uri, tracking_uri)
+    inner = model.unwrap_python_model()
+    probability = model.predict(inner.contract.input_frame(part.reset_index(drop=True)))
     return scored(part, np.asarray(probability, dtype=float), contract.data.id_column, serving, cut)
 
 
