@@ -8,7 +8,9 @@ them out (many lenders do not collect them); the model never reads them."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import itertools
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -162,16 +164,19 @@ class Violation:
     column: str
     rule: str
     count: int
-    examples: str = ""
+    examples: tuple[str, ...] = ()  # the first offending rows, as `id=…: value`
     rows: tuple[int, ...] = ()  # positions of the first offending rows
+    # which check found it, in the order the checks run: the same on every partition of a
+    # dataset (same columns), so per-partition findings merge into the whole frame's order
+    slot: tuple[int, int] = (0, 0)
 
     def __str__(self) -> str:
-        tail = f"; e.g. {self.examples}" if self.examples else ""
+        tail = f"; e.g. {', '.join(self.examples)}" if self.examples else ""
         return f"column {self.column!r}: {self.rule} ({self.count} row(s){tail})"
 
 
 def _check(out: list[Violation], df: pd.DataFrame, mask: pd.Series, column: str, rule: str,
-           id_column: str | None) -> None:  # fmt: skip
+           id_column: str | None, slot: tuple[int, int] = (0, 0)) -> None:  # fmt: skip
     mask = np.asarray(mask, dtype=bool)
     n = int(mask.sum())
     if not n:
@@ -179,11 +184,11 @@ def _check(out: list[Violation], df: pd.DataFrame, mask: pd.Series, column: str,
     pos = np.flatnonzero(mask)[:MAX_EXAMPLES]
     rows = df.iloc[pos]
     if id_column and id_column in df.columns:
-        examples = ", ".join(f"{id_column}={i}: {v!r}"
-                             for i, v in zip(rows[id_column], rows[column], strict=True))  # fmt: skip
+        examples = tuple(f"{id_column}={i}: {v!r}"
+                         for i, v in zip(rows[id_column], rows[column], strict=True))  # fmt: skip
     else:
-        examples = ", ".join(f"row {p}: {v!r}" for p, v in zip(pos, rows[column], strict=True))
-    out.append(Violation(column, rule, n, examples, tuple(int(p) for p in pos)))
+        examples = tuple(f"row {p}: {v!r}" for p, v in zip(pos, rows[column], strict=True))
+    out.append(Violation(column, rule, n, examples, tuple(int(p) for p in pos), slot))
 
 
 def _is_number(values: pd.Series) -> pd.Series:
@@ -204,11 +209,12 @@ def check_values(raw: pd.DataFrame, contract: Contract, columns: Sequence[str],
     (as serving does), and named at its last member."""
     out: list[Violation] = []
     refused: dict[str, np.ndarray] = {}  # rows where a column broke its own rule
+    slots = itertools.count()
 
     def flag(col: str, mask: pd.Series | np.ndarray, rule_text: str) -> None:
         mask = np.asarray(mask, dtype=bool)
         refused[col] = refused.get(col, np.zeros(len(raw), dtype=bool)) | mask
-        _check(out, raw, mask, col, rule_text, id_column)
+        _check(out, raw, mask, col, rule_text, id_column, (0, next(slots)))
 
     for col in columns:
         rule, values = contract.rules[col], raw[col]
@@ -242,7 +248,7 @@ def check_values(raw: pd.DataFrame, contract: Contract, columns: Sequence[str],
         skipped = block.isna().all(axis=1) & all(contract.rules[m].nullable for m in members)
         one = block.notna().all(axis=1) & (block.sum(axis=1) == 1)
         _check(out, raw, checked & ~skipped & ~one, members[-1],
-               f"one-hot group {group!r} must have exactly one 1 per row", id_column)  # fmt: skip
+               f"one-hot group {group!r} must have exactly one 1 per row", id_column, (0, next(slots)))  # fmt: skip
     return out
 
 
@@ -262,9 +268,11 @@ def compiled(data: DataSettings | Contract) -> Contract:
 
 
 def find_violations(raw: pd.DataFrame, data: DataSettings | Contract, require_target: bool = True,
-                    from_text: bool = True) -> list[Violation]:  # fmt: skip
+                    from_text: bool = True, whole: bool = True) -> list[Violation]:  # fmt: skip
     """All contract violations of a raw data file (id, target and every record field);
-    an empty list means the frame is valid. Protected columns may be absent."""
+    an empty list means the frame is valid. Protected columns may be absent. `whole=False`:
+    `raw` is one partition of a dataset, checked row by row only; the checks across rows
+    (duplicate ids, a one-class target, no rows) are the caller's, over all partitions."""
     contract = compiled(data)
     data = contract.data
     out: list[Violation] = []
@@ -286,20 +294,53 @@ def find_violations(raw: pd.DataFrame, data: DataSettings | Contract, require_ta
     idc = data.id_column
     present = [c for c in contract.fields if c in raw.columns]
     out += check_values(raw, contract, present, idc, from_text=from_text)
-    _check(out, raw, raw[idc].isna(), idc, "missing id", idc)
-    _check(out, raw, raw[idc].duplicated(keep=False) & raw[idc].notna(), idc, "duplicate id", idc)
+    _check(out, raw, raw[idc].isna(), idc, "missing id", idc, (1, 0))
+    if whole:
+        _check(out, raw, raw[idc].duplicated(keep=False) & raw[idc].notna(), idc, "duplicate id", idc,
+               DUPLICATE_ID_SLOT)  # fmt: skip
     if require_target:
         target = target_codes(raw[data.target], data)
         allowed_values = (f"one of {list(data.target_labels)} (data.target_labels)"
                           if data.target_labels else "0 or 1")  # fmt: skip
-        _check(out, raw, target.isna(), data.target, f"target must be {allowed_values}", idc)
-        present_classes = {int(v) for v in target.dropna().unique()}
-        if len(raw) and len(present_classes) < 2:
-            out.append(Violation(data.target, f"one-class target (only {sorted(present_classes)})",
-                                 len(raw)))  # fmt: skip
-    if len(raw) == 0:
-        out.append(Violation(idc, "no rows", 0))
+        _check(
+            out, raw, target.isna(), data.target, f"target must be {allowed_values}", idc, (1, 2)
+        )
+        if whole:
+            out += class_violations({int(v) for v in target.dropna().unique()}, len(raw), data)
+    if whole and len(raw) == 0:
+        out.append(Violation(idc, "no rows", 0, slot=(1, 4)))
     return out
+
+
+DUPLICATE_ID_SLOT = (1, 1)
+
+
+def class_violations(present: set[int], rows: int, data: DataSettings) -> list[Violation]:
+    """A target with fewer than two classes among `rows` rows (none for no rows)."""
+    if rows and len(present) < 2:
+        return [Violation(data.target, f"one-class target (only {sorted(present)})", rows,
+                          slot=(1, 3))]  # fmt: skip
+    return []
+
+
+def merge_violations(parts: Sequence[tuple[int, list[Violation]]]) -> list[Violation]:
+    """The findings of a dataset's partitions (each given with the position of its first row
+    in the whole) as one finding per check, in the order a whole-frame check lists them:
+    counts summed, the first rows and examples kept. Pure."""
+    merged: dict[tuple, Violation] = {}
+    for offset, found in parts:
+        for v in found:
+            key = (v.slot, v.column, v.rule)
+            rows = tuple(offset + r for r in v.rows)
+            seen = merged.get(key)
+            if seen is None:
+                merged[key] = dataclasses.replace(v, rows=rows)
+                continue
+            room = MAX_EXAMPLES - len(seen.rows)
+            merged[key] = dataclasses.replace(seen, count=seen.count + v.count,
+                                              examples=seen.examples + v.examples[:max(room, 0)],
+                                              rows=seen.rows + rows[:max(room, 0)])  # fmt: skip
+    return sorted(merged.values(), key=lambda v: v.slot)  # stable: schema findings keep their order
 
 
 def as_label(value: Any) -> str | None:

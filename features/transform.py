@@ -153,32 +153,40 @@ class FeatureBuilder:
         state["features"] = FeatureSettings.model_validate(state["features"])
         self.__dict__.update(state)
 
-    def _build(self, x: pd.DataFrame) -> pd.DataFrame:
+    def build(self, x: pd.DataFrame) -> pd.DataFrame:
+        """Every feature, unclipped (row by row: a partition builds alone)."""
         missing = [c for c in self.input_columns if c not in x.columns]
         if missing:
             raise KeyError(f"input is missing model columns {missing}")
         base = self.contract.coded(x, self.input_columns)
         return pd.concat([base, repayment_features(base, self.features)], axis=1)
 
-    def fit(self, x: pd.DataFrame) -> FeatureBuilder:
-        frame = self._build(x)
+    def capped_columns(self) -> list[str]:
+        """The derived ratio features whose long tails `fit` caps."""
+        derived = repayment_arrays(lambda cols: np.zeros((1, len(cols))), self.features)
+        return [c for c in derived if c not in STATUS_FEATURES and not c.startswith("months_")]
+
+    def cap_quantiles(self) -> tuple[float, float]:
         q = self.features.ratio_clip_quantile
-        derived = repayment_features(frame.iloc[:0], self.features).columns
-        continuous = [
-            c for c in derived if c not in STATUS_FEATURES and not c.startswith("months_")
-        ]
-        self.caps_ = {
-            c: (float(frame[c].quantile(1 - q)), float(frame[c].quantile(q)))
-            for c in continuous
-            if frame[c].notna().any()
-        }
-        self.feature_names_ = list(frame.columns)
+        return 1 - q, q
+
+    def fit(self, x: pd.DataFrame) -> FeatureBuilder:
+        frame = self.build(x)
+        low, high = self.cap_quantiles()
+        caps = {c: (float(frame[c].quantile(low)), float(frame[c].quantile(high)))
+                for c in self.capped_columns() if frame[c].notna().any()}  # fmt: skip
+        return self.fitted(caps, list(frame.columns))
+
+    def fitted(self, caps: dict[str, tuple[float, float]], names: list[str]) -> FeatureBuilder:
+        """Set what fit learns, from statistics computed elsewhere (on a cluster)."""
+        self.caps_ = dict(caps)
+        self.feature_names_ = list(names)
         return self
 
     def transform(self, x: pd.DataFrame) -> pd.DataFrame:
         if not self.feature_names_:
             raise RuntimeError("FeatureBuilder.transform called before fit")
-        frame = self._build(x)
+        frame = self.build(x)
         for col, (low, high) in self.caps_.items():
             frame[col] = frame[col].clip(lower=low, upper=high)
         return frame[self.feature_names_]

@@ -19,12 +19,20 @@ log = logging.getLogger("features")
 def main() -> None:
     params = load_params()
     data = params.data
+    if params.compute.engine == "dask":
+        from pipelines import features_dask
+
+        builder = features_dask.build(params)
+        with open(paths.BUILDER, "wb") as fh:
+            pickle.dump(builder, fh)
+        return
     splits = {n: pd.read_parquet(paths.PREPARED / f"{n}.parquet") for n in paths.SPLITS}
     builder = FeatureBuilder(data, params.features).fit(splits["train"])
     paths.FEATURES.mkdir(parents=True, exist_ok=True)
     for name, frame in splits.items():
         feats = builder.transform(frame)
         feats[data.target] = frame[data.target].to_numpy()
+        paths.clear(paths.FEATURES / f"{name}.parquet")  # a Dask run's dataset, say
         feats.to_parquet(paths.FEATURES / f"{name}.parquet", index=False)
     with open(paths.BUILDER, "wb") as fh:
         pickle.dump(builder, fh)

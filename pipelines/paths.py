@@ -16,6 +16,16 @@ RECENT = PREPARED / "recent.parquet"  # newest labelled production rows (after a
 PRODUCTION_SUBDIR = "production"  # data/raw/production/<batch>/{records,lineage}.csv
 
 
+def clear(path: Path) -> None:
+    """Remove an output, a file (the local engine's) or a directory (a Dask dataset)."""
+    import shutil
+
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def write_json(path: Path, payload: dict) -> None:
     import json
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 from sklearn.model_selection import train_test_split
@@ -53,8 +54,26 @@ def read_raw(path: Path) -> pd.DataFrame:
     return read_table(path)
 
 
+def hash_shares(ids: pd.Series, seed: int) -> np.ndarray:
+    """A uniform number in [0, 1) for each id, from a seeded hash of the id alone: a row's
+    split never depends on which other rows (or which partition) it is read with."""
+    key = f"{seed & 0xFFFFFFFFFFFFFFFF:016x}"  # the 16 bytes pandas' hash takes
+    return pd.util.hash_pandas_object(ids, index=False, hash_key=key).to_numpy() / 2.0**64
+
+
+def hash_split(df: pd.DataFrame, params: Params) -> dict[str, pd.DataFrame]:
+    """split.method hash: test, then valid, by each row's share (classes in their shares in
+    expectation); rows keep their order. The same on a whole frame and partition by partition."""
+    s = params.split
+    u = hash_shares(df[params.data.id_column], s.seed)
+    test, valid = u < s.test_size, (u >= s.test_size) & (u < s.test_size + s.valid_size)
+    return {"train": df[~test & ~valid], "valid": df[valid], "test": df[test]}
+
+
 def split(df: pd.DataFrame, params: Params) -> dict[str, pd.DataFrame]:
     s, target = params.split, params.data.target
+    if s.method == "hash" and not params.data.time_column:
+        return hash_split(df, params)
     if params.data.time_column:
         ordered = df.sort_values(params.data.time_column, kind="stable").reset_index(drop=True)
         n = len(ordered)
@@ -85,6 +104,9 @@ def split_production(prod: pd.DataFrame, params: Params) -> dict[str, pd.DataFra
     older, recent = prod.iloc[: len(prod) - n_recent], prod.iloc[len(prod) - n_recent :]
     s, target = params.split, params.data.target
     valid_share = s.valid_size / (1 - s.test_size)
+    if s.method == "hash":
+        u = hash_shares(older[params.data.id_column], s.seed)
+        return {"train": older[u >= valid_share], "valid": older[u < valid_share], "recent": recent}
     stratify = older[target] if older[target].value_counts().min() >= 2 else None
     train, valid = train_test_split(older, test_size=valid_share, stratify=stratify,
                                     random_state=s.seed)  # fmt: skip
@@ -114,6 +136,11 @@ def main() -> None:
     check_references(params)
     raw_dir = Path(params.data.raw_dir)
     check_data_version(raw_dir)
+    if params.compute.engine == "dask":
+        from pipelines import prepare_dask
+
+        prepare_dask.prepare(params)
+        return
     clean = validate_raw(
         read_raw(params.data.raw_path), params.data, source=str(params.data.raw_path)
     )
@@ -132,6 +159,7 @@ def main() -> None:
         clean = pd.concat([clean, prod], ignore_index=True)
     paths.PREPARED.mkdir(parents=True, exist_ok=True)
     for name, frame in parts.items():
+        paths.clear(paths.PREPARED / f"{name}.parquet")  # a Dask run's dataset, say
         frame.reset_index(drop=True).to_parquet(paths.PREPARED / f"{name}.parquet", index=False)
     target = params.data.target
     paths.write_json(paths.PREPARE_REPORT, {

@@ -182,6 +182,10 @@ class SplitSettings(Frozen):
     test_size: Annotated[float, Field(gt=0, lt=0.5)] = 0.2
     valid_size: Annotated[float, Field(gt=0, lt=0.5)] = 0.2
     seed: int = 42
+    # stratified: exact class shares over the whole frame (scikit-learn); hash: each row by a
+    # seeded hash of its id, so any partition splits alone (stratified in expectation) — what
+    # compute.engine dask needs
+    method: Literal["stratified", "hash"] = "stratified"
 
 
 # ---------------------------------------------------------------- features

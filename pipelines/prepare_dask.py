@@ -1,0 +1,201 @@
+"""Stage `prepare` on Dask (compute.engine dask): the raw file is read and checked partition by
+partition on the cluster and split by a seeded hash of each row's id (split.method hash), so
+no process ever holds the whole dataset. The verdict is the local engine's: per-partition
+findings merge into the whole frame's list (features.contract.merge_violations) and the
+checks across rows — duplicate ids, a one-class target — run over all partitions. Each split
+is written as a Parquet dataset (data/prepared/<split>.parquet/part.N.parquet) by the workers.
+
+Production batches a retrain added are small labelled files: they are read here, checked and
+split as the local engine does (pipelines.prepare.split_production) and added as one more
+part of each split."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from features.contract import (
+    DUPLICATE_ID_SLOT,
+    Contract,
+    _check,
+    class_violations,
+    find_violations,
+    merge_violations,
+    raise_violations,
+    target_codes,
+    typed,
+)
+from pipelines import paths
+from pipelines.prepare import hash_split, read_production, split_production
+from riskloop.compute import dask_client
+from riskloop.errors import DataContractError, SettingsError
+from riskloop.settings import Params
+from training.tracking import dvc_data_hash, file_md5
+
+log = logging.getLogger("prepare")
+SPLIT_NAMES = ("train", "valid", "test")
+
+
+def read_partitions(path: Path, partition_rows: int):
+    """The raw file as a Dask frame: Parquet by its row groups, CSV in blocks of about
+    `partition_rows` rows, each cell typed as pandas.read_csv would type its column (the local
+    engine's reader, riskloop.tables.read_table), so the checks see the same values."""
+    import dask
+    import dask.dataframe as dd
+
+    if not path.exists():
+        raise DataContractError(f"{path} not found: run `make data` (or `dvc pull`)")
+    if path.suffix.lower() in (".parquet", ".pq") or path.is_dir():
+        return dd.read_parquet(path, split_row_groups=True)
+    with path.open("rb") as fh:  # bytes a row, from the head, to size the blocks
+        head = fh.read(1 << 20)
+    per_row = max(1, len(head) // max(1, head.count(b"\n")))
+    with dask.config.set({"dataframe.convert-string": False}):  # cells as read_csv gives them
+        frame = dd.read_csv(path, blocksize=max(1 << 16, per_row * partition_rows), dtype=object,
+                            keep_default_na=False, na_values=[""])  # fmt: skip
+        return frame.map_partitions(_infer_types, meta=frame._meta)
+
+
+def _infer_types(part: pd.DataFrame) -> pd.DataFrame:
+    """Text cells as numbers where the whole column reads as numbers (read_csv's rule)."""
+    out = part.copy()
+    for col in out.columns:
+        with contextlib.suppress(ValueError, TypeError):
+            out[col] = pd.to_numeric(out[col])
+    return out
+
+
+def _findings(part: pd.DataFrame, contract_doc: dict) -> tuple[int, list, set[int], set[str]]:
+    """One partition's row findings, its rows, the target classes it holds and its numeric
+    level columns with a gap."""
+    contract = Contract.from_json(contract_doc)
+    found = find_violations(part, contract, whole=False)
+    target = contract.data.target
+    classes = set()
+    if target in part.columns:
+        classes = {int(v) for v in target_codes(part[target], contract.data).dropna().unique()}
+    gaps = {c for c in _level_columns(contract) if c in part.columns and part[c].isna().any()}
+    return len(part), found, classes, gaps
+
+
+def _level_columns(contract: Contract) -> list[str]:
+    """Numeric level columns typed() gives int64 or float64 by whether the whole column has
+    a gap: a partition cannot tell alone."""
+    return [c for c, r in contract.rules.items() if r.kind == "categorical" and not r.text]
+
+
+def _duplicates(part: pd.DataFrame, ids: list, id_column: str) -> list:
+    out: list = []
+    _check(out, part, part[id_column].isin(ids), id_column, "duplicate id", id_column,
+           DUPLICATE_ID_SLOT)  # fmt: skip
+    return out
+
+
+def check(frame, contract: Contract, source: str) -> tuple[int, set[str]]:
+    """Raise naming every violation in the dataset, as the local engine names them; returns
+    its rows and the numeric level columns with a gap somewhere."""
+    import dask
+
+    idc = contract.data.id_column
+    doc = contract.to_json()
+    parts = frame.to_delayed()
+    summaries = [dask.delayed(_findings)(p, doc) for p in parts]
+    if idc in frame.columns:
+        counts = frame[idc].value_counts()  # a tree reduction: only duplicated ids come back
+        summaries_v, counts_v = dask.compute(summaries, counts[counts > 1].index.to_series())
+        duplicated = list(counts_v)
+    else:
+        (summaries_v,) = dask.compute(summaries)
+        duplicated = []
+    offsets = np.concatenate([[0], np.cumsum([s[0] for s in summaries_v])]).astype(int)
+    findings = [(int(o), found) for o, (_, found, *_) in zip(offsets, summaries_v, strict=False)]
+    schema_ok = not any(v.rule.endswith("column") or "not declared" in v.rule
+                        for _, f in findings for v in f)  # fmt: skip
+    if duplicated and schema_ok:
+        dups = dask.compute([dask.delayed(_duplicates)(p, duplicated, idc) for p in parts])[0]
+        findings += [(int(o), d) for o, d in zip(offsets, dups, strict=False)]
+    rows = int(offsets[-1])
+    if schema_ok:
+        classes = set().union(*(s[2] for s in summaries_v))
+        findings.append((0, class_violations(classes, rows, contract.data)))
+    violations = merge_violations(findings)
+    if rows == 0:
+        violations.append(find_violations(frame._meta, contract)[-1])  # "no rows"
+    raise_violations(violations, source)
+    return rows, set().union(*(s[3] for s in summaries_v))
+
+
+def _write_part(part: pd.DataFrame, number: int, contract_doc: dict, params: Params, out: Path,
+                gaps: set[str]) -> dict[str, tuple[int, int]]:  # fmt: skip
+    """Type one checked partition as the whole frame is typed, split it by hash and write
+    its share of each split; returns each split's (rows, defaults)."""
+    contract = Contract.from_json(contract_doc)
+    clean = typed(part, contract)
+    for col in _level_columns(contract):
+        clean[col] = clean[col].astype("float64" if col in gaps else "int64")
+    shares = hash_split(clean, params)
+    target = contract.data.target
+    for name, rows in shares.items():
+        rows.reset_index(drop=True).to_parquet(out / f"{name}.parquet" / f"part.{number:05d}.parquet",
+                                               index=False)  # fmt: skip
+    return {name: (len(rows), int(rows[target].sum())) for name, rows in shares.items()}
+
+
+def prepare(params: Params) -> None:
+    if params.split.method != "hash":
+        raise SettingsError("compute.engine dask splits each partition alone: set split.method: "
+                            "hash (a stratified split needs the whole frame in one process)")  # fmt: skip
+    if params.data.time_column:
+        raise SettingsError("compute.engine dask: an out-of-time split (data.time_column) is not "
+                            "built on Dask yet; use compute.engine local")  # fmt: skip
+    import dask
+
+    contract = Contract(params.data)
+    raw_path = params.data.raw_path
+    with dask_client(params.compute):
+        frame = read_partitions(raw_path, params.compute.partition_rows)
+        rows, gaps = check(frame, contract, str(raw_path))
+        prod = read_production(params)
+        if prod is not None:
+            ids = frame[params.data.id_column]
+            reused = ids[ids.isin(list(prod[params.data.id_column]))].head(5, npartitions=-1)
+            if len(reused):
+                raise DataContractError(f"production batches reuse ids of {params.data.raw_file}: "
+                                        f"{sorted(reused)}")  # fmt: skip
+        out = paths.PREPARED
+        for name in (*SPLIT_NAMES, "recent"):
+            paths.clear(out / f"{name}.parquet")
+            if name != "recent":
+                (out / f"{name}.parquet").mkdir(parents=True)
+        doc = contract.to_json()
+        written = dask.compute([dask.delayed(_write_part)(p, i, doc, params, out, gaps)
+                                for i, p in enumerate(frame.to_delayed())])[0]  # fmt: skip
+    totals = {
+        n: [sum(w[n][0] for w in written), sum(w[n][1] for w in written)] for n in SPLIT_NAMES
+    }
+    target = params.data.target
+    recent = pd.read_parquet(out / "train.parquet" / "part.00000.parquet").iloc[:0]
+    if prod is not None:  # a retrain's labelled batches: small, split as the local engine does
+        extra = split_production(prod, params)
+        for name in ("train", "valid"):
+            extra[name].reset_index(drop=True).to_parquet(out / f"{name}.parquet" / "part.production.parquet",
+                                                          index=False)  # fmt: skip
+            totals[name] = [
+                totals[name][0] + len(extra[name]),
+                totals[name][1] + int(extra[name][target].sum()),
+            ]
+        recent = extra["recent"]
+        rows += len(prod)
+    recent.reset_index(drop=True).to_parquet(out / "recent.parquet", index=False)
+    totals["recent"] = [len(recent), int(recent[target].sum()) if len(recent) else 0]
+    paths.write_json(paths.PREPARE_REPORT, {
+        "rows": rows, "raw_md5": file_md5(raw_path), "data_hash": dvc_data_hash(),
+        **{f"{k}_rows": n for k, (n, _) in totals.items()},
+        **{f"{k}_default_rate": round(bad / n, 5) for k, (n, bad) in totals.items() if n},
+    })  # fmt: skip
+    log.info("prepared %d rows on Dask, %d partitions: %s", rows, len(written),
+             {k: n for k, (n, _) in totals.items()})  # fmt: skip
