@@ -20,7 +20,7 @@ SCENARIO ?= stable
 ROWS ?= 2000
 RATE ?= 500
 
-.PHONY: help tools stack install data repro run challenger promote rollback deploy history backup restore tune-worker ui plots init-data bento container container-base compose-images serve \
+.PHONY: help tools stack install data repro run challenger promote rollback score-batch deploy history backup restore tune-worker ui plots init-data bento container container-base compose-images serve \
 	traffic dashboard monitor schedule retrain monitor-ui demo lint test bench bench-serving bench-ab bench-monitoring bench-own-data bench-container bench-dashboard chaos clean
 
 help:
@@ -91,6 +91,12 @@ challenger: install
 promote: install
 	$(BIN)/riskloop promote $(if $(REASON),--reason "$(REASON)") $(if $(VERSION),--version $(VERSION))
 	$(BIN)/riskloop deploy --reason "promotion: $(or $(REASON),make promote)"
+
+# a portfolio file scored by @champion (or VERSION=N): PD, score, band, decision and reason codes;
+# on compute.engine dask partition by partition on the cluster (Parquet in, a Parquet dataset out)
+score-batch: install
+	@test -n "$(INPUT)" -a -n "$(OUTPUT)" || { echo "usage: make score-batch INPUT=portfolio.parquet OUTPUT=scored.parquet [VERSION=N]"; exit 2; }
+	$(BIN)/riskloop score-batch "$(INPUT)" --out "$(OUTPUT)" $(if $(VERSION),--version $(VERSION))
 
 rollback: install
 	$(BIN)/riskloop rollback $(if $(REASON),--reason "$(REASON)")

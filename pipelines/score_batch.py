@@ -3,7 +3,9 @@ customers offline with the registry's @champion (or `--version N`), as the servi
 the model's own contract checks every row (every violation named, nothing written), its own
 feature code builds the features, and each row gets its probability of default, 0-100 risk
 score, band and decision (params.yaml's serving section). Writes SCORED (CSV or Parquet by
-its suffix) with the id column first; changes nothing else (no prediction log, no registry).
+its suffix) with the id column first, then each row's reason codes: the `serving.top_reasons`
+features that raise its risk the most (exact TreeSHAP, as the service explains), each with
+its adverse-action text. Changes nothing else (no prediction log, no registry).
 With `compute.engine: dask` a Parquet file is scored partition by partition on the cluster
 (pipelines/score_batch_dask.py) and SCORED is a Parquet dataset (a directory)."""
 
@@ -29,14 +31,29 @@ from training.tracking import connect
 
 
 def scored(raw: pd.DataFrame, probability: np.ndarray, id_column: str, serving,
-           cut: scoring.Cutoffs) -> pd.DataFrame:  # fmt: skip
-    """The output frame: pure."""
+           cut: scoring.Cutoffs, reasons: list[list[dict]]) -> pd.DataFrame:  # fmt: skip
+    """The output frame: pure. `reasons`: scoring.reasons of each row."""
     scores = scoring.risk_scores(probability)
-    return pd.DataFrame({
+    out = pd.DataFrame({
         id_column: raw[id_column].to_numpy(), "probability_of_default": probability,
         "risk_score": scores, "risk_band": scoring.risk_bands(scores, serving.bands),
         "decision": scoring.decisions(scores, cut),
     })  # fmt: skip
+    for k in range(serving.top_reasons):
+        found = [r[k] if k < len(r) else None for r in reasons]
+        out[f"reason_{k + 1}"] = pd.Series([f and f["feature"] for f in found], dtype="str")
+        out[f"reason_{k + 1}_text"] = pd.Series([f and f["text"] for f in found], dtype="str")
+    return out
+
+
+def explain(inner, raw: pd.DataFrame, serving) -> list[list[dict]]:
+    """Each row's reason codes, as the service gives them (`inner`: the riskloop model)."""
+    frame = inner.contract.input_frame(raw.reset_index(drop=True))
+    feats = inner.features(frame)
+    names = list(inner.feature_names)
+    levels, texts = scoring.reason_labels(names, inner.contract.data, serving.reason_texts)
+    return scoring.reasons(inner.contributions(frame).to_numpy(), feats.to_numpy(dtype=float), names,
+                           serving.top_reasons, levels, texts)  # fmt: skip
 
 
 def main() -> None:
@@ -72,10 +89,9 @@ def main() -> None:
     else:
         raw = read_table(args.file)
         raise_violations(find_violations(raw, contract, require_target=False), str(args.file))
-        probability, _ = score(pkg, raw)
-        out = scored(
-            raw, np.asarray(probability, dtype=float), contract.data.id_column, params.serving, cut
-        )
+        probability, inner = score(pkg, raw)
+        out = scored(raw, np.asarray(probability, dtype=float), contract.data.id_column, params.serving,
+                     cut, explain(inner, raw, params.serving))  # fmt: skip
         args.out.parent.mkdir(parents=True, exist_ok=True)
         if args.out.suffix.lower() in (".parquet", ".pq"):
             out.to_parquet(args.out, index=False)

@@ -40,22 +40,28 @@ def score_partition(part: pd.DataFrame, uri: str, tracking_uri: str, contract_do
                     serving: ServingSettings, cut: scoring.Cutoffs, source: str) -> pd.DataFrame:  # fmt: skip
     """One partition checked against the model's contract and scored as
     pipelines.evaluate.score scores a frame."""
-    from pipelines.score_batch import scored
+    from pipelines.score_batch import explain, scored
 
     contract = Contract.from_json(contract_doc)
     if part.empty:
-        return _empty(contract.data.id_column)
+        return _empty(contract.data.id_column, serving.top_reasons)
     raise_violations(find_violations(part, contract, require_target=False), source)
     model = _model(uri, tracking_uri)
     inner = model.unwrap_python_model()
     probability = model.predict(inner.contract.input_frame(part.reset_index(drop=True)))
-    return scored(part, np.asarray(probability, dtype=float), contract.data.id_column, serving, cut)
+    return scored(part, np.asarray(probability, dtype=float), contract.data.id_column, serving, cut,
+                  explain(inner, part, serving))  # fmt: skip
 
 
-def _empty(id_column: str) -> pd.DataFrame:
+def _empty(id_column: str, top_reasons: int) -> pd.DataFrame:
+    reasons = {
+        f"reason_{k + 1}{end}": pd.Series(dtype="str")
+        for k in range(top_reasons)
+        for end in ("", "_text")
+    }
     return pd.DataFrame({id_column: pd.Series(dtype=object), "probability_of_default": pd.Series(dtype=float),
                          "risk_score": pd.Series(dtype="int64"), "risk_band": pd.Series(dtype="str"),
-                         "decision": pd.Series(dtype="str")})  # fmt: skip
+                         "decision": pd.Series(dtype="str"), **reasons})  # fmt: skip
 
 
 def score_file(path: Path, out: Path, uri: str, tracking_uri: str, contract: Contract,
@@ -75,7 +81,9 @@ def score_file(path: Path, out: Path, uri: str, tracking_uri: str, contract: Con
             npartitions=max(1, math.ceil(total / params.compute.partition_rows))
         )
         id_column = contract.data.id_column
-        meta = _empty(id_column).astype({id_column: frame[id_column].dtype})
+        meta = _empty(id_column, params.serving.top_reasons).astype(
+            {id_column: frame[id_column].dtype}
+        )
         result = frame.map_partitions(score_partition, uri, tracking_uri, contract.to_json(), params.serving,
                                       cut, str(path), meta=meta, align_dataframes=False)  # fmt: skip
         # written beside OUT and moved in place once every partition is scored: a partition

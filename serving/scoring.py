@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import xgboost as xgb
 
-from riskloop.settings import DecisionSettings, Riskiest
+from riskloop.settings import DataSettings, DecisionSettings, Riskiest, texts_for
 
 
 def inputs_matrix(builder, records: list) -> np.ndarray:
@@ -98,6 +98,14 @@ def decisions(scores: np.ndarray, cut: Cutoffs) -> list[str]:
         DECLINE if s >= cut.decline_from else REVIEW if s >= cut.review_from else APPROVE
         for s in scores
     ]
+
+
+def reason_labels(names: list[str], data: DataSettings,
+                  reason_texts: dict[str, str]) -> tuple[dict[int, list], list[str | None]]:  # fmt: skip
+    """What `reasons` shows for each feature: a categorical's levels (by feature index) and
+    each feature's adverse-action text (serving.reason_texts)."""
+    levels = {i: data.levels[n] for i, n in enumerate(names) if n in data.levels}
+    return levels, texts_for(names, reason_texts, data.onehot)
 
 
 def reasons(contrib: np.ndarray, feats: np.ndarray, names: list[str], top_k: int,

@@ -42,7 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from features.contract import Contract
 from riskloop.errors import RateLimited, Refused
 from riskloop.package import ModelPackage, model_code
-from riskloop.settings import load_params, texts_for
+from riskloop.settings import load_params
 from serving import arrowio, deployment, docs, golden, httpguard, metrics, requestlog, scoring
 from serving.codecs import Codecs
 from serving.config import load_env
@@ -220,9 +220,8 @@ def load_engine(bento_model: bentoml.Model) -> Engine:
     scorer = Scorer(model.booster, golden.golden_features(pkg.golden), pkg.golden)
     version = str(bento_model.info.labels.get("registry_version", "unknown"))
     names = list(model.builder.feature_names_)
-    levels = {i: contract.data.levels[n] for i, n in enumerate(names) if n in contract.data.levels}
+    levels, texts = scoring.reason_labels(names, contract.data, PARAMS.serving.reason_texts)
     cut = scoring.cutoffs(PARAMS.serving.decisions, pkg.reference_scores)
-    texts = texts_for(names, PARAMS.serving.reason_texts, contract.data.onehot)
     return Engine(model, scorer, version, str(bento_model.tag), names, levels, texts, cut,
                   pkg.contract_doc)  # fmt: skip
 

@@ -66,8 +66,11 @@ def test_own_data_from_init_data_to_retrain(tmp_path, raw, params):
         repo, "score-batch", "data/raw/applications.csv", "--out", str(tmp_path / "scored.csv")
     )
     out = pd.read_csv(tmp_path / "scored.csv")
+    reasons = [f"reason_{k}{end}" for k in (1, 2, 3) for end in ("", "_text")]
     assert len(out) == 3000 and list(out.columns) == ["application_id", "probability_of_default", "risk_score",
-                                                       "risk_band", "decision"], proc.stdout  # fmt: skip
+                                                       "risk_band", "decision", *reasons], proc.stdout  # fmt: skip
+    declined = out[out["decision"] == "decline"]
+    assert declined["reason_1_text"].notna().all()  # each decline says why, in the data's own words
     # init-data made the cuts relative: decline about as many as default (on the test split)
     assert 0 < (out["decision"] == "decline").mean() < 0.5, out["decision"].value_counts()
 

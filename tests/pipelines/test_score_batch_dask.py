@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from features.transform import feature_names
 from tests.conftest import ROOT, stratified_sample
 from tests.modelling import fit_small_model, register_champion
 
@@ -63,6 +64,14 @@ def test_dask_scores_every_row_as_the_local_engine_does(workdir, params):
     got = pd.read_parquet(tmp / "dask-out").set_index(idc).sort_index()
     assert list(got.index) == sorted(rows[idc])
     pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=0, atol=1e-12)
+    # reason codes: a declined row names what raised its risk, in the service's words
+    declined = got[got["decision"] == "decline"]
+    assert (
+        len(declined)
+        and declined["reason_1"].notna().all()
+        and declined["reason_1_text"].notna().all()
+    )
+    assert set(got["reason_1"].dropna()) <= set(feature_names(params.data, params.features))
 
 
 def test_a_bad_row_is_named_and_nothing_is_written(workdir):
