@@ -80,11 +80,49 @@ def _frame(rows: Sequence[sa.Row], columns: Sequence[str]) -> pd.DataFrame:
     return pd.concat([inputs.drop(columns=overlap), meta], axis=1)
 
 
-def load_window(engine: sa.Engine, last_n: int | None, since: datetime | None) -> pd.DataFrame:
-    """The newest predictions (at most last_n, none before since), oldest first: one column per
-    logged model input plus META_COLUMNS; `defaulted` is NaN where no outcome arrived yet."""
+# A window sample is the rows whose prediction id has these hex characters below a cut: the
+# ids' random part (UUIDv7 after its clock and version, a batch's sha1 anywhere), so the sample
+# is uniform, the same on every run, and chosen by the store without sending the window here.
+SAMPLE_CHARS = slice(20, 24)
+_SAMPLE_SPAN = 16 ** (SAMPLE_CHARS.stop - SAMPLE_CHARS.start)
+
+
+def sample_cut(fraction: float) -> str:
+    """The hex prefix bound that keeps about `fraction` of ids."""
+    width = SAMPLE_CHARS.stop - SAMPLE_CHARS.start
+    return f"{min(max(round(fraction * _SAMPLE_SPAN), 1), _SAMPLE_SPAN - 1):0{width}x}"
+
+
+def in_sample(prediction_id: str, cut: str) -> bool:
+    """The store's sampling rule, in Python (tests hold the two equal)."""
+    return prediction_id[SAMPLE_CHARS] < cut
+
+
+def window_size(engine: sa.Engine, last_n: int | None, since: datetime | None) -> int:
+    """How many predictions the window holds, counted in the store."""
     with engine.connect() as conn:
-        rows = conn.execute(_window_query(last_n, since)).all()
+        return int(
+            conn.execute(
+                sa.select(sa.func.count()).select_from(_window_query(last_n, since).subquery())
+            ).scalar_one()
+        )
+
+
+def load_window(engine: sa.Engine, last_n: int | None, since: datetime | None,
+                fraction: float | None = None) -> pd.DataFrame:  # fmt: skip
+    """The newest predictions (at most last_n, none before since), oldest first: one column per
+    logged model input plus META_COLUMNS; `defaulted` is NaN where no outcome arrived yet.
+    `fraction` (< 1): only a uniform sample of about that share of them (`in_sample`)."""
+    query = _window_query(last_n, since)
+    if fraction is not None and fraction < 1:
+        window = query.subquery()
+        start = SAMPLE_CHARS.start + 1  # SQL counts from 1
+        query = (sa.select(window)
+                 .where(sa.func.substr(window.c.prediction_id, start, SAMPLE_CHARS.stop - SAMPLE_CHARS.start)
+                        < sample_cut(fraction))
+                 .order_by(window.c.created_at.desc(), window.c.prediction_id.desc()))  # fmt: skip
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
     rows.reverse()
     frame = _frame(rows, META_COLUMNS)
     frame["intervened"] = frame["intervened"].fillna(False).astype(int)

@@ -138,7 +138,7 @@ def record(
         "reasons": decision.reasons, "model_version": payload.get("champion", {}).get("version"),
         "window_start": created.min().to_pydatetime() if len(window) else None,
         "window_end": created.max().to_pydatetime() if len(window) else None,
-        "rows": len(window), "labelled_rows": int(window["defaulted"].notna().sum()),
+        "rows": payload["window"]["rows"], "labelled_rows": int(window["defaulted"].notna().sum()),
         "report": payload.get("json"), "summary": payload,
     })  # fmt: skip
 
@@ -148,13 +148,22 @@ def run(params: Params, last_n: int | None, since: datetime | None, act: bool) -
     now = datetime.now(UTC)
     engine = records.open_store(ServingEnv().store_url())
     try:
-        window = records.load_window(engine, last_n, since)
+        total = records.window_size(engine, last_n, since)
+        cap = mon.window.sample_rows
+        fraction = cap / total if cap is not None and total > cap else None
+        window = records.load_window(engine, last_n, since, fraction)
         stem = output_stem(now)
         base = {"created_at": now.isoformat(), "json": str(stem.with_suffix(".json")),
-                "window": {"rows": len(window), "last_n": last_n,
-                           "since": since.isoformat() if since else None}}  # fmt: skip
-        if len(window) < mon.window.min_rows:
-            decision = decide(Evidence(len(window), 0.0, {}, 0, None, None), mon, None, now)
+                "window": {"rows": total, "last_n": last_n, "since": since.isoformat() if since else None,
+                           **({"sampled_rows": len(window)} if fraction else {})}}  # fmt: skip
+        if fraction:
+            log.info(
+                "window of %d predictions: statistics on a uniform sample of %d (by id)",
+                total,
+                len(window),
+            )
+        if total < mon.window.min_rows:
+            decision = decide(Evidence(total, 0.0, {}, 0, None, None), mon, None, now)
             payload = {**base, **decision.as_dict()}
             paths.write_json(stem.with_suffix(".json"), payload)
             record(engine, now, decision, payload, window)
@@ -176,7 +185,7 @@ def run(params: Params, last_n: int | None, since: datetime | None, act: bool) -
                 perf_snap = rep.performance_report(frames)
                 realized["evidently_roc_auc"] = rep.summarize_performance(perf_snap)["roc_auc"]
         evidence = Evidence(
-            rows=len(window), drift_share=drift["drift_share"],
+            rows=total, drift_share=drift["drift_share"],
             psi={c: v["psi"] for c, v in drift["columns"].items() if "psi" in v},
             labelled_rows=labelled,
             realized_auc=realized["evidently_roc_auc"] if realized else None,

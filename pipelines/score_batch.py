@@ -5,7 +5,8 @@ feature code builds the features, and each row gets its probability of default, 
 score, band and decision (params.yaml's serving section). Writes SCORED (CSV or Parquet by
 its suffix) with the id column first, then each row's reason codes: the `serving.top_reasons`
 features that raise its risk the most (exact TreeSHAP, as the service explains), each with
-its adverse-action text. Changes nothing else (no prediction log, no registry).
+its adverse-action text. With `--log` every row also goes into the prediction log in bulk
+(pipelines/batch_log.py), for the monitor; without it nothing else changes.
 With `compute.engine: dask` a Parquet file is scored partition by partition on the cluster
 (pipelines/score_batch_dask.py) and SCORED is a Parquet dataset (a directory)."""
 
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from features.contract import Contract, find_violations, raise_violations
+from pipelines import batch_log
 from pipelines.evaluate import score
 from riskloop import stores
 from riskloop.cli import run_main
@@ -25,7 +27,8 @@ from riskloop.errors import RegistryError
 from riskloop.package import ModelPackage
 from riskloop.settings import load_params
 from riskloop.tables import read_table
-from serving import scoring
+from serving import scoring, store
+from serving.config import ServingEnv
 from training.registry import version_uri
 from training.tracking import connect
 
@@ -67,6 +70,8 @@ def main() -> None:
         "--out", type=Path, required=True, help="where to write the scores (.csv or .parquet)"
     )
     ap.add_argument("--version", help="a registered version instead of @champion")
+    ap.add_argument("--log", action="store_true",
+                    help="log every row to the prediction store (DATABASE_URL) for monitoring")  # fmt: skip
     args = ap.parse_args()
     params = load_params()
     _, _, registry = connect(params.registry)
@@ -79,19 +84,28 @@ def main() -> None:
     pkg = ModelPackage.download(uri)
     contract = Contract.from_json(pkg.contract_doc)
     cut = scoring.cutoffs(params.serving.decisions, pkg.reference_scores)
+    log = None
+    if args.log:
+        log = batch_log.BatchLog(ServingEnv().store_url(), registry.name, str(version))
+        store.upgrade(log.store_url)
     if params.compute.engine == "dask":
         from pipelines import score_batch_dask
 
         rows = score_batch_dask.score_file(args.file, args.out, uri, stores.tracking_uri(), contract,
-                                           params, cut)  # fmt: skip
+                                           params, cut, log)  # fmt: skip
         print(f"scored {rows:,} rows with {registry.name} v{version} on Dask -> {args.out}/ "
               "(a Parquet dataset, one file per partition)")  # fmt: skip
     else:
         raw = read_table(args.file)
         raise_violations(find_violations(raw, contract, require_target=False), str(args.file))
         probability, inner = score(pkg, raw)
-        out = scored(raw, np.asarray(probability, dtype=float), contract.data.id_column, params.serving,
-                     cut, explain(inner, raw, params.serving))  # fmt: skip
+        reasons = explain(inner, raw, params.serving)
+        idc = contract.data.id_column
+        out = scored(raw, np.asarray(probability, dtype=float), idc, params.serving, cut, reasons)
+        if log:
+            batch_log.write(
+                log, batch_log.columns(log, raw, out, reasons, idc, list(contract.fields))
+            )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         if args.out.suffix.lower() in (".parquet", ".pq"):
             out.to_parquet(args.out, index=False)
@@ -102,6 +116,8 @@ def main() -> None:
             f"scored {len(out):,} rows with {registry.name} v{version} -> {args.out} (bands: {bands})"
         )
     print(f"decisions: review from risk_score {cut.review_from}, decline from {cut.decline_from}")
+    if log:
+        print(f"logged every row to the prediction store for monitoring (request_id {log.token})")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow.dataset as pads
 
 from features.contract import Contract, find_violations, raise_violations
+from pipelines import batch_log
 from riskloop.compute import dask_client
 from riskloop.errors import DataContractError
 from riskloop.settings import Params, ServingSettings
@@ -37,7 +38,8 @@ def _model(uri: str, tracking_uri: str):
 
 
 def score_partition(part: pd.DataFrame, uri: str, tracking_uri: str, contract_doc: dict,
-                    serving: ServingSettings, cut: scoring.Cutoffs, source: str) -> pd.DataFrame:  # fmt: skip
+                    serving: ServingSettings, cut: scoring.Cutoffs, source: str,
+                    log: batch_log.BatchLog | None) -> pd.DataFrame:  # fmt: skip
     """One partition checked against the model's contract and scored as
     pipelines.evaluate.score scores a frame."""
     from pipelines.score_batch import explain, scored
@@ -49,8 +51,12 @@ def score_partition(part: pd.DataFrame, uri: str, tracking_uri: str, contract_do
     model = _model(uri, tracking_uri)
     inner = model.unwrap_python_model()
     probability = model.predict(inner.contract.input_frame(part.reset_index(drop=True)))
-    return scored(part, np.asarray(probability, dtype=float), contract.data.id_column, serving, cut,
-                  explain(inner, part, serving))  # fmt: skip
+    reasons = explain(inner, part, serving)
+    idc = contract.data.id_column
+    out = scored(part, np.asarray(probability, dtype=float), idc, serving, cut, reasons)
+    if log:  # the worker logs its own partition: nothing is gathered in one process
+        batch_log.write(log, batch_log.columns(log, part, out, reasons, idc, list(contract.fields)))
+    return out
 
 
 def _empty(id_column: str, top_reasons: int) -> pd.DataFrame:
@@ -65,7 +71,7 @@ def _empty(id_column: str, top_reasons: int) -> pd.DataFrame:
 
 
 def score_file(path: Path, out: Path, uri: str, tracking_uri: str, contract: Contract,
-               params: Params, cut: scoring.Cutoffs) -> int:  # fmt: skip
+               params: Params, cut: scoring.Cutoffs, log: batch_log.BatchLog | None = None) -> int:  # fmt: skip
     """Score `path` (Parquet) into the Parquet dataset `out`; returns the rows scored."""
     import dask.dataframe as dd
     from distributed import progress
@@ -85,7 +91,7 @@ def score_file(path: Path, out: Path, uri: str, tracking_uri: str, contract: Con
             {id_column: frame[id_column].dtype}
         )
         result = frame.map_partitions(score_partition, uri, tracking_uri, contract.to_json(), params.serving,
-                                      cut, str(path), meta=meta, align_dataframes=False)  # fmt: skip
+                                      cut, str(path), log, meta=meta, align_dataframes=False)  # fmt: skip
         # written beside OUT and moved in place once every partition is scored: a partition
         # that fails (a bad row) leaves no partial dataset behind
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -457,6 +457,14 @@ def insert_predictions(conn: sa.Connection, rows: Sequence[Mapping[str, Any]]) -
         conn.execute(stmt, list(rows))
 
 
+def insert_columns(conn: sa.Connection, cols: PredictionColumns) -> None:
+    """A block of prediction-log rows, the dialect's fastest way (ON CONFLICT DO NOTHING)."""
+    if conn.dialect.name == "sqlite":
+        insert_sqlite_columns(conn, cols)
+    else:
+        insert_predictions(conn, [prediction_row(r, json_safe=True) for r in cols.rows()])
+
+
 def intervention_of(row: Mapping[str, Any]) -> dict[str, Any] | None:
     """The intervention a logged prediction row triggered (its `intervention` action), if any."""
     action = row.get("intervention")

@@ -5,8 +5,10 @@ every bad input the issue names."""
 from __future__ import annotations
 
 import pytest
+import yaml
 from sklearn.metrics import roc_auc_score
 
+from monitoring import records
 from tests.monitoring.conftest import make_loop
 
 pytestmark = pytest.mark.slow
@@ -190,3 +192,23 @@ def test_bad_inputs_exit_non_zero_naming_the_problem(sqlite_loop, params):
     proc, _ = loop.monitor()
     assert proc.returncode == 1 and "LIMIT_BAL" in proc.stderr, proc.stderr
     assert loop.runs() == []  # nothing decided, so nothing retrains
+
+
+def test_a_window_above_sample_rows_is_judged_on_a_sample(sqlite_loop):
+    """monitoring.window.sample_rows: the window is counted whole in the store, its statistics
+    come from a uniform sample chosen there (tests/monitoring/test_window_sample.py: its error)."""
+    loop = sqlite_loop
+    doc = yaml.safe_load((loop.work / "params.yaml").read_text())
+    doc["monitoring"]["window"]["sample_rows"] = 10_000
+    (loop.work / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    logged = loop.log_traffic("recession", 14_000, seed=5)
+    proc, out = loop.monitor("--last", "14000")
+    assert proc.returncode == 0, proc.stderr
+    assert out["window"]["rows"] == 14_000
+    cut = records.sample_cut(10_000 / 14_000)
+    kept = logged[[records.in_sample(p, cut) for p in logged["prediction_id"]]]
+    assert out["window"]["sampled_rows"] == len(kept) == out["window"]["labelled_rows"]
+    assert out["retrain"] is True, out["reasons"]  # the recession is seen on the sample
+    sk = roc_auc_score(kept["defaulted"], kept["probability"])
+    assert out["realized"]["roc_auc"] == pytest.approx(sk, abs=1e-9)
+    assert loop.runs()[-1]["rows"] == 14_000

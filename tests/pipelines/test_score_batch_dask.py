@@ -4,6 +4,9 @@ written."""
 
 from __future__ import annotations
 
+import json
+import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +38,9 @@ def workdir(tmp_path_factory, raw, params):
     return tmp, rows
 
 
-def score_batch(tmp: Path, engine: str, source: str, out: str) -> subprocess.CompletedProcess:
+def score_batch(
+    tmp: Path, engine: str, source: str, out: str, *extra: str
+) -> subprocess.CompletedProcess:
     doc = yaml.safe_load((ROOT / "params.yaml").read_text())
     doc["compute"] = {
         "engine": engine,
@@ -46,7 +51,7 @@ def score_batch(tmp: Path, engine: str, source: str, out: str) -> subprocess.Com
     (tmp / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp),
            "RISKLOOP_STATE_DIR": str(tmp / "state"), "PYTHONPATH": str(ROOT)}  # fmt: skip
-    return subprocess.run([RISKLOOP, "score-batch", source, "--out", out], cwd=tmp, env=env,
+    return subprocess.run([RISKLOOP, "score-batch", source, "--out", out, *extra], cwd=tmp, env=env,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
 
 
@@ -54,7 +59,7 @@ def test_dask_scores_every_row_as_the_local_engine_does(workdir, params):
     tmp, rows = workdir
     local = score_batch(tmp, "local", "portfolio.parquet", "local.parquet")
     assert local.returncode == 0, local.stdout + local.stderr
-    dask = score_batch(tmp, "dask", "portfolio.parquet", "dask-out")
+    dask = score_batch(tmp, "dask", "portfolio.parquet", "dask-out", "--log")
     assert dask.returncode == 0, dask.stdout + dask.stderr
     assert "scored 3,000 rows" in dask.stdout and "on Dask" in dask.stdout, dask.stdout
     parts = sorted((tmp / "dask-out").glob("*.parquet"))
@@ -72,6 +77,18 @@ def test_dask_scores_every_row_as_the_local_engine_does(workdir, params):
         and declined["reason_1_text"].notna().all()
     )
     assert set(got["reason_1"].dropna()) <= set(feature_names(params.data, params.features))
+
+    # --log: every row in the prediction log, written by the workers, once, as scored
+    token = re.search(r"request_id ([0-9a-f]{32})", dask.stdout).group(1)
+    with sqlite3.connect(tmp / "state" / "predictions.db") as conn:
+        logged = pd.read_sql("SELECT customer_id, probability, decision, reasons, inputs, model_version "
+                             "FROM predictions WHERE request_id = ?", conn, params=(token,))  # fmt: skip
+    assert len(logged) == 3000 and logged["customer_id"].is_unique
+    logged = logged.set_index(logged["customer_id"].astype(int)).sort_index()
+    assert (logged["probability"].to_numpy() == got["probability_of_default"].to_numpy()).all()
+    assert (logged["decision"].to_numpy() == got["decision"].to_numpy()).all()
+    first = json.loads(logged["inputs"].iloc[0])
+    assert set(first) == set(rows.columns) - {idc}  # the record as the service logs it
 
 
 def test_a_bad_row_is_named_and_nothing_is_written(workdir):
