@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
+import pyarrow.dataset as pads
 from mlflow.entities.model_registry import ModelVersion
 
 from pipelines import lineage, paths
@@ -85,7 +85,8 @@ def stability(train_p: np.ndarray, test_p: np.ndarray) -> card_html.Stability:
 
 
 def split_rows(test_rows: int, excluded: int) -> str:
-    rows = {s: pq.ParquetFile(paths.PREPARED / f"{s}.parquet").metadata.num_rows
+    # from the files' metadata: a file (local engine) or a dataset of parts (Dask)
+    rows = {s: pads.dataset(paths.PREPARED / f"{s}.parquet", format="parquet").count_rows()
             for s in ("train", "valid")}  # fmt: skip
     left = f" ({excluded:,} left out: customers seen in production batches)" if excluded else ""
     return f"train {rows['train']:,}, valid {rows['valid']:,}, test {test_rows:,}{left}"

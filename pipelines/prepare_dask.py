@@ -11,7 +11,6 @@ part of each split."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from pipelines.prepare import hash_split, read_production, split_production
 from riskloop.compute import dask_client
 from riskloop.errors import DataContractError, SettingsError
 from riskloop.settings import Params
+from riskloop.tables import CSV_OPTIONS
 from training.tracking import dvc_data_hash, file_md5
 
 log = logging.getLogger("prepare")
@@ -42,31 +42,40 @@ SPLIT_NAMES = ("train", "valid", "test")
 
 def read_partitions(path: Path, partition_rows: int):
     """The raw file as a Dask frame: Parquet by its row groups, CSV in blocks of about
-    `partition_rows` rows, each cell typed as pandas.read_csv would type its column (the local
-    engine's reader, riskloop.tables.read_table), so the checks see the same values."""
+    `partition_rows` rows, each read by the local engine's own reader
+    (riskloop.tables.read_table's pandas.read_csv), so the checks see the same values. A
+    block's column types are pandas' for that block (a gap makes an integer column float);
+    the checks and the typing (features.contract.typed) take either."""
     import dask
     import dask.dataframe as dd
+    from dask.bytes import read_bytes
 
     if not path.exists():
         raise DataContractError(f"{path} not found: run `make data` (or `dvc pull`)")
     if path.suffix.lower() in (".parquet", ".pq") or path.is_dir():
         return dd.read_parquet(path, split_row_groups=True)
-    with path.open("rb") as fh:  # bytes a row, from the head, to size the blocks
+    with path.open("rb") as fh:  # the header, and bytes a row from the head, to size blocks
         head = fh.read(1 << 20)
+    header = head[: head.index(b"\n") + 1] if b"\n" in head else head
     per_row = max(1, len(head) // max(1, head.count(b"\n")))
+    _, blocks = read_bytes(str(path), delimiter=b"\n", blocksize=max(1 << 16, per_row * partition_rows),
+                           sample=False)  # fmt: skip
+    parts = [
+        dask.delayed(_read_block)(block, header, i == 0, str(path))
+        for i, block in enumerate(blocks[0])
+    ]
+    meta = _read_block(head[: head.rindex(b"\n") + 1], header, True, str(path)).iloc[:0]
     with dask.config.set({"dataframe.convert-string": False}):  # cells as read_csv gives them
-        frame = dd.read_csv(path, blocksize=max(1 << 16, per_row * partition_rows), dtype=object,
-                            keep_default_na=False, na_values=[""])  # fmt: skip
-        return frame.map_partitions(_infer_types, meta=frame._meta)
+        return dd.from_delayed(parts, meta=meta, verify_meta=False)
 
 
-def _infer_types(part: pd.DataFrame) -> pd.DataFrame:
-    """Text cells as numbers where the whole column reads as numbers (read_csv's rule)."""
-    out = part.copy()
-    for col in out.columns:
-        with contextlib.suppress(ValueError, TypeError):
-            out[col] = pd.to_numeric(out[col])
-    return out
+def _read_block(block: bytes, header: bytes, first: bool, source: str) -> pd.DataFrame:
+    import io
+
+    try:
+        return pd.read_csv(io.BytesIO(block if first else header + block), **CSV_OPTIONS)
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataContractError(f"{source} is not a readable CSV: {exc}") from exc
 
 
 def _findings(part: pd.DataFrame, contract_doc: dict) -> tuple[int, list, set[int], set[str]]:

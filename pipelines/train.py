@@ -15,17 +15,20 @@ import pickle
 import subprocess
 import warnings
 from importlib.metadata import version
+from pathlib import Path
 
 import mlflow
 import pandas as pd
+import xgboost as xgb
 
 from features.transform import FeatureBuilder
 from pipelines import lineage, paths
 from riskloop import stores
 from riskloop.cli import run_main
+from riskloop.compute import dask_client
 from riskloop.errors import RiskloopError
-from riskloop.settings import load_params
-from training import fit, search
+from riskloop.settings import Params, load_params
+from training import distributed, fit, search
 from training.model import CreditRiskModel
 from training.package import log_model
 from training.registry import PIPELINE_FILES, registration_summary, training_origin
@@ -51,8 +54,100 @@ def pipeline_modified() -> bool | None:
     return bool(proc.stdout.strip()) if proc.returncode == 0 else None
 
 
+class LocalData:
+    """The features in this process, whole frames (compute.engine local)."""
+
+    def __init__(self, params: Params) -> None:
+        self.target, self.train_settings = params.data.target, params.train
+        self.frames = {
+            n: pd.read_parquet(paths.FEATURES / f"{n}.parquet") for n in ("train", "valid")
+        }
+
+    def tuning(self, names: list[str]) -> search.Tuning:
+        return search.tuning(self.frames["train"], self.frames["valid"], names, self.target,
+                             self.train_settings)  # fmt: skip
+
+    def rows(self) -> int:
+        return sum(len(f) for f in self.frames.values())
+
+    def refit(
+        self, names: list[str], params: dict, rounds: int
+    ) -> tuple[float, float, xgb.Booster]:
+        """CV of the chosen configuration on train+valid, then its fit on them."""
+        both = pd.concat(self.frames.values(), ignore_index=True)
+        y = both[self.target].to_numpy()
+        tr = self.train_settings
+        cv_mean, cv_std = fit.cross_validate(both[names], y, params, rounds, tr.cv_folds, tr.seed)
+        return cv_mean, cv_std, fit.fit_booster(both[names], y, params, rounds)
+
+    def dataset_sample(self, split: str) -> pd.DataFrame:
+        """The prepared split MLflow records as the run's input."""
+        return pd.read_parquet(paths.PREPARED / f"{split}.parquet")
+
+
+class DaskData(LocalData):
+    """The features on a Dask cluster (compute.engine dask): trials, CV and the refit trained
+    by the workers (training/distributed.py); small data (below train.tune_cv_below_rows) is
+    tuned by CV in this process as on the local engine."""
+
+    def __init__(self, client, params: Params) -> None:
+        self.client, self.target, self.train_settings = client, params.data.target, params.train
+        self.parts = {n: _parts(paths.FEATURES / f"{n}.parquet") for n in ("train", "valid")}
+        self.frames = {}
+
+    def tuning(self, names: list[str]) -> search.Tuning | search.DistributedTuning:
+        columns = [*names, self.target]
+        self.frames = {n: distributed.read(p, columns) for n, p in self.parts.items()}
+        limit = self.train_settings.tune_cv_below_rows
+        if limit is not None and self.rows() < limit:
+            self.frames = {n: f.compute() for n, f in self.frames.items()}
+            return LocalData.tuning(self, names)
+        dtrain = distributed.matrix(self.client, self.frames["train"], names, self.target)
+        dvalid = distributed.matrix(
+            self.client, self.frames["valid"], names, self.target, ref=dtrain
+        )
+        return search.DistributedTuning(
+            lambda p: distributed.tuning_score(self.client, dtrain, dvalid, p, self.train_settings),
+            len(self.frames["train"]),
+        )
+
+    def refit(
+        self, names: list[str], params: dict, rounds: int
+    ) -> tuple[float, float, xgb.Booster]:
+        import dask.dataframe as dd
+
+        if isinstance(self.frames["train"], pd.DataFrame):  # small data, tuned in this process
+            return LocalData.refit(self, names, params, rounds)
+        both = self.client.persist(dd.concat(list(self.frames.values())))
+        tr = self.train_settings
+        cv_mean, cv_std = distributed.cross_validate(self.client, both, names, self.target, params,
+                                                     rounds, tr.cv_folds, tr.seed)  # fmt: skip
+        return (
+            cv_mean,
+            cv_std,
+            distributed.fit_booster(self.client, both, names, self.target, params, rounds),
+        )
+
+    def dataset_sample(self, split: str) -> pd.DataFrame:
+        """The split's first part: MLflow profiles what it is given, and a split on Dask is
+        not read into one process."""
+        return pd.read_parquet(_parts(paths.PREPARED / f"{split}.parquet")[0])
+
+
+def _parts(path: Path) -> list[Path]:
+    return sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+
+
 def main() -> None:
     params = load_params()
+    if params.compute.engine == "dask":
+        with dask_client(params.compute) as client:
+            train(params, DaskData(client, params))
+    else:
+        train(params, LocalData(params))
+
+
+def train(params: Params, data: LocalData | DaskData) -> None:
     # the pipeline as it was when its params were read, not after a long search
     origin = training_origin(os.environ, pipeline_modified())
     tr = params.train
@@ -61,10 +156,9 @@ def main() -> None:
     with open(paths.BUILDER, "rb") as fh:
         builder: FeatureBuilder = pickle.load(fh)
     target = params.data.target
-    frames = {n: pd.read_parquet(paths.FEATURES / f"{n}.parquet") for n in ("train", "valid")}
     names = builder.feature_names_
     monotone = fit.monotone_vector(tr, names)
-    tuning = search.tuning(frames["train"], frames["valid"], names, target, tr)
+    tuning = data.tuning(names)
 
     data_hash = dvc_data_hash()
     name = search.study_name(params, data_hash)
@@ -88,15 +182,10 @@ def main() -> None:
             ) from exc
 
         best_params = {**search.base_xgb_params(tr, monotone, tr.seed), **best.params}
-        both = pd.concat([frames["train"], frames["valid"]], ignore_index=True)
-        rounds = fit.refit_rounds(best.user_attrs["best_iteration"], tuning.train_rows, len(both))
-        y = both[target].to_numpy()
+        rounds = fit.refit_rounds(best.user_attrs["best_iteration"], tuning.train_rows, data.rows())
         log.info("best trial %d (%s AUC %.4f): %d-fold CV and refit on train+valid, %d rounds",
                  best.number, tuning.mode, best.value, tr.cv_folds, rounds)  # fmt: skip
-        cv_mean, cv_std = fit.cross_validate(
-            both[names], y, best_params, rounds, tr.cv_folds, tr.seed
-        )
-        booster = fit.fit_booster(both[names], y, best_params, rounds)
+        cv_mean, cv_std, booster = data.refit(names, best_params, rounds)
         model = CreditRiskModel(builder, booster)
 
         summary = {"best_valid_auc": best.value, "cv_auc_mean": cv_mean, "cv_auc_std": cv_std,
@@ -104,7 +193,7 @@ def main() -> None:
         mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
         mlflow.log_metrics(summary)
         for split in ("train", "valid"):
-            src = pd.read_parquet(paths.PREPARED / f"{split}.parquet")
+            src = data.dataset_sample(split)
             with warnings.catch_warnings():  # a local path matches two equivalent source types
                 warnings.simplefilter("ignore", UserWarning)
                 ds = mlflow.data.from_pandas(src, source=str(params.data.raw_path.resolve()), targets=target,

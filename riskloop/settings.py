@@ -386,6 +386,9 @@ class WindowSettings(Frozen):
     last_n: Annotated[int, Field(ge=1)] | None = 5000
     since_hours: Annotated[float, Field(gt=0)] | None = None
     min_rows: Annotated[int, Field(ge=1)] = 500
+    # a larger window is monitored on a uniform sample of about this many rows, chosen by
+    # prediction id in the store (monitoring/records.py); README "Monitoring" states its error
+    sample_rows: Annotated[int, Field(ge=10_000)] | None = 200_000
 
     @model_validator(mode="after")
     def _bounded(self) -> WindowSettings:

@@ -23,6 +23,19 @@ def merge(tables: list[pd.DataFrame]) -> pd.DataFrame:
     return both.groupby("p", sort=True)[["bad", "good"]].sum().reset_index()
 
 
+def roc(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(tpr, fpr) over the distinct scores, highest first (scikit-learn's thresholds)."""
+    bad = table["bad"].to_numpy(dtype=float)[::-1]
+    good = table["good"].to_numpy(dtype=float)[::-1]
+    return (np.concatenate([[0.0], np.cumsum(bad) / bad.sum()]),
+            np.concatenate([[0.0], np.cumsum(good) / good.sum()]))  # fmt: skip
+
+
+def roc_auc(table: pd.DataFrame) -> float:
+    tpr, fpr = roc(table)
+    return float(np.trapezoid(tpr, fpr))
+
+
 def metrics(table: pd.DataFrame, threshold: float, bins: int) -> dict[str, float]:
     """training.metrics.classification_metrics, from merged counts."""
     p = table["p"].to_numpy(dtype=float)
@@ -30,9 +43,7 @@ def metrics(table: pd.DataFrame, threshold: float, bins: int) -> dict[str, float
     good = table["good"].to_numpy(dtype=float)
     n_bad, n_good = bad.sum(), good.sum()
     n = n_bad + n_good
-    # the ROC curve over distinct scores, highest first (sklearn's thresholds)
-    tpr = np.concatenate([[0.0], np.cumsum(bad[::-1]) / n_bad])
-    fpr = np.concatenate([[0.0], np.cumsum(good[::-1]) / n_good])
+    tpr, fpr = roc(table)
     auc = float(np.trapezoid(tpr, fpr))
     clipped = np.clip(p, np.finfo(float).eps, 1 - np.finfo(float).eps)  # sklearn's log_loss
     decline = p >= threshold

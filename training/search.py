@@ -15,6 +15,7 @@ import os
 import socket
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,6 +118,17 @@ class Tuning:
         return "valid split" if self.folds is None else f"{len(self.folds)}-fold CV"
 
 
+@dataclass(frozen=True)
+class DistributedTuning:
+    """Trials scored on a Dask cluster (compute.engine dask): `score(params)` trains on the
+    workers, early-stopped on the valid split (training.distributed.tuning_score)."""
+
+    score: Callable[[dict], tuple[float, int]]
+    train_rows: int
+    folds: None = None
+    mode: str = "valid split, on Dask"
+
+
 def tuning(train_frame: pd.DataFrame, valid_frame: pd.DataFrame, names: list[str], target: str,
            settings: TrainSettings) -> Tuning:  # fmt: skip
     n = len(train_frame) + len(valid_frame)
@@ -133,9 +145,11 @@ def tuning(train_frame: pd.DataFrame, valid_frame: pd.DataFrame, names: list[str
 
 
 def _score(
-    params: dict, data: Tuning, train: TrainSettings, trial: optuna.Trial
+    params: dict, data: Tuning | DistributedTuning, train: TrainSettings, trial: optuna.Trial
 ) -> tuple[float, int]:
     """(AUC, best iteration) of one trial's parameters, early-stopped."""
+    if isinstance(data, DistributedTuning):
+        return data.score(params)
     rounds, stop = train.max_boost_rounds, train.early_stopping_rounds
     if data.folds is None:
         callbacks = [XGBoostPruningCallback(trial, "valid-auc")] if train.pruning else []
@@ -149,7 +163,7 @@ def _score(
     return float(history["test-auc-mean"].iloc[-1]), len(history) - 1
 
 
-def make_objective(data: Tuning, train: TrainSettings, monotone: tuple[int, ...],
+def make_objective(data: Tuning | DistributedTuning, train: TrainSettings, monotone: tuple[int, ...],
                    logger: TrialLogger | None):  # fmt: skip
     def objective(trial: optuna.Trial) -> float:
         params = {**base_xgb_params(train, monotone, train.seed), **suggest(trial, train)}

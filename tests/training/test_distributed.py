@@ -75,7 +75,9 @@ def test_metrics_on_the_cluster_equal_the_local_ones(cluster_client, feature_par
     want = classification_metrics(
         test[target].to_numpy(), booster.inplace_predict(test[names]), 0.5, 10
     )
-    got = distributed.evaluate(files, booster, names, target, 0.5, 10)
+    got = distributed.evaluate(
+        distributed.read(files, [*names, target]), booster, names, target, 0.5, 10
+    )
     for key in want:
         assert got[key] == pytest.approx(want[key], rel=0, abs=1e-6), key
 
@@ -89,7 +91,8 @@ def test_xgboost_dask_within_the_stated_auc_of_one_process(cluster_client, featu
     train, train_files = data["train"]
     test, _ = data["test"]
     local = fit.fit_booster(train[names], train[target].to_numpy(), xgb_params, 60)
-    spread = distributed.fit_booster(cluster_client, train_files, names, target, xgb_params, 60)
+    frame = distributed.read(train_files, [*names, target])
+    spread = distributed.fit_booster(cluster_client, frame, names, target, xgb_params, 60)
     auc = {name: classification_metrics(test[target].to_numpy(), b.inplace_predict(test[names]), 0.5, 10)["roc_auc"]
            for name, b in (("local", local), ("dask", spread))}  # fmt: skip
     assert auc["local"] > 0.65  # a model that learned something, so the comparison means something
