@@ -21,7 +21,7 @@ ROWS ?= 2000
 RATE ?= 500
 
 .PHONY: help tools stack install data repro run challenger promote rollback score-batch deploy history backup restore tune-worker ui plots init-data bento container container-base compose-images serve \
-	traffic dashboard monitor schedule retrain monitor-ui demo lint test bench bench-serving bench-ab bench-monitoring bench-own-data bench-container bench-dashboard chaos clean
+	traffic dashboard monitor schedule retrain monitor-ui demo lint test bench bench-serving bench-ab bench-monitoring bench-own-data bench-container bench-dashboard bench-scale chaos clean
 
 help:
 	@echo "make run          install, fetch data, dvc repro, promote the first model, say where to look"
@@ -47,6 +47,7 @@ help:
 	@echo "make demo         the whole loop: train, serve, stable + recession traffic, monitor, retrain"
 	@echo "make bench        measure quality bars and timings -> bench/RESULTS.md"
 	@echo "make bench-dashboard  time to first render of each dashboard page at 1M predictions (BENCH_ARGS='--rows 20000 --runs 1')"
+	@echo "make bench-scale  prepare, features, score-batch at 1M/5M/20M rows, local vs Dask (BENCH_ARGS='--rows 1000000')"
 	@echo "make chaos        kill -9, store outages and stalls, disk full, SIGTERM under traffic: rows lost (must be 0)"
 
 # Locked install: a venv with uv, then `uv sync --frozen` against uv.lock.
@@ -234,6 +235,11 @@ bench-own-data: install
 # store (SQLite; PostgreSQL where RISKLOOP_TEST_PG_URL answers), beside a pandas-aggregating peer
 bench-dashboard: install data tools
 	$(BIN)/python -m bench.dashboard $(BENCH_ARGS)
+
+# prepare, features, score-batch at 1M/5M/20M synthetic rows on the local engine and on Dask:
+# wall time, peak RSS of each stage's process tree, s per 1M rows (BENCH_ARGS='--rows 1000000')
+bench-scale: install
+	$(BIN)/python -m bench.scale $(BENCH_ARGS)
 
 # every fault of bench/chaos.py against the bento `make bento` built, on SQLite and PostgreSQL
 chaos: install
