@@ -12,6 +12,7 @@ part of each split."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -78,9 +79,11 @@ def _read_block(block: bytes, header: bytes, first: bool, source: str) -> pd.Dat
         raise DataContractError(f"{source} is not a readable CSV: {exc}") from exc
 
 
-def _findings(part: pd.DataFrame, contract_doc: dict) -> tuple[int, list, set[int], set[str]]:
-    """One partition's row findings, its rows, the target classes it holds and its numeric
-    level columns with a gap."""
+def _findings(
+    part: pd.DataFrame, contract_doc: dict
+) -> tuple[int, list, set[int], set[str], pd.Series | None]:
+    """One partition's row findings, its rows, the target classes it holds, its numeric
+    level columns with a gap and its rows per time value (data.time_column)."""
     contract = Contract.from_json(contract_doc)
     found = find_violations(part, contract, whole=False)
     target = contract.data.target
@@ -88,7 +91,11 @@ def _findings(part: pd.DataFrame, contract_doc: dict) -> tuple[int, list, set[in
     if target in part.columns:
         classes = {int(v) for v in target_codes(part[target], contract.data).dropna().unique()}
     gaps = {c for c in _level_columns(contract) if c in part.columns and part[c].isna().any()}
-    return len(part), found, classes, gaps
+    time = contract.data.time_column
+    times = (
+        part[time].value_counts(dropna=False, sort=False) if time and time in part.columns else None
+    )
+    return len(part), found, classes, gaps, times
 
 
 def _level_columns(contract: Contract) -> list[str]:
@@ -104,9 +111,15 @@ def _duplicates(part: pd.DataFrame, ids: list, id_column: str) -> list:
     return out
 
 
-def check(frame, contract: Contract, source: str) -> tuple[int, set[str]]:
-    """Raise naming every violation in the dataset, as the local engine names them; returns
-    its rows and the numeric level columns with a gap somewhere."""
+@dataclass(frozen=True)
+class Checked:
+    rows: int
+    gaps: set[str]  # numeric level columns with a gap somewhere
+    times: list[pd.Series | None]  # each partition's rows per time value
+
+
+def check(frame, contract: Contract, source: str) -> Checked:
+    """Raise naming every violation in the dataset, as the local engine names them."""
     import dask
 
     idc = contract.data.id_column
@@ -135,18 +148,48 @@ def check(frame, contract: Contract, source: str) -> tuple[int, set[str]]:
     if rows == 0:
         violations.append(find_violations(frame._meta, contract)[-1])  # "no rows"
     raise_violations(violations, source)
-    return rows, set().union(*(s[3] for s in summaries_v))
+    return Checked(rows, set().union(*(s[3] for s in summaries_v)), [s[4] for s in summaries_v])
+
+
+def time_starts(times: list[pd.Series]) -> list[pd.Series]:
+    """For each partition, the rank (0-based) its first row of each time value has in the
+    whole dataset stably sorted by time — the local engine's order: earlier times first, ties
+    in file order, missing times last. Pure."""
+    table = pd.concat(times, axis=1, sort=False).fillna(0).astype("int64")
+    table = table.loc[table.index.sort_values(na_position="last")]
+    below = table.sum(axis=1).cumsum() - table.sum(axis=1)  # rows of earlier times
+    earlier = table.cumsum(axis=1) - table  # rows of the same time in earlier partitions
+    return [below + earlier.iloc[:, i] for i in range(table.shape[1])]
+
+
+def time_split(part: pd.DataFrame, time: str, start: pd.Series, rows: int,
+               params: Params) -> dict[str, pd.DataFrame]:  # fmt: skip
+    """pipelines.prepare.split's out-of-time split of one partition, from each row's rank in
+    the whole dataset's time order."""
+    key = part[time]
+    first = start.reindex(key).to_numpy()
+    if key.isna().any():  # reindex cannot look up a missing time: its start is the NaN entry
+        first = np.where(key.isna(), start[start.index.isna()].iloc[0], first)
+    rank = first + key.groupby(key, dropna=False, sort=False).cumcount().to_numpy()
+    n_test, n_valid = round(rows * params.split.test_size), round(rows * params.split.valid_size)
+    valid_from, test_from = rows - n_test - n_valid, rows - n_test
+    return {"train": part[rank < valid_from], "valid": part[(rank >= valid_from) & (rank < test_from)],
+            "test": part[rank >= test_from]}  # fmt: skip
 
 
 def _write_part(part: pd.DataFrame, number: int, contract_doc: dict, params: Params, out: Path,
-                gaps: set[str]) -> dict[str, tuple[int, int]]:  # fmt: skip
-    """Type one checked partition as the whole frame is typed, split it by hash and write
-    its share of each split; returns each split's (rows, defaults)."""
+                checked: Checked, start: pd.Series | None) -> dict[str, tuple[int, int]]:  # fmt: skip
+    """Type one checked partition as the whole frame is typed, split it (by time, else by
+    hash) and write its share of each split; returns each split's (rows, defaults)."""
     contract = Contract.from_json(contract_doc)
     clean = typed(part, contract)
     for col in _level_columns(contract):
-        clean[col] = clean[col].astype("float64" if col in gaps else "int64")
-    shares = hash_split(clean, params)
+        clean[col] = clean[col].astype("float64" if col in checked.gaps else "int64")
+    time = params.data.time_column
+    if time:
+        shares = time_split(clean, time, start, checked.rows, params)
+    else:
+        shares = hash_split(clean, params)
     target = contract.data.target
     for name, rows in shares.items():
         rows.reset_index(drop=True).to_parquet(out / f"{name}.parquet" / f"part.{number:05d}.parquet",
@@ -155,19 +198,17 @@ def _write_part(part: pd.DataFrame, number: int, contract_doc: dict, params: Par
 
 
 def prepare(params: Params) -> None:
-    if params.split.method != "hash":
+    if params.split.method != "hash" and not params.data.time_column:
         raise SettingsError("compute.engine dask splits each partition alone: set split.method: "
                             "hash (a stratified split needs the whole frame in one process)")  # fmt: skip
-    if params.data.time_column:
-        raise SettingsError("compute.engine dask: an out-of-time split (data.time_column) is not "
-                            "built on Dask yet; use compute.engine local")  # fmt: skip
     import dask
 
     contract = Contract(params.data)
     raw_path = params.data.raw_path
     with dask_client(params.compute):
         frame = read_partitions(raw_path, params.compute.partition_rows)
-        rows, gaps = check(frame, contract, str(raw_path))
+        checked = check(frame, contract, str(raw_path))
+        rows = checked.rows
         prod = read_production(params)
         if prod is not None:
             ids = frame[params.data.id_column]
@@ -181,8 +222,10 @@ def prepare(params: Params) -> None:
             if name != "recent":
                 (out / f"{name}.parquet").mkdir(parents=True)
         doc = contract.to_json()
-        written = dask.compute([dask.delayed(_write_part)(p, i, doc, params, out, gaps)
-                                for i, p in enumerate(frame.to_delayed())])[0]  # fmt: skip
+        parts = frame.to_delayed()
+        starts = time_starts(checked.times) if params.data.time_column else [None] * len(parts)
+        written = dask.compute([dask.delayed(_write_part)(p, i, doc, params, out, checked, starts[i])
+                                for i, p in enumerate(parts)])[0]  # fmt: skip
     totals = {
         n: [sum(w[n][0] for w in written), sum(w[n][1] for w in written)] for n in SPLIT_NAMES
     }

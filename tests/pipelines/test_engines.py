@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -22,8 +23,9 @@ from tests.conftest import ROOT, stratified_sample
 AUC_TOLERANCE = 0.02
 
 
-def run_stage(tmp: Path, module: str, engine: str) -> subprocess.CompletedProcess:
+def run_stage(tmp: Path, module: str, engine: str, **data: object) -> subprocess.CompletedProcess:
     doc = yaml.safe_load((ROOT / "params.yaml").read_text())
+    doc["data"].update(data)
     doc["compute"] = {"engine": engine, "workers": 2, "memory_limit": "1GiB", "partition_rows": 1000}  # fmt: skip
     doc["split"]["method"] = "hash"
     # a short search scored on the valid split (not CV, which small data gets): on Dask each
@@ -86,6 +88,26 @@ def test_the_same_verdict_word_for_word(tmp_path, sample, params):
     assert errors["dask"] == errors["local"]
     for text in ("below minimum 18 (3 row(s)", "duplicate id (2 row(s)", "EDUCATION_1", "SEX"):
         assert text in errors["dask"], errors["dask"]
+
+
+def test_the_same_out_of_time_split(tmp_path, sample, params):
+    """data.time_column: the rows ranked by time (ties in file order, missing times last),
+    the newest test, then valid — on Dask from each partition's counts per time value."""
+    dated = sample.copy()
+    dated["month"] = np.random.default_rng(5).integers(1, 7, len(dated)).astype(float)
+    dated.iloc[[17, 2222], dated.columns.get_loc("month")] = np.nan
+    idc = params.data.id_column
+    got = {}
+    for engine in ("local", "dask"):
+        tmp = workspace(tmp_path, engine, dated, params.data.raw_file)
+        proc = run_stage(tmp, "pipelines.prepare", engine, time_column="month")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        got[engine] = {s: pd.read_parquet(tmp / "data" / "prepared" / f"{s}.parquet").sort_values(idc, ignore_index=True)
+                       for s in ("train", "valid", "test")}  # fmt: skip
+    for split in ("train", "valid", "test"):
+        pd.testing.assert_frame_equal(got["dask"][split], got["local"][split])
+    assert got["local"]["train"]["month"].max() <= got["local"]["test"]["month"].min()
+    assert got["local"]["test"]["month"].isna().sum() == 2  # missing times sort last
 
 
 def test_the_same_splits_row_for_row(prepared, params):
