@@ -21,7 +21,7 @@ ROWS ?= 2000
 RATE ?= 500
 
 .PHONY: help tools stack install data repro run challenger promote rollback score-batch deploy history backup restore tune-worker ui plots init-data bento container container-base compose-images serve \
-	traffic dashboard monitor schedule retrain monitor-ui demo lint test bench bench-serving bench-ab bench-monitoring bench-own-data bench-container bench-dashboard bench-scale chaos clean
+	traffic dashboard monitor schedule retrain monitor-ui demo lint test bench bench-serving bench-ab bench-monitoring bench-own-data bench-container bench-dashboard bench-scale bench-trials chaos clean
 
 help:
 	@echo "make run          install, fetch data, dvc repro, promote the first model, say where to look"
@@ -47,6 +47,7 @@ help:
 	@echo "make demo         the whole loop: train, serve, stable + recession traffic, monitor, retrain"
 	@echo "make bench        measure quality bars and timings -> bench/RESULTS.md"
 	@echo "make bench-dashboard  time to first render of each dashboard page at 1M predictions (BENCH_ARGS='--rows 20000 --runs 1')"
+	@echo "make bench-trials Optuna trials distributed on Dask vs parallel processes (BENCH_ARGS='--rows 100000')"
 	@echo "make bench-scale  prepare, features, score-batch at 1M/5M/20M rows, local vs Dask (BENCH_ARGS='--rows 1000000')"
 	@echo "make chaos        kill -9, store outages and stalls, disk full, SIGTERM under traffic: rows lost (must be 0)"
 
@@ -93,11 +94,12 @@ promote: install
 	$(BIN)/riskloop promote $(if $(REASON),--reason "$(REASON)") $(if $(VERSION),--version $(VERSION))
 	$(BIN)/riskloop deploy --reason "promotion: $(or $(REASON),make promote)"
 
-# a portfolio file scored by @champion (or VERSION=N): PD, score, band, decision and reason codes;
-# on compute.engine dask partition by partition on the cluster (Parquet in, a Parquet dataset out)
+# a portfolio file scored by @champion (or VERSION=N): PD, score, band, decision and reason codes,
+# every row logged for monitoring; on compute.engine dask partition by partition on the cluster
+# (Parquet in, a Parquet dataset out)
 score-batch: install
 	@test -n "$(INPUT)" -a -n "$(OUTPUT)" || { echo "usage: make score-batch INPUT=portfolio.parquet OUTPUT=scored.parquet [VERSION=N]"; exit 2; }
-	$(BIN)/riskloop score-batch "$(INPUT)" --out "$(OUTPUT)" $(if $(VERSION),--version $(VERSION))
+	$(BIN)/riskloop score-batch "$(INPUT)" --out "$(OUTPUT)" --log $(if $(VERSION),--version $(VERSION))
 
 rollback: install
 	$(BIN)/riskloop rollback $(if $(REASON),--reason "$(REASON)")
@@ -240,6 +242,11 @@ bench-dashboard: install data tools
 # wall time, peak RSS of each stage's process tree, s per 1M rows (BENCH_ARGS='--rows 1000000')
 bench-scale: install
 	$(BIN)/python -m bench.scale $(BENCH_ARGS)
+
+# Optuna trials each distributed on a 2-worker Dask cluster vs in parallel processes sharing the
+# study (issue 17: which is faster here)
+bench-trials: install
+	$(BIN)/python -m bench.trials $(BENCH_ARGS)
 
 # every fault of bench/chaos.py against the bento `make bento` built, on SQLite and PostgreSQL
 chaos: install
