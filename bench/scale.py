@@ -9,8 +9,9 @@ machine is shared: this is the local engine's cap too) and, like one that fails 
 (MemoryError, a worker killed...), is recorded with its peak and reason; the bench goes on.
 
 Slope: seconds per million rows, a least-squares line of wall time over rows (per stage and
-engine, successful runs only). Measurements are kept in bench/scale.json, replaced per
-(rows, engine), so a later run of one size joins the earlier ones in the table.
+engine, successful runs of the same stage code, code_id). Measurements are kept in
+bench/scale.json, replaced per (rows, engine, stage) as each stage ends, so a later run of one
+size joins the earlier ones in the table.
 
     python -m bench.scale --rows 1000000 5000000          # -> bench/RESULTS.md, bench/scale.json
     make bench-scale BENCH_ARGS='--rows 1000000'
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -30,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,6 +49,7 @@ BIN = Path(sys.executable).parent
 STORE = Path(__file__).resolve().parent / "scale.json"
 STAGES = ("prepare", "features", "score-batch")
 GiB = 1 << 30
+LOGS = Path(tempfile.gettempdir()) / "riskloop-scale-logs"  # failed stages' output
 CHAMPION_ROUNDS = 150  # the shipped champion: 253 rounds, max_depth 6
 
 
@@ -64,6 +68,7 @@ class Run:
     load_before: float  # 1-minute load average when the stage started
     at: str
     commit: str = ""  # this repo's HEAD when the stage ran ("+" if its code was edited)
+    code: str = ""  # the stages' code as it ran (code_id): slopes fit runs of one code only
 
 
 def tree_rss(proc: psutil.Process) -> tuple[int, int, int]:
@@ -172,7 +177,8 @@ def _champion(state: Path, seed: int) -> None:
     register_champion(state, model, params, parts["test"])
 
 
-def bench_size(rows: int, args: argparse.Namespace, work: Path, state: Path) -> list[Run]:
+def bench_size(rows: int, args: argparse.Namespace, work: Path, state: Path,
+               record: Callable[[Run], None]) -> list[Run]:  # fmt: skip
     data = work / f"data-{rows}"
     t0 = time.perf_counter()
     raw_name = yaml.safe_load((ROOT / "params.yaml").read_text())["data"]["raw_file"]
@@ -198,28 +204,50 @@ def bench_size(rows: int, args: argparse.Namespace, work: Path, state: Path) -> 
                 continue
             if failed and stage == "features":  # it reads what prepare writes
                 runs.append(Run(rows, engine, stage, False, 0.0, 0, 0, 0, None,
-                                "not run: prepare failed", os.getloadavg()[0], _now(), head()))  # fmt: skip
+                                "not run: prepare failed", os.getloadavg()[0], _now(), head(),
+                                code_id()))  # fmt: skip
+                record(runs[-1])
                 continue
-            load = os.getloadavg()[0]
+            load, commit, code = os.getloadavg()[0], head(), code_id()
             log = work / f"{rows}-{engine}-{stage}.log"
             res = measure(cmds[stage], ws, stage_env(ws, state), log, args.rss_cap * GiB,
                           args.timeout_min * 60)  # fmt: skip
             reason = failure_reason(res, log)
             run = Run(rows, engine, stage, not reason, round(res["wall_s"], 1), res["peak_rss"],
                       res["peak_proc_rss"], res["procs"], res["returncode"], reason, load, _now(),
-                      head())  # fmt: skip
+                      commit, code)  # fmt: skip
             runs.append(run)
+            record(run)
             failed = failed or (stage == "prepare" and not run.ok)
             print(f"  {engine:5} {stage:11} {'ok' if run.ok else 'FAILED'} {run.wall_s:8.1f} s "
                   f"peak {run.peak_rss / GiB:5.2f} GiB (largest process {run.peak_proc_rss / GiB:.2f}, "
                   f"{run.procs} procs) load {load:.1f} {reason}", flush=True)  # fmt: skip
-            if not run.ok:
-                shutil.copyfile(log, STORE.parent / f".scale-{rows}-{engine}-{stage}.log")
+            if not run.ok:  # kept for a look after the work dir is gone
+                LOGS.mkdir(exist_ok=True)
+                shutil.copyfile(log, LOGS / log.name)
         if not args.keep:
             shutil.rmtree(ws)
     if not args.keep:
         shutil.rmtree(data)
     return runs
+
+
+CODE_DIRS = ("pipelines", "features", "riskloop", "serving", "training")
+
+
+def code_id() -> str:
+    """A short hash of the code the stages run: the tracked trees of CODE_DIRS at HEAD, their
+    uncommitted edits and their untracked files (commits elsewhere do not change it)."""
+    git = ["git", "-C", str(ROOT)]
+    trees = subprocess.run([*git, "rev-parse", *(f"HEAD:{d}" for d in CODE_DIRS)],
+                           capture_output=True, text=True).stdout  # fmt: skip
+    diff = subprocess.run([*git, "diff", "HEAD", "--", *CODE_DIRS], capture_output=True).stdout
+    untracked = subprocess.run([*git, "ls-files", "--others", "--exclude-standard", "--", *CODE_DIRS],
+                               capture_output=True, text=True).stdout.split()  # fmt: skip
+    h = hashlib.sha1(trees.encode() + diff)
+    for name in sorted(untracked):
+        h.update(name.encode() + (ROOT / name).read_bytes())
+    return h.hexdigest()[:10]
 
 
 def head() -> str:
@@ -236,23 +264,27 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def slopes(runs: list[dict]) -> dict[tuple[str, str], tuple[float, float, list[int], str]]:
-    """(engine, stage) -> (seconds per million rows, intercept s, sizes fitted, commit): over
-    the successful runs of the code the newest run of the pair ran (HEAD, "+" aside)."""
+def slopes(runs: list[dict]) -> dict[tuple[str, str], tuple[float, float, list[int], str, str]]:
+    """(engine, stage) -> (seconds per million rows, intercept s, sizes fitted, code, load): over
+    the successful runs of the code the newest run of the pair ran."""
     out = {}
     for engine in sorted({r["engine"] for r in runs}, key=("local", "dask").index):
         for stage in STAGES:
             ok = [r for r in runs if r["engine"] == engine and r["stage"] == stage and r["ok"]]
             if not ok:
                 continue
-            commit = max(ok, key=lambda r: r["at"]).get("commit", "").rstrip("+")
-            ok = [r for r in ok if r.get("commit", "").rstrip("+") == commit]
+            code = max(ok, key=lambda r: r["at"])["code"]
+            ok = [r for r in ok if r["code"] == code]
             if len({r["rows"] for r in ok}) >= 2:
                 x = np.array([r["rows"] / 1e6 for r in ok])
                 y = np.array([r["wall_s"] for r in ok])
                 slope, intercept = np.polyfit(x, y, 1)
                 sizes = sorted(r["rows"] for r in ok)
-                out[(engine, stage)] = (float(slope), float(intercept), sizes, commit)
+                commits = ", ".join(sorted({r["commit"] for r in ok}))
+                loads = [r["load_before"] for r in ok]
+                load = f"{min(loads):.1f}-{max(loads):.1f}"
+                out[(engine, stage)] = (float(slope), float(intercept), sizes, f"{code} ({commits})",
+                                        load)  # fmt: skip
     return out
 
 
@@ -295,18 +327,24 @@ def render(store: dict) -> str:
         result = "ok" if r["ok"] else f"**failed**: {r['reason']}"
         rate = f"{r['rows'] / r['wall_s']:,.0f}" if r["ok"] and r["wall_s"] else ""
         wall = f"{r['wall_s']:.1f}" if r["wall_s"] else ""
+        if not r["procs"]:  # not run
+            lines.append(f"| {r['rows']:,} | {r['engine']} | {r['stage']} | {r['reason']} "
+                         f"|  |  |  |  |  | {r['load_before']:.1f} | {r.get('commit', '')} |")  # fmt: skip
+            continue
         lines.append(f"| {r['rows']:,} | {r['engine']} | {r['stage']} | {result} | {wall} | "
                      f"{rate} | {r['peak_rss'] / GiB:.2f} | {r['peak_proc_rss'] / GiB:.2f} | "
                      f"{r['procs']} | {r['load_before']:.1f} | {r.get('commit', '')} |")  # fmt: skip
     fits = slopes(runs)
     if fits:
         lines += ["", "Slope: seconds per million rows (least-squares line of wall time over rows, "
-                  "successful runs of one commit; the intercept is the fixed cost: imports, "
-                  "cluster start, model load).", "",
-                  "| engine | stage | s per 1M rows | intercept s | sizes fitted | commit |",
-                  "|---|---|---|---|---|---|"]  # fmt: skip
+                  "successful runs of the same stage code (bench.scale.code_id: the trees of "
+                  f"{', '.join(CODE_DIRS)}); the intercept is the fixed cost: imports, cluster "
+                  "start, model load; a negative one says the load moved between the runs more "
+                  "than the fixed cost: read such a line as rough).", "",
+                  "| engine | stage | s per 1M rows | intercept s | sizes fitted | load | code (commits) |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
         lines += [f"| {e} | {s} | {v[0]:.1f} | {v[1]:.1f} | {', '.join(f'{n:,}' for n in v[2])} "
-                  f"| {v[3]} |" for (e, s), v in fits.items()]  # fmt: skip
+                  f"| {v[4]} | {v[3]} |" for (e, s), v in fits.items()]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -338,29 +376,34 @@ def main() -> None:
     state = work / "state"
     try:
         make_champion(state, args.seed)
-        store = load_store()
         command = "python -m bench.scale " + " ".join(sys.argv[1:])
-        done: list[int] = []  # sizes this command finished
-        for rows in args.rows:
-            runs = bench_size(rows, args, work, state)
+
+        def record(run: Run) -> None:
+            """Into bench/scale.json and RESULTS.md after every stage: a stopped run counts."""
             if args.no_write:
-                continue
-            keys = {(r.rows, r.engine, r.stage) for r in runs}
-            store["runs"] = [r for r in store["runs"]
-                             if (r["rows"], r["engine"], r["stage"]) not in keys]  # fmt: skip
-            store["runs"] += [asdict(r) for r in runs]
+                return
+            store = load_store()
+            key = (run.rows, run.engine, run.stage)
+            store["runs"] = [
+                r for r in store["runs"] if (r["rows"], r["engine"], r["stage"]) != key
+            ]
+            store["runs"].append(asdict(run))
             store["config"] = {"seed": args.seed, "workers": args.workers,
                                "memory_limit": args.memory_limit,
                                "partition_rows": args.partition_rows, "rss_cap_gib": args.rss_cap,
                                "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                                f"{psutil.virtual_memory().total / GiB:.0f} GiB RAM, "
                                f"Python {platform.python_version()}"}  # fmt: skip
-            done = [*done, rows]
-            entry = {"command": command, "at": _now(), "rows": done}
+            old = next((c for c in store["commands"] if c["command"] == command), None)
+            done = sorted({*(old["rows"] if old and old["at"] >= started else []), run.rows})
+            entry = {"command": command, "at": started, "rows": done}
             store["commands"] = [c for c in store["commands"] if c["command"] != command] + [entry]
-            # after each size: a partial run counts
             STORE.write_text(json.dumps(store, indent=1) + "\n")
             write_section("scale", render(store))
+
+        started = _now()
+        for rows in args.rows:
+            bench_size(rows, args, work, state, record)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
