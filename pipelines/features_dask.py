@@ -21,13 +21,6 @@ from riskloop.settings import Params
 log = logging.getLogger("features")
 
 
-def _parts(split: str) -> list[Path]:
-    """A split's Parquet files, in order: the prepared dataset's parts, or the local engine's
-    single file."""
-    path = paths.PREPARED / f"{split}.parquet"
-    return sorted(path.glob("*.parquet")) if path.is_dir() else [path]
-
-
 def _columns(part: Path, builder: FeatureBuilder, columns: list[str]) -> dict[str, np.ndarray]:
     frame = builder.build(pd.read_parquet(part))
     return {c: frame[c].to_numpy(dtype="float64") for c in columns}
@@ -86,7 +79,7 @@ def build(params: Params) -> FeatureBuilder:
     """Fit on train, transform every split; returns the fitted builder."""
     builder = FeatureBuilder(params.data, params.features)
     with dask_client(params.compute):
-        train = _parts("train")
+        train = paths.parts(paths.PREPARED / "train.parquet")
         caps = fit_caps(builder, train)
         names = list(builder.build(pd.read_parquet(train[0]).head(1)).columns)
         builder.fitted(caps, names)
@@ -96,7 +89,8 @@ def build(params: Params) -> FeatureBuilder:
             paths.clear(out)
             out.mkdir(parents=True)
             tasks += [
-                dask.delayed(_transform)(p, builder, params.data.target, out) for p in _parts(split)
+                dask.delayed(_transform)(p, builder, params.data.target, out)
+                for p in paths.parts(paths.PREPARED / f"{split}.parquet")
             ]
         rows = sum(dask.compute(tasks)[0])
     log.info("features on Dask: %d rows in %d partitions, %d caps", rows, len(tasks), len(caps))

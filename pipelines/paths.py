@@ -16,6 +16,12 @@ RECENT = PREPARED / "recent.parquet"  # newest labelled production rows (after a
 PRODUCTION_SUBDIR = "production"  # data/raw/production/<batch>/{records,lineage}.csv
 
 
+def parts(path: Path) -> list[Path]:
+    """An output's Parquet files, in order: a Dask dataset's parts, or the local engine's one
+    file."""
+    return sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+
+
 def clear(path: Path) -> None:
     """Remove an output, a file (the local engine's) or a directory (a Dask dataset)."""
     import shutil

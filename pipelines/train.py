@@ -15,7 +15,6 @@ import pickle
 import subprocess
 import warnings
 from importlib.metadata import version
-from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -92,7 +91,7 @@ class DaskData(LocalData):
 
     def __init__(self, client, params: Params) -> None:
         self.client, self.target, self.train_settings = client, params.data.target, params.train
-        self.parts = {n: _parts(paths.FEATURES / f"{n}.parquet") for n in ("train", "valid")}
+        self.parts = {n: paths.parts(paths.FEATURES / f"{n}.parquet") for n in ("train", "valid")}
         self.frames = {}
 
     def tuning(self, names: list[str]) -> search.Tuning | search.DistributedTuning:
@@ -131,11 +130,7 @@ class DaskData(LocalData):
     def dataset_sample(self, split: str) -> pd.DataFrame:
         """The split's first part: MLflow profiles what it is given, and a split on Dask is
         not read into one process."""
-        return pd.read_parquet(_parts(paths.PREPARED / f"{split}.parquet")[0])
-
-
-def _parts(path: Path) -> list[Path]:
-    return sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+        return pd.read_parquet(paths.parts(paths.PREPARED / f"{split}.parquet")[0])
 
 
 def main() -> None:
