@@ -1,4 +1,4 @@
-"""Scale-out (issue 17): `prepare`, `features` and `score-batch` on a synthetic Taiwan-shaped
+"""Scale-out (issue 17): `prepare`, `features`, `train`, `evaluate` and `score-batch` on a synthetic Taiwan-shaped
 dataset of 1M, 5M and 20M rows (bench/scale_data.py), on the local engine and on Dask (a
 LocalCluster of 2 workers, 1 thread each, compute.memory_limit well below the data's size in
 memory). Each stage runs as a subprocess in a throwaway workspace (params.yaml, data/raw/<the
@@ -47,7 +47,17 @@ from bench.results import write_section
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 STORE = Path(__file__).resolve().parent / "scale.json"
-STAGES = ("prepare", "features", "score-batch")
+STAGES = ("prepare", "features", "train", "evaluate", "score-batch")
+NEEDS = {"features": "prepare", "train": "features", "evaluate": "train"}  # reads what it wrote
+# A short search, the same on both engines (the stage's work, not the search's budget, is
+# measured): each trial early-stopped on the valid split, trained by the workers on Dask.
+BENCH_TRAIN = {
+    "n_trials": 3,
+    "tune_cv_below_rows": None,
+    "cv_folds": 2,
+    "max_boost_rounds": 100,
+    "early_stopping_rounds": 10,
+}
 GiB = 1 << 30
 LOGS = Path(tempfile.gettempdir()) / "riskloop-scale-logs"  # failed stages' output
 CHAMPION_ROUNDS = 150  # the shipped champion: 253 rounds, max_depth 6
@@ -141,6 +151,7 @@ def workspace_params(engine: str, args: argparse.Namespace) -> dict:
     doc["compute"] = {"engine": engine, "workers": args.workers, "threads_per_worker": 1,
                       "memory_limit": args.memory_limit, "partition_rows": args.partition_rows}  # fmt: skip
     doc["split"]["method"] = "hash"  # both engines: the same split, so the same work
+    doc["train"].update(BENCH_TRAIN)
     return doc
 
 
@@ -192,25 +203,33 @@ def bench_size(rows: int, args: argparse.Namespace, work: Path, state: Path,
         ws = work / f"{rows}-{engine}"
         (ws / "data" / "raw").mkdir(parents=True)
         os.link(csv, ws / "data" / "raw" / raw_name)
+        for code in ("features", "training", "pipelines", "riskloop", "serving", "monitoring"):
+            (ws / code).symlink_to(ROOT / code)  # a model logs its code from the stage's cwd
         (ws / "params.yaml").write_text(yaml.safe_dump(workspace_params(engine, args),
                                                        sort_keys=False))  # fmt: skip
         out = "scored" if engine == "dask" else "scored.parquet"
         cmds = {"prepare": [sys.executable, "-m", "pipelines.prepare"],
                 "features": [sys.executable, "-m", "pipelines.build_features"],
+                "train": [sys.executable, "-m", "pipelines.train"],
+                "evaluate": [sys.executable, "-m", "pipelines.evaluate"],
                 "score-batch": [str(BIN / "riskloop"), "score-batch", str(portfolio), "--out", out]}  # fmt: skip
-        failed = False
+        # the champion's store, one copy a workspace: train registers its challenger (and keeps
+        # its Optuna study) there, evaluate compares it with the champion
+        ws_state = ws / "state"
+        shutil.copytree(state, ws_state)
+        done: set[str] = set()
         for stage in STAGES:
             if stage not in args.stages:
                 continue
-            if failed and stage == "features":  # it reads what prepare writes
+            if stage in NEEDS and NEEDS[stage] not in done:
                 runs.append(Run(rows, engine, stage, False, 0.0, 0, 0, 0, None,
-                                "not run: prepare failed", os.getloadavg()[0], _now(), head(),
-                                code_id()))  # fmt: skip
+                                f"not run: {NEEDS[stage]} failed", os.getloadavg()[0], _now(),
+                                head(), code_id()))  # fmt: skip
                 record(runs[-1])
                 continue
             load, commit, code = os.getloadavg()[0], head(), code_id()
             log = work / f"{rows}-{engine}-{stage}.log"
-            res = measure(cmds[stage], ws, stage_env(ws, state), log, args.rss_cap * GiB,
+            res = measure(cmds[stage], ws, stage_env(ws, ws_state), log, args.rss_cap * GiB,
                           args.timeout_min * 60)  # fmt: skip
             reason = failure_reason(res, log)
             run = Run(rows, engine, stage, not reason, round(res["wall_s"], 1), res["peak_rss"],
@@ -218,7 +237,8 @@ def bench_size(rows: int, args: argparse.Namespace, work: Path, state: Path,
                       commit, code)  # fmt: skip
             runs.append(run)
             record(run)
-            failed = failed or (stage == "prepare" and not run.ok)
+            if run.ok:
+                done.add(stage)
             print(f"  {engine:5} {stage:11} {'ok' if run.ok else 'FAILED'} {run.wall_s:8.1f} s "
                   f"peak {run.peak_rss / GiB:5.2f} GiB (largest process {run.peak_proc_rss / GiB:.2f}, "
                   f"{run.procs} procs) load {load:.1f} {reason}", flush=True)  # fmt: skip
@@ -293,7 +313,7 @@ def render(store: dict) -> str:
                                                 STAGES.index(r["stage"])))  # fmt: skip
     conf = store["config"]
     lines = [
-        "## Scale-out: prepare, features, score-batch at millions of rows, local vs Dask (issue 17)",
+        "## Scale-out: prepare, features, train, evaluate, score-batch at millions of rows, local vs Dask (issue 17)",
         "",
         "Commands (each replaced the sizes it ran; `make bench-scale` runs "
         "`python -m bench.scale`):",
@@ -313,7 +333,12 @@ def render(store: dict) -> str:
         f"{conf['rss_cap_gib']} GiB RSS, to keep the shared machine out of the OOM killer. "
         f"score-batch: a @champion of {CHAMPION_ROUNDS} rounds (max_depth 6, nthread 2, the train "
         "stage's XGBoost params) fitted on 30,000 synthetic rows, scoring with reason codes "
-        "(exact TreeSHAP); local writes one Parquet file, Dask a Parquet dataset. `commit`: "
+        "(exact TreeSHAP); local writes one Parquet file, Dask a Parquet dataset. train: a short "
+        f"search, the same on both engines ({', '.join(f'{k} {v}' for k, v in BENCH_TRAIN.items())}), "
+        "then the CV and the refit; it registers a challenger beside that champion. evaluate: "
+        "headline metrics on every test row (Dask: score counts from the workers), the model "
+        "card and gates on evaluate.sample_rows rows of each split, challenger and champion "
+        "both scored. `commit`: "
         "the repo's HEAD as the stage ran (other sessions commit to it meanwhile).",
         "",
         "Peak RSS is summed over the stage's process tree every 0.2 s (the stage, and under Dask "
@@ -368,8 +393,9 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the data and workspaces")
     ap.add_argument("--no-write", action="store_true", help="print only: no scale.json, RESULTS.md")
     args = ap.parse_args()
-    if "features" in args.stages and "prepare" not in args.stages:
-        ap.error("features reads what prepare writes: run them together")
+    for stage, needs in NEEDS.items():
+        if stage in args.stages and needs not in args.stages:
+            ap.error(f"{stage} reads what {needs} writes: run them together")
 
     work = Path(tempfile.mkdtemp(prefix="riskloop-scale-", dir=args.workdir))
     print(f"work in {work}", flush=True)

@@ -12,16 +12,15 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
-import pyarrow.dataset as pads
 from mlflow.entities.model_registry import ModelVersion
 
-from pipelines import lineage, paths
-from riskloop import package
+from pipelines import headline, lineage, paths, samples
+from riskloop import package, stores
 from riskloop.cli import run_main
 from riskloop.errors import RegistryError
 from riskloop.settings import Params, load_params, texts_for
 from serving.scoring import cutoffs
-from training import card_html, report
+from training import card_html, report, score_counts
 from training import metrics as m
 from training.card import bootstrap_intervals, gate_count, monotonicity, verdict
 from training.gates import Scored, candidate_gates
@@ -84,12 +83,14 @@ def stability(train_p: np.ndarray, test_p: np.ndarray) -> card_html.Stability:
     return card_html.Stability(psi(train_p, test_p), ref, cur, len(train_p), len(test_p))
 
 
-def split_rows(test_rows: int, excluded: int) -> str:
-    # from the files' metadata: a file (local engine) or a dataset of parts (Dask)
-    rows = {s: pads.dataset(paths.PREPARED / f"{s}.parquet", format="parquet").count_rows()
-            for s in ("train", "valid")}  # fmt: skip
+def split_rows(test: lineage.TestRows, excluded: int, sample_rows: int) -> str:
+    rows = {s: samples.split_rows(s) for s in ("train", "valid")}
     left = f" ({excluded:,} left out: customers seen in production batches)" if excluded else ""
-    return f"train {rows['train']:,}, valid {rows['valid']:,}, test {test_rows:,}{left}"
+    text = f"train {rows['train']:,}, valid {rows['valid']:,}, test {test.rows:,}{left}"
+    if test.sampled or rows["train"] > sample_rows:
+        text += (f"; headline metrics on every test row, the rest of this card on a seeded sample "
+                 f"of at most {sample_rows:,} rows a split (evaluate.sample_rows)")  # fmt: skip
+    return text
 
 
 def period(params: Params) -> str:
@@ -97,9 +98,9 @@ def period(params: Params) -> str:
     if column is None:
         return "no time column (stratified random split)"
     spans = []
-    for split in paths.SPLITS:
-        t = pd.read_parquet(paths.PREPARED / f"{split}.parquet", columns=[column])[column]
-        spans.append(f"{split} {t.min()} to {t.max()}")
+    for split in paths.SPLITS:  # streamed: a large split is never one column in memory
+        t = [b[column] for b in samples.batches(samples.split_path(split), params.compute.partition_rows, [column])]  # fmt: skip
+        spans.append(f"{split} {min(c.min() for c in t)} to {max(c.max() for c in t)}")
     return f"{column}: " + "; ".join(spans)
 
 
@@ -153,15 +154,16 @@ def card_tags(card: card_html.CardData, name: str) -> dict[str, str]:
     }
 
 
-def model_card(params: Params, mv: ModelVersion, trained: dict, test: pd.DataFrame, excluded: int,
+def model_card(params: Params, mv: ModelVersion, trained: dict, test_rows: lineage.TestRows, excluded: int,
                pkg: package.ModelPackage, inner, challenger: card_html.ModelScores,
                champion: card_html.ModelScores | None, importance: pd.DataFrame) -> card_html.CardData:  # fmt: skip
     """Everything the card shows: the promotion gates as promote runs them (training/gates.py,
     on the probabilities scored here), bootstrap intervals, monotonicity, stability."""
     from pipelines.promote import train_scores  # promote imports this module: import late
 
+    test = test_rows.frame
     data, y = params.data, test[params.data.target].to_numpy()
-    train = pd.read_parquet(paths.PREPARED / "train.parquet")
+    train = samples.read(params, "train").frame
     train_p, added = train_scores(params, pkg, train)
     baseline = None
     if params.promotion.min_auc_over_baseline is not None:
@@ -191,7 +193,7 @@ def model_card(params: Params, mv: ModelVersion, trained: dict, test: pd.DataFra
     return card_html.CardData(
         model_name=trained["model_name"], y=y, challenger=challenger, champion=champion,
         gates=gates, verdict=headline, intervals=intervals, purpose=purpose,
-        lineage=lineage_rows(params, mv, trained, split_rows(len(test), excluded)),
+        lineage=lineage_rows(params, mv, trained, split_rows(test_rows, excluded, params.evaluate.sample_rows)),
         training_params=training_params(trained, constraints), approval_rule=rule, groups=groups,
         bands=params.serving.bands, importance=importance, reason_texts=texts, monotone=checks,
         stability=stability(train_p, challenger.p), calibration_bins=params.evaluate.calibration_bins,
@@ -201,6 +203,24 @@ def model_card(params: Params, mv: ModelVersion, trained: dict, test: pd.DataFra
     )  # fmt: skip
 
 
+def headline_rows(params: Params, model_name: str, test: lineage.TestRows,
+                  packages: dict[str, tuple[str, package.ModelPackage]],
+                  sample_p: dict[str, np.ndarray]) -> dict[str, tuple]:  # fmt: skip
+    """(y, p, weight) by role over every test row (pipelines/headline.py): the sample's own
+    scores when it is the whole split on the local engine, else score counts, weighted."""
+    if params.compute.engine == "local" and not test.sampled:
+        y = test.frame[params.data.target].to_numpy()
+        return {role: (y, p, None) for role, p in sample_p.items()}
+    seen = frozenset(lineage.production_customers(params))
+    if params.compute.engine == "dask":
+        uris = {role: version_uri(model_name, v) for role, (v, _) in packages.items()}
+        counts = headline.cluster_counts(params, uris, stores.tracking_uri(), seen)
+    else:
+        models = {role: pkg.load_pyfunc() for role, (_, pkg) in packages.items()}
+        counts = headline.local_counts(params, models, seen)
+    return {role: score_counts.as_rows(t) for role, t in counts.items()}
+
+
 def main() -> None:
     params = load_params()
     ev, data = params.evaluate, params.data
@@ -208,8 +228,8 @@ def main() -> None:
     trained = paths.read_json(paths.TRAIN_REPORT)
     mv = registry.by_fingerprint(trained["model_sha256"])
     version, run_id = str(mv.version), mv.run_id
-    test, test_excluded = lineage.test_split(params)
-    y = test[data.target].to_numpy()
+    test_rows = lineage.test_split(params)
+    test = test_rows.frame
     pkg = package.ModelPackage.download(version_uri(registry.name, version))
     p, inner = score(pkg, test)
     carried = pkg.reference()[package.REFERENCE_SCORE].to_numpy()
@@ -218,25 +238,32 @@ def main() -> None:
             f"v{version} does not reproduce the out-of-sample reference it carries on this "
             "test split: train and evaluate saw different data (rerun `dvc repro`)"
         )
-    test_metrics = m.classification_metrics(y, p, ev.decision_threshold, ev.calibration_bins)
-
     champ = registry.champion()
-    champ_metrics, champ_scores = None, None
+    packages, champ_scores = {"challenger": (version, pkg)}, None
     if champ is not None and str(champ.version) != version:
         champ_pkg = package.ModelPackage.download(version_uri(registry.name, champ.version))
-        p_champ, _ = score(champ_pkg, test)
-        champ_metrics = m.classification_metrics(
-            y, p_champ, ev.decision_threshold, ev.calibration_bins
+        packages["champion"] = (str(champ.version), champ_pkg)
+        champ_scores = served(
+            params, "champion", str(champ.version), champ_pkg, score(champ_pkg, test)[0]
         )
-        champ_scores = served(params, "champion", str(champ.version), champ_pkg, p_champ)
+    rows = headline_rows(params, registry.name, test_rows, packages,
+                         {"challenger": p} | ({"champion": champ_scores.p} if champ_scores else {}))  # fmt: skip
+    test_metrics = m.classification_metrics(*rows["challenger"][:2], ev.decision_threshold,
+                                            ev.calibration_bins, rows["challenger"][2])  # fmt: skip
+    champ_metrics = None
+    if champ_scores:
+        champ_metrics = m.classification_metrics(*rows["champion"][:2], ev.decision_threshold,
+                                                 ev.calibration_bins, rows["champion"][2])  # fmt: skip
     table = report.comparison(test_metrics, champ_metrics)
     recent = recent_comparison(
         version, champ_metrics is not None and champ, registry, data.target, ev
     )
 
     paths.PLOTS.mkdir(parents=True, exist_ok=True)
-    roc, pr = m.roc_points(y, p), m.pr_points(y, p)
-    calib, dist = m.calibration_table(y, p, ev.calibration_bins), m.score_distribution(y, p)
+    y_w, p_w, w = rows["challenger"]
+    roc, pr = m.roc_points(y_w, p_w, w), m.pr_points(y_w, p_w, w)
+    calib = m.calibration_table(y_w, p_w, ev.calibration_bins, w)
+    dist = m.score_distribution(y_w, p_w, weight=w)
     for name, frame in {
         "roc": roc,
         "pr": pr,
@@ -255,10 +282,13 @@ def main() -> None:
     started = time.perf_counter()
     challenger = served(params, "challenger", version, pkg, p)
     # approval as the service decides it (the gates' and the card's), not p < a threshold
-    fairness = report.fairness_table(test, y, p, data, challenger.approved)
+    fairness = report.fairness_table(
+        test, test[data.target].to_numpy(), p, data, challenger.approved
+    )
     fairness.to_csv(paths.EVAL_DIR / "fairness.csv", index=False, float_format=CSV_FLOAT)
     # get_model_version, not the search by_fingerprint ran: only it returns the aliases
-    card = model_card(params, registry.version(version), trained, test, test_excluded, pkg, inner,
+    test_excluded = test_rows.rows - int(test_metrics["n"])  # of the whole split
+    card = model_card(params, registry.version(version), trained, test_rows, test_excluded, pkg, inner,
                       challenger, champ_scores, importance)  # fmt: skip
     CARD.write_text(card_html.render(card), encoding="utf-8")
     log.info("model card %s in %.1fs: %s", CARD, time.perf_counter() - started, card.verdict)
@@ -268,8 +298,10 @@ def main() -> None:
         "cv": {"roc_auc_mean": trained["cv_auc_mean"], "roc_auc_std": trained["cv_auc_std"]},
         "valid": {"roc_auc": trained["best_valid_auc"]},
         **({"recent": recent} if recent else {}),
-        **({"test_rows": len(test), "test_rows_excluded_as_production_customers": test_excluded}
+        **({"test_rows": int(test_metrics["n"]), "test_rows_excluded_as_production_customers": test_excluded}
            if test_excluded else {}),
+        **({"sample": {"rows": len(test), "of": test_rows.rows, "sample_rows": ev.sample_rows}}
+           if test_rows.sampled else {}),
     })  # fmt: skip
 
     for k, v in test_metrics.items():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -48,13 +49,26 @@ def production_row_ids(params: Params) -> set[str]:
     return _lineage(params, params.data.id_column)
 
 
-def test_split(params: Params) -> tuple[pd.DataFrame, int]:
-    """The test split without customers that production batches brought into training;
-    returns the frame and how many rows were left out."""
-    test = pd.read_parquet(paths.PREPARED / "test.parquet")
+class TestRows(NamedTuple):
+    frame: pd.DataFrame  # the test sample (pipelines/samples.py) less production customers
+    excluded: int  # rows of the sample left out as production customers
+    rows: int  # the whole test split's rows
+
+    @property
+    def sampled(self) -> bool:
+        return len(self.frame) + self.excluded < self.rows
+
+
+def test_split(params: Params) -> TestRows:
+    """The test split's sample (all of it up to evaluate.sample_rows) without customers that
+    production batches brought into training."""
+    from pipelines import samples
+
+    sample = samples.read(params, "test")
+    test = sample.frame
     seen = production_customers(params)
     if not seen:
-        return test, 0
+        return TestRows(test, 0, sample.rows)
     keep = ~test[params.data.id_column].astype(str).isin(seen)
     dropped = int((~keep).sum())
     if not keep.any():
@@ -65,4 +79,4 @@ def test_split(params: Params) -> tuple[pd.DataFrame, int]:
         )
     if dropped:
         log.info("test split: %d rows of customers seen in production batches left out", dropped)
-    return test[keep].reset_index(drop=True), dropped
+    return TestRows(test[keep].reset_index(drop=True), dropped, sample.rows)

@@ -57,8 +57,12 @@ def read_raw(path: Path) -> pd.DataFrame:
 def hash_shares(ids: pd.Series, seed: int) -> np.ndarray:
     """A uniform number in [0, 1) for each id, from a seeded hash of the id alone: a row's
     split never depends on which other rows (or which partition) it is read with."""
-    key = f"{seed & 0xFFFFFFFFFFFFFFFF:016x}"  # the 16 bytes pandas' hash takes
-    return pd.util.hash_pandas_object(ids, index=False, hash_key=key).to_numpy() / 2.0**64
+    seed &= 0xFFFFFFFFFFFFFFFF
+    key = f"{seed:016x}"  # the 16 bytes pandas' hash takes (it keys only text, not numbers)
+    h = pd.util.hash_pandas_object(ids, index=False, hash_key=key).to_numpy()
+    return (
+        pd.util.hash_array(h ^ np.uint64(seed)) / 2.0**64
+    )  # hashed again with the seed: numbers too
 
 
 def hash_split(df: pd.DataFrame, params: Params) -> dict[str, pd.DataFrame]:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 
-from pipelines import lineage, paths
+from pipelines import lineage, samples
 from pipelines.evaluate import score
 from riskloop import package
 from riskloop.cli import run_main
@@ -43,7 +43,7 @@ def gather(params: Params, registry: Registry, candidate: ModelVersion,
            champion: ModelVersion | None) -> Scored:  # fmt: skip
     """Score the current test split with the candidate and the champion (and the train split
     with the candidate, for the PSI gate): everything the gates read, from files and registry."""
-    test, _ = lineage.test_split(params)
+    test = lineage.test_split(params).frame
     pkg = package.ModelPackage.download(version_uri(registry.name, candidate.version))
     p, _ = score(pkg, test)
     # the decision the service would give: its cuts resolved from the package's own reference
@@ -55,7 +55,7 @@ def gather(params: Params, registry: Registry, candidate: ModelVersion,
         champion_p = np.asarray(score(version_uri(registry.name, champion.version), test)[0], float)
     policy, train_p, train_added, baseline = params.promotion, None, 0, None
     if policy.max_score_psi is not None or policy.min_auc_over_baseline is not None:
-        train = pd.read_parquet(paths.PREPARED / "train.parquet")
+        train = samples.read(params, "train").frame
         if policy.max_score_psi is not None:
             train_p, train_added = train_scores(params, pkg, train)
         if policy.min_auc_over_baseline is not None:

@@ -27,8 +27,9 @@ from riskloop.errors import RegistryError
 from riskloop.package import ModelPackage
 from riskloop.settings import load_params
 from riskloop.tables import read_table
-from serving import scoring, store
+from serving import golden, scoring, store
 from serving.config import ServingEnv
+from serving.scorer import Scorer
 from training.registry import version_uri
 from training.tracking import connect
 
@@ -49,14 +50,21 @@ def scored(raw: pd.DataFrame, probability: np.ndarray, id_column: str, serving,
     return out
 
 
-def explain(inner, raw: pd.DataFrame, serving) -> list[list[dict]]:
+def explainer(pkg: ModelPackage, inner) -> Scorer:
+    """The service's contribution engine for this model (serving/scorer.py): exact TreeSHAP
+    from flattened trees where they reproduce the golden batch (~8x cheaper a row than
+    XGBoost's pred_contribs), else XGBoost's own."""
+    return Scorer(inner.booster, golden.golden_features(pkg.golden), pkg.golden)
+
+
+def explain(inner, raw: pd.DataFrame, serving, scorer: Scorer) -> list[list[dict]]:
     """Each row's reason codes, as the service gives them (`inner`: the riskloop model)."""
     frame = inner.contract.input_frame(raw.reset_index(drop=True))
-    feats = inner.features(frame)
+    feats = inner.features(frame)[inner.feature_names].to_numpy(dtype=float)
     names = list(inner.feature_names)
     levels, texts = scoring.reason_labels(names, inner.contract.data, serving.reason_texts)
-    return scoring.reasons(inner.contributions(frame).to_numpy(), feats.to_numpy(dtype=float), names,
-                           serving.top_reasons, levels, texts)  # fmt: skip
+    return scoring.reasons(scorer.explain(feats)[0], feats, names, serving.top_reasons, levels,
+                           texts)  # fmt: skip
 
 
 def main() -> None:
@@ -99,7 +107,7 @@ def main() -> None:
         raw = read_table(args.file)
         raise_violations(find_violations(raw, contract, require_target=False), str(args.file))
         probability, inner = score(pkg, raw)
-        reasons = explain(inner, raw, params.serving)
+        reasons = explain(inner, raw, params.serving, explainer(pkg, inner))
         idc = contract.data.id_column
         out = scored(raw, np.asarray(probability, dtype=float), idc, params.serving, cut, reasons)
         if log:

@@ -20,21 +20,18 @@ from features.contract import Contract, find_violations, raise_violations
 from pipelines import batch_log
 from riskloop.compute import dask_client
 from riskloop.errors import DataContractError
+from riskloop.package import worker_model
 from riskloop.settings import Params, ServingSettings
 from serving import scoring
 
 
 @functools.lru_cache(maxsize=4)
-def _model(uri: str, tracking_uri: str):
-    """The model version's pyfunc, downloaded and loaded once per worker process (not once
-    per partition, as calling pipelines.evaluate.score there would)."""
-    import mlflow
+def _explainer(uri: str, tracking_uri: str):
+    """score_batch.explainer, built (its golden batch checked) once per worker process."""
+    from pipelines.score_batch import explainer
 
-    from riskloop.package import ModelPackage
-
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    return ModelPackage.download(uri).load_pyfunc()
+    pkg, model = worker_model(uri, tracking_uri)
+    return explainer(pkg, model.unwrap_python_model())
 
 
 def score_partition(part: pd.DataFrame, uri: str, tracking_uri: str, contract_doc: dict,
@@ -48,10 +45,10 @@ def score_partition(part: pd.DataFrame, uri: str, tracking_uri: str, contract_do
     if part.empty:
         return _empty(contract.data.id_column, serving.top_reasons)
     raise_violations(find_violations(part, contract, require_target=False), source)
-    model = _model(uri, tracking_uri)
+    model = worker_model(uri, tracking_uri)[1]
     inner = model.unwrap_python_model()
     probability = model.predict(inner.contract.input_frame(part.reset_index(drop=True)))
-    reasons = explain(inner, part, serving)
+    reasons = explain(inner, part, serving, _explainer(uri, tracking_uri))
     idc = contract.data.id_column
     out = scored(part, np.asarray(probability, dtype=float), idc, serving, cut, reasons)
     if log:  # the worker logs its own partition: nothing is gathered in one process

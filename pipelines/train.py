@@ -194,7 +194,7 @@ def train(params: Params, data: LocalData | DaskData) -> None:
                 ds = mlflow.data.from_pandas(src, source=str(params.data.raw_path.resolve()), targets=target,
                                              name=f"{split}@{data_hash[:8]}", digest=data_hash[:8])  # fmt: skip
                 mlflow.log_input(ds, context="training" if split == "train" else "validation")
-        test, _ = lineage.test_split(params)
+        test = lineage.test_split(params).frame  # its sample: the packaged reference
         lineage_info = {"data_hash": data_hash, "git_commit": commit, "study_name": name}
         info, carried = log_model(model, test, target, params.evaluate, lineage_info,
                                   pinned(MODEL_REQUIREMENTS))  # fmt: skip

@@ -14,6 +14,7 @@ its own feature code (`model_code`)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sys
 from collections.abc import Iterator
@@ -124,3 +125,15 @@ class ModelPackage:
 
         with model_code():
             return mlflow.pyfunc.load_model(str(self.path))
+
+
+@functools.lru_cache(maxsize=4)
+def worker_model(uri: str, tracking_uri: str) -> tuple[ModelPackage, Any]:
+    """A model version's package and pyfunc, downloaded and loaded once per Dask worker
+    process (not once per partition) from the tracking store at `tracking_uri`."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    pkg = ModelPackage.download(uri)
+    return pkg, pkg.load_pyfunc()

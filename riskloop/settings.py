@@ -272,6 +272,10 @@ class EvaluateSettings(Frozen):
     decision_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
     calibration_bins: Annotated[int, Field(ge=2)] = 10
     top_features: Annotated[int, Field(ge=1)] = 15
+    # The model card, the promotion gates and the packaged reference read a split whole up to
+    # this many rows, above it a seeded sample of this size (pipelines/samples.py); the
+    # headline test metrics always count every row.
+    sample_rows: Annotated[int, Field(ge=1000)] = 100_000
 
 
 class PromotionSettings(Frozen):

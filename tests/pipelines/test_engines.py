@@ -154,3 +154,24 @@ def test_models_within_the_stated_auc(prepared):
     assert auc["local"] > 0.65, auc  # models that learned something: the comparison means something
     assert abs(auc["dask"] - auc["local"]) <= AUC_TOLERANCE, auc
     assert metrics["dask"]["test"]["n"] == metrics["local"]["test"]["n"]
+
+
+def test_the_same_evaluation_on_either_engine(prepared, tmp_path):
+    """The Dask model evaluated again on the local engine: the headline metrics (on Dask
+    from the workers' score counts, locally scikit-learn on the whole frame) and the plots'
+    points agree to 1e-6."""
+    import shutil
+
+    local_eval = tmp_path / "dask-model-local-evaluate"
+    shutil.copytree(prepared["dask"], local_eval, symlinks=True)
+    proc = run_stage(local_eval, "pipelines.evaluate", "local")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    got = {e: json.loads((d / "metrics.json").read_text())["test"]
+           for e, d in (("dask", prepared["dask"]), ("local", local_eval))}  # fmt: skip
+    assert got["dask"].keys() == got["local"].keys()
+    for key, value in got["local"].items():
+        assert got["dask"][key] == pytest.approx(value, rel=0, abs=1e-6), key
+    for plot in ("roc", "pr", "calibration", "score_distribution"):
+        dask, local = (pd.read_csv(d / "reports" / "plots" / f"{plot}.csv")
+                       for d in (prepared["dask"], local_eval))  # fmt: skip
+        pd.testing.assert_frame_equal(dask, local, check_exact=False, rtol=0, atol=1e-6)

@@ -101,3 +101,33 @@ def test_a_bad_row_is_named_and_nothing_is_written(workdir):
     assert proc.returncode != 0
     assert "AGE" in proc.stderr and "bad.parquet" in proc.stderr, proc.stderr[-3000:]
     assert not (tmp / "bad-out").exists() and not list(tmp.glob(".bad-out*"))
+
+
+def test_batch_reasons_from_the_services_table_engine_are_xgboosts(workdir, params):
+    """score-batch explains with the service's engine (exact TreeSHAP from flattened trees,
+    checked on the golden batch): the same reason codes as XGBoost's pred_contribs, the
+    contributions within the engine's stated tolerance."""
+    import mlflow
+
+    from pipelines.score_batch import explain, explainer
+    from riskloop.package import ModelPackage
+    from serving.golden import golden_features
+    from serving.scorer import CONTRIB_TOLERANCE, Scorer
+    from training.registry import version_uri
+
+    tmp, rows = workdir
+    store = f"sqlite:///{tmp / 'state' / 'mlflow.db'}"
+    mlflow.set_tracking_uri(store)  # restored after each test (tests/conftest.py)
+    mlflow.set_registry_uri(store)
+    pkg = ModelPackage.download(version_uri(params.registry.model_name, "1"))
+    inner = pkg.load_pyfunc().unwrap_python_model()
+    table = explainer(pkg, inner)
+    assert table.status.contributions == "table", table.status
+    xgboost = Scorer(inner.booster, golden_features(pkg.golden), pkg.golden, use_table=False)
+    got, want = (explain(inner, rows, params.serving, s) for s in (table, xgboost))
+    assert sum(map(len, want)) > len(rows)  # rows with reasons: the comparison means something
+    for g, w in zip(got, want, strict=True):
+        assert [r["feature"] for r in g] == [r["feature"] for r in w]
+        assert [r["text"] for r in g] == [r["text"] for r in w]
+        for a, b in zip(g, w, strict=True):
+            assert a["contribution"] == pytest.approx(b["contribution"], abs=CONTRIB_TOLERANCE)
