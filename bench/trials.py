@@ -111,7 +111,7 @@ def run_arm(args: argparse.Namespace) -> None:
         compute = ComputeSettings(engine="dask", workers=2, threads_per_worker=1,
                                   memory_limit=args.memory_limit)  # fmt: skip
         with dask_client(compute) as client:
-            frames = {s: distributed.read(parts(args.data, s), [*cols, TARGET]) for s in ("train", "valid")}  # fmt: skip
+            frames = {s: distributed.read(parts(args.data, s), cols, TARGET) for s in ("train", "valid")}  # fmt: skip
             dtrain = distributed.matrix(client, frames["train"], cols, TARGET)
             dvalid = distributed.matrix(client, frames["valid"], cols, TARGET, ref=dtrain)
             rows = len(frames["train"])

@@ -95,8 +95,7 @@ class DaskData(LocalData):
         self.frames = {}
 
     def tuning(self, names: list[str]) -> search.Tuning | search.DistributedTuning:
-        columns = [*names, self.target]
-        self.frames = {n: distributed.read(p, columns) for n, p in self.parts.items()}
+        self.frames = {n: distributed.read(p, names, self.target) for n, p in self.parts.items()}
         limit = self.train_settings.tune_cv_below_rows
         if limit is not None and self.rows() < limit:
             self.frames = {n: f.compute() for n, f in self.frames.items()}

@@ -19,15 +19,18 @@ from training import score_counts
 FOLD = "__fold"  # a column the CV folds are drawn into (never a feature)
 
 
-def read(parts: Sequence[Path], columns: list[str]):
-    """The Parquet parts as one Dask frame of `columns`, persisted on the workers (spilled to
-    their disks past the memory limit), so the features and the label come from the same
-    partitions: dask would read a narrow projection such as the label alone in fewer, merged
-    partitions, which XGBoost refuses."""
+def read(parts: Sequence[Path], names: list[str], target: str):
+    """The Parquet parts as one Dask frame of the features `names` and the `target`, persisted
+    on the workers, so the features and the label come from the same partitions: dask would
+    read a narrow projection such as the label alone in fewer, merged partitions, which
+    XGBoost refuses. The features are held as float32, the precision XGBoost casts every
+    input to: the same trees from half the memory (xgboost.dask needs each worker's share in
+    memory while it trains)."""
     import dask.dataframe as dd
     from distributed import get_client
 
-    return get_client().persist(dd.read_parquet([str(p) for p in parts], columns=columns))
+    frame = dd.read_parquet([str(p) for p in parts], columns=[*names, target])
+    return get_client().persist(frame.astype(dict.fromkeys(names, "float32")))
 
 
 def matrix(client, frame, names: list[str], target: str, ref=None):

@@ -76,7 +76,7 @@ def test_metrics_on_the_cluster_equal_the_local_ones(cluster_client, feature_par
         test[target].to_numpy(), booster.inplace_predict(test[names]), 0.5, 10
     )
     got = distributed.evaluate(
-        distributed.read(files, [*names, target]), booster, names, target, 0.5, 10
+        distributed.read(files, names, target), booster, names, target, 0.5, 10
     )
     for key in want:
         assert got[key] == pytest.approx(want[key], rel=0, abs=1e-6), key
@@ -91,7 +91,7 @@ def test_xgboost_dask_within_the_stated_auc_of_one_process(cluster_client, featu
     train, train_files = data["train"]
     test, _ = data["test"]
     local = fit.fit_booster(train[names], train[target].to_numpy(), xgb_params, 60)
-    frame = distributed.read(train_files, [*names, target])
+    frame = distributed.read(train_files, names, target)
     spread = distributed.fit_booster(cluster_client, frame, names, target, xgb_params, 60)
     auc = {name: classification_metrics(test[target].to_numpy(), b.inplace_predict(test[names]), 0.5, 10)["roc_auc"]
            for name, b in (("local", local), ("dask", spread))}  # fmt: skip
