@@ -156,7 +156,8 @@ def card_tags(card: card_html.CardData, name: str) -> dict[str, str]:
 
 def model_card(params: Params, mv: ModelVersion, trained: dict, test_rows: lineage.TestRows, excluded: int,
                pkg: package.ModelPackage, inner, challenger: card_html.ModelScores,
-               champion: card_html.ModelScores | None, importance: pd.DataFrame) -> card_html.CardData:  # fmt: skip
+               champion: card_html.ModelScores | None, importance: pd.DataFrame,
+               headline: dict[str, tuple]) -> card_html.CardData:  # fmt: skip
     """Everything the card shows: the promotion gates as promote runs them (training/gates.py,
     on the probabilities scored here), bootstrap intervals, monotonicity, stability."""
     from pipelines.promote import train_scores  # promote imports this module: import late
@@ -174,7 +175,7 @@ def model_card(params: Params, mv: ModelVersion, trained: dict, test_rows: linea
     groups = report.protected_groups(test, data)
     scored = Scored(y=y, candidate=challenger.p, approved=challenger.approved, approval_rule=rule,
                     groups=groups, champion=None if champion is None else champion.p, train=train_p,
-                    train_left_out=added, baseline_auc=baseline)  # fmt: skip
+                    train_left_out=added, baseline_auc=baseline, **headline_auc(headline))  # fmt: skip
     gates = candidate_gates(scored, params.promotion)
     intervals = bootstrap_intervals(y, challenger.p, None if champion is None else champion.p)
     names = inner.feature_names
@@ -199,7 +200,7 @@ def model_card(params: Params, mv: ModelVersion, trained: dict, test_rows: linea
         stability=stability(train_p, challenger.p), calibration_bins=params.evaluate.calibration_bins,
         decision_threshold=params.evaluate.decision_threshold,
         min_group_rows=params.promotion.min_group_rows,
-        min_approval_ratio=params.promotion.min_approval_ratio,
+        min_approval_ratio=params.promotion.min_approval_ratio, test_rows=scored.test_rows,
     )  # fmt: skip
 
 
@@ -219,6 +220,18 @@ def headline_rows(params: Params, model_name: str, test: lineage.TestRows,
         models = {role: pkg.load_pyfunc() for role, (_, pkg) in packages.items()}
         counts = headline.local_counts(params, models, seen)
     return {role: score_counts.as_rows(t) for role, t in counts.items()}
+
+
+def headline_auc(rows: dict[str, tuple]) -> dict:
+    """Scored's test_rows and headline_auc (training/gates.py) from headline_rows: the rows
+    counted, and each model's AUC over them."""
+    from sklearn.metrics import roc_auc_score
+
+    role = {"challenger": "candidate", "champion": "champion"}
+    return {"test_rows": round(float(np.sum(rows["challenger"][2]))) if rows["challenger"][2] is not None
+            else len(rows["challenger"][0]),
+            "headline_auc": {role[r]: float(roc_auc_score(y, p, sample_weight=w))
+                             for r, (y, p, w) in rows.items()}}  # fmt: skip
 
 
 def main() -> None:
@@ -289,7 +302,7 @@ def main() -> None:
     # get_model_version, not the search by_fingerprint ran: only it returns the aliases
     test_excluded = test_rows.rows - int(test_metrics["n"])  # of the whole split
     card = model_card(params, registry.version(version), trained, test_rows, test_excluded, pkg, inner,
-                      challenger, champ_scores, importance)  # fmt: skip
+                      challenger, champ_scores, importance, rows)  # fmt: skip
     CARD.write_text(card_html.render(card), encoding="utf-8")
     log.info("model card %s in %.1fs: %s", CARD, time.perf_counter() - started, card.verdict)
 

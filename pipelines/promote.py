@@ -16,7 +16,7 @@ import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 
 from pipelines import lineage, samples
-from pipelines.evaluate import score
+from pipelines.evaluate import headline_auc, headline_rows, score
 from riskloop import package
 from riskloop.cli import run_main
 from riskloop.errors import PromotionRefused, RegistryError
@@ -43,16 +43,23 @@ def gather(params: Params, registry: Registry, candidate: ModelVersion,
            champion: ModelVersion | None) -> Scored:  # fmt: skip
     """Score the current test split with the candidate and the champion (and the train split
     with the candidate, for the PSI gate): everything the gates read, from files and registry."""
-    test = lineage.test_split(params).frame
+    test_rows = lineage.test_split(params)
+    test = test_rows.frame
     pkg = package.ModelPackage.download(version_uri(registry.name, candidate.version))
     p, _ = score(pkg, test)
     # the decision the service would give: its cuts resolved from the package's own reference
     cut = cutoffs(params.serving.decisions, pkg.reference_scores)
     approved = risk_scores(p) < cut.review_from
     rule = f"approve = risk_score < {cut.review_from}, v{candidate.version}'s review_from as served"
-    champion_p = None
+    champion_p, packages = None, {"challenger": (str(candidate.version), pkg)}
     if champion is not None:
-        champion_p = np.asarray(score(version_uri(registry.name, champion.version), test)[0], float)
+        champion_pkg = package.ModelPackage.download(version_uri(registry.name, champion.version))
+        champion_p = np.asarray(score(champion_pkg, test)[0], float)
+        packages["champion"] = (str(champion.version), champion_pkg)
+    whole = {}  # a sampled test split: the AUC gates count every row
+    if test_rows.sampled:
+        sample_p = {"challenger": p} | ({} if champion_p is None else {"champion": champion_p})
+        whole = headline_auc(headline_rows(params, registry.name, test_rows, packages, sample_p))
     policy, train_p, train_added, baseline = params.promotion, None, 0, None
     if policy.max_score_psi is not None or policy.min_auc_over_baseline is not None:
         train = samples.read(params, "train").frame
@@ -63,7 +70,7 @@ def gather(params: Params, registry: Registry, candidate: ModelVersion,
     return Scored(y=test[params.data.target].to_numpy(), candidate=np.asarray(p, dtype=float),
                   approved=approved, approval_rule=rule, groups=protected_groups(test, params.data),
                   champion=champion_p, train=train_p, train_left_out=train_added,
-                  baseline_auc=baseline)  # fmt: skip
+                  baseline_auc=baseline, **whole)  # fmt: skip
 
 
 def gate_candidate(params: Params, registry: Registry, candidate: ModelVersion,

@@ -216,8 +216,9 @@ def train(params: Params, data: LocalData | DaskData) -> None:
     })  # fmt: skip
     summary_line = registration_summary(registry.name, str(mv.version), origin, params.registry.challenger_alias,
                                         str(before.version) if before else None)  # fmt: skip
-    log.info("%s; cv auc %.4f ± %.4f, test auc %.4f", summary_line, cv_mean, cv_std,
-             carried["test_metrics"]["roc_auc"])  # fmt: skip
+    log.info("%s; cv auc %.4f ± %.4f, test auc %.4f on the %d reference rows (the test split, "
+             "or its sample above evaluate.sample_rows)", summary_line, cv_mean, cv_std,
+             carried["test_metrics"]["roc_auc"], carried["reference_rows"])  # fmt: skip
 
 
 if __name__ == "__main__":

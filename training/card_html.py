@@ -77,6 +77,7 @@ class CardData:
     decision_threshold: float = 0.5  # only for the log-loss/ECE row's metrics call
     min_group_rows: int = 1  # smaller protected groups are listed, not gated
     min_approval_ratio: float | None = None
+    test_rows: int | None = None  # the whole test split's rows when `y` is a sample of it
 
     @property
     def models(self) -> list[ModelScores]:
@@ -265,7 +266,12 @@ def _metrics(card: CardData) -> str:
     paired = (
         " The difference is paired (both models on the same resamples)." if iv.difference else ""
     )
-    note = (f"<p class=note>Test split, {len(card.y):,} rows. Brackets: {level} percentile bootstrap "
+    rows_text = f"Test split, {len(card.y):,} rows."
+    if card.test_rows and card.test_rows > len(card.y):
+        rows_text = (f"A seeded sample of {len(card.y):,} of the test split's {card.test_rows:,} rows "
+                     "(evaluate.sample_rows), as everywhere on this card; the AUC gates, "
+                     "metrics.json and the MLflow run's test metrics count every row.")  # fmt: skip
+    note = (f"<p class=note>{rows_text} Brackets: {level} percentile bootstrap "
             f"interval over {iv.resamples:,} resamples of the rows.{paired}</p>")  # fmt: skip
     return _table(header, rows, "metrics") + note
 

@@ -48,24 +48,29 @@ class GateResult:
 
 
 def evaluate_gates(challenger_auc: float, champion_auc: float | None, policy: PromotionSettings,
-                   baseline_auc: float | None = None) -> list[GateResult]:  # fmt: skip
-    gates = []
+                   baseline_auc: float | None = None, rows: str = "",
+                   baseline_challenger_auc: float | None = None) -> list[GateResult]:  # fmt: skip
+    """The AUC gates. `rows`: which test rows the AUCs count, for the details; the baseline is
+    scored on the sample's rows, so it is held against the challenger's AUC on those
+    (`baseline_challenger_auc`, default: `challenger_auc`)."""
+    gates, on = [], f" {rows}" if rows else ""
     if policy.min_auc is not None:
         gates.append(GateResult("auc_floor", challenger_auc >= policy.min_auc,
-                                f"challenger AUC {challenger_auc:.4f} vs floor {policy.min_auc:.4f}",
+                                f"challenger AUC {challenger_auc:.4f}{on} vs floor {policy.min_auc:.4f}",
                                 challenger_auc, policy.min_auc))  # fmt: skip
     if policy.min_auc_over_baseline is not None:
         if baseline_auc is None:
             raise ValueError("min_auc_over_baseline needs the baseline's AUC")
         floor = baseline_auc + policy.min_auc_over_baseline
-        gates.append(GateResult("beats_baseline", challenger_auc >= floor,
-                                f"challenger AUC {challenger_auc:.4f} vs logistic baseline {baseline_auc:.4f} "
+        mine = challenger_auc if baseline_challenger_auc is None else baseline_challenger_auc
+        gates.append(GateResult("beats_baseline", mine >= floor,
+                                f"challenger AUC {mine:.4f} vs logistic baseline {baseline_auc:.4f} "
                                 f"+ {policy.min_auc_over_baseline:.4f} = {floor:.4f}",
-                                challenger_auc, floor))  # fmt: skip
+                                mine, floor))  # fmt: skip
     if champion_auc is not None:
         allowed = champion_auc - policy.max_auc_drop
         gates.append(GateResult("no_worse_than_champion", challenger_auc >= allowed,
-                                f"challenger AUC {challenger_auc:.4f} vs champion {champion_auc:.4f} "
+                                f"challenger AUC {challenger_auc:.4f} vs champion {champion_auc:.4f}{on} "
                                 f"- tolerance {policy.max_auc_drop:.4f} = {allowed:.4f}",
                                 challenger_auc, allowed))  # fmt: skip
     return gates
@@ -183,19 +188,35 @@ class Scored:
     train: np.ndarray | None = None  # the candidate's PD on the train split (PSI reference)
     train_left_out: int = 0  # production rows of the train split not in `train`
     baseline_auc: float | None = None
+    # The test split's rows when `y` is a sample of it (pipelines/samples.py), and the
+    # candidate's and champion's AUC over every one of them (pipelines/headline.py): the AUC
+    # gates then hold those, not the sample's.
+    test_rows: int | None = None
+    headline_auc: dict[str, float] = field(default_factory=dict)
 
     @property
     def candidate_auc(self) -> float:
         return float(roc_auc_score(self.y, self.candidate))
 
+    @property
+    def sampled(self) -> bool:
+        return self.test_rows is not None and self.test_rows > len(self.y)
+
 
 def candidate_gates(scored: Scored, policy: PromotionSettings) -> list[GateResult]:
     """Every gate the policy sets: AUC, then per protected attribute approval ratio and AUC
     gap, then score PSI."""
+    sample_auc = scored.candidate_auc
     champion_auc = (
         None if scored.champion is None else float(roc_auc_score(scored.y, scored.champion))
     )
-    gates = evaluate_gates(scored.candidate_auc, champion_auc, policy, scored.baseline_auc)
+    if scored.sampled:
+        gates = evaluate_gates(scored.headline_auc["candidate"],
+                               None if champion_auc is None else scored.headline_auc["champion"],
+                               policy, scored.baseline_auc, f"on all {scored.test_rows:,} test rows",
+                               sample_auc)  # fmt: skip
+    else:
+        gates = evaluate_gates(sample_auc, champion_auc, policy, scored.baseline_auc)
     for attribute, groups in scored.groups.items():
         if policy.min_approval_ratio is not None:
             gates.append(approval_ratio_gate(attribute, groups, scored.approved,

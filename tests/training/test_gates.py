@@ -188,3 +188,25 @@ def test_group_labels_are_checked(params, labels, message):
     doc = params.data.model_dump() | {"group_labels": labels}
     with pytest.raises(ValidationError, match=message):
         DataSettings.model_validate(doc)
+
+
+def test_a_sampled_test_split_is_gated_on_every_rows_auc():
+    """Scored on a sample of the test split: the AUC floor and the champion's tolerance hold
+    the AUCs over every row (evaluate and promote count them), not the sample's; the
+    baseline is held against the sample's, the rows it was scored on."""
+    s = scored()
+    sample_auc = s.candidate_auc
+    policy = PromotionSettings(min_auc=sample_auc + 0.01, max_auc_drop=0.005,
+                               min_auc_over_baseline=0.0, min_approval_ratio=None,
+                               max_group_auc_gap=None, max_score_psi=None)  # fmt: skip
+    whole = {"candidate": sample_auc + 0.02, "champion": sample_auc + 0.03}
+    sampled = Scored(**{**s.__dict__, "champion": s.candidate, "baseline_auc": sample_auc - 0.1,
+                        "test_rows": 100 * len(s.y), "headline_auc": whole})  # fmt: skip
+    gates = {g.name: g for g in candidate_gates(sampled, policy)}
+    assert gates["auc_floor"].passed and gates["auc_floor"].value == whole["candidate"]
+    assert f"on all {100 * len(s.y):,} test rows" in gates["auc_floor"].detail
+    assert gates["no_worse_than_champion"].threshold == pytest.approx(whole["champion"] - 0.005)
+    assert gates["beats_baseline"].value == sample_auc
+    # the same scores as the whole split: the sample's AUC fails the floor
+    unsampled = Scored(**{**s.__dict__, "champion": s.candidate, "baseline_auc": sample_auc - 0.1})
+    assert not {g.name: g for g in candidate_gates(unsampled, policy)}["auc_floor"].passed
