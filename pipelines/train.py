@@ -93,6 +93,7 @@ class DaskData(LocalData):
         self.client, self.target, self.train_settings = client, params.data.target, params.train
         self.parts = {n: paths.parts(paths.FEATURES / f"{n}.parquet") for n in ("train", "valid")}
         self.frames = {}
+        self.matrices = None
 
     def tuning(self, names: list[str]) -> search.Tuning | search.DistributedTuning:
         self.frames = {n: distributed.read(p, names, self.target) for n, p in self.parts.items()}
@@ -104,10 +105,12 @@ class DaskData(LocalData):
         dvalid = distributed.matrix(
             self.client, self.frames["valid"], names, self.target, ref=dtrain
         )
-        return search.DistributedTuning(
-            lambda p: distributed.tuning_score(self.client, dtrain, dvalid, p, self.train_settings),
-            len(self.frames["train"]),
-        )
+        self.matrices = (dtrain, dvalid)
+        return search.DistributedTuning(self._trial_score, len(self.frames["train"]))
+
+    def _trial_score(self, params: dict) -> tuple[float, int]:
+        dtrain, dvalid = self.matrices
+        return distributed.tuning_score(self.client, dtrain, dvalid, params, self.train_settings)
 
     def refit(
         self, names: list[str], params: dict, rounds: int
@@ -116,15 +119,17 @@ class DaskData(LocalData):
 
         if isinstance(self.frames["train"], pd.DataFrame):  # small data, tuned in this process
             return LocalData.refit(self, names, params, rounds)
-        both = self.client.persist(dd.concat(list(self.frames.values())))
         tr = self.train_settings
-        cv_mean, cv_std = distributed.cross_validate(self.client, both, names, self.target, params,
-                                                     rounds, tr.cv_folds, tr.seed)  # fmt: skip
-        return (
-            cv_mean,
-            cv_std,
-            distributed.fit_booster(self.client, both, names, self.target, params, rounds),
-        )
+        both = dd.concat(list(self.frames.values()))
+        drawn = distributed.with_folds(self.client, both, tr.cv_folds, tr.seed)
+        # one copy of the data on the workers from here: xgboost.dask needs each worker's share
+        # in memory while it trains, and the tuning's frames and matrices would double it
+        self.frames, self.matrices = {}, None
+        cv_mean, cv_std = distributed.cross_validate(self.client, drawn, names, self.target, params,
+                                                     rounds, tr.cv_folds)  # fmt: skip
+        # the refit on every row: the fold column is not among `names`
+        booster = distributed.fit_booster(self.client, drawn, names, self.target, params, rounds)
+        return cv_mean, cv_std, booster
 
     def dataset_sample(self, split: str) -> pd.DataFrame:
         """The split's first part: MLflow profiles what it is given, and a split on Dask is

@@ -94,14 +94,18 @@ def _folds(
     return part.assign(**{FOLD: rng.integers(0, k, len(part))})
 
 
-def cross_validate(client, frame, names: list[str], target: str, params: dict, rounds: int,
-                   folds: int, seed: int) -> tuple[float, float]:  # fmt: skip
-    """fit.cross_validate on the cluster: each row drawn into one of `folds` folds (seeded by
-    partition, so the same data in the same partitions gives the same folds), a booster
-    trained by the workers on the others, its AUC from score counts on the fold."""
-    drawn = client.persist(
+def with_folds(client, frame, folds: int, seed: int):
+    """`frame` persisted on the workers with each row drawn into one of `folds` folds (seeded
+    by partition, so the same data in the same partitions gives the same folds)."""
+    return client.persist(
         frame.map_partitions(_folds, folds, seed, meta={**frame.dtypes.to_dict(), FOLD: "int64"})
     )
+
+
+def cross_validate(client, drawn, names: list[str], target: str, params: dict, rounds: int,
+                   folds: int) -> tuple[float, float]:  # fmt: skip
+    """fit.cross_validate on the cluster over a frame `with_folds` drew: for each fold a
+    booster trained by the workers on the others, its AUC from score counts on the fold."""
     aucs = []
     for k in range(folds):
         booster = fit_booster(client, drawn[drawn[FOLD] != k], names, target, params, rounds)
