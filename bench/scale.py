@@ -79,6 +79,7 @@ class Run:
     at: str
     commit: str = ""  # this repo's HEAD when the stage ran ("+" if its code was edited)
     code: str = ""  # the stages' code as it ran (code_id): slopes fit runs of one code only
+    memory_limit: str = ""  # per Dask worker ("" for the local engine)
 
 
 def tree_rss(proc: psutil.Process) -> tuple[int, int, int]:
@@ -234,7 +235,7 @@ def bench_size(rows: int, args: argparse.Namespace, work: Path, state: Path,
             reason = failure_reason(res, log)
             run = Run(rows, engine, stage, not reason, round(res["wall_s"], 1), res["peak_rss"],
                       res["peak_proc_rss"], res["procs"], res["returncode"], reason, load, _now(),
-                      commit, code)  # fmt: skip
+                      commit, code, args.memory_limit if engine == "dask" else "")  # fmt: skip
             runs.append(run)
             record(run)
             if run.ok:
@@ -284,13 +285,21 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def label(run: dict) -> str:
+    """The engine as the table shows it: Dask with its workers' memory limit (runs recorded
+    before the field existed all had 1.5GiB)."""
+    if run["engine"] == "local":
+        return "local"
+    return f"dask {run.get('memory_limit') or '1.5GiB'}"
+
+
 def slopes(runs: list[dict]) -> dict[tuple[str, str], tuple[float, float, list[int], str, str]]:
     """(engine, stage) -> (seconds per million rows, intercept s, sizes fitted, code, load): over
     the successful runs of the code the newest run of the pair ran."""
     out = {}
-    for engine in sorted({r["engine"] for r in runs}, key=("local", "dask").index):
+    for engine in sorted({label(r) for r in runs}, key=lambda e: (e != "local", e)):
         for stage in STAGES:
-            ok = [r for r in runs if r["engine"] == engine and r["stage"] == stage and r["ok"]]
+            ok = [r for r in runs if label(r) == engine and r["stage"] == stage and r["ok"]]
             if not ok:
                 continue
             code = max(ok, key=lambda r: r["at"])["code"]
@@ -309,7 +318,7 @@ def slopes(runs: list[dict]) -> dict[tuple[str, str], tuple[float, float, list[i
 
 
 def render(store: dict) -> str:
-    runs = sorted(store["runs"], key=lambda r: (r["rows"], r["engine"] != "local",
+    runs = sorted(store["runs"], key=lambda r: (r["rows"], label(r) != "local", label(r),
                                                 STAGES.index(r["stage"])))  # fmt: skip
     conf = store["config"]
     lines = [
@@ -327,8 +336,8 @@ def render(store: dict) -> str:
         f"{conf['seed']} (synthetic, Taiwan-shaped: the shipped file's 34 columns and contract; "
         "the CSV is the raw file `prepare` reads, a Parquet file of 500,000-row row groups "
         "without the target is score-batch's input). Both engines use `split.method: hash`. "
-        f"Dask: a LocalCluster of {conf['workers']} workers x 1 thread, memory_limit "
-        f"{conf['memory_limit']} each, partition_rows {conf['partition_rows']:,}. "
+        f"Dask: a LocalCluster of {conf['workers']} workers x 1 thread, each with the memory_limit "
+        f"the engine column names, partition_rows {conf['partition_rows']:,}. "
         f"Every stage (local engine included) is killed by the bench if its process tree passes "
         f"{conf['rss_cap_gib']} GiB RSS, to keep the shared machine out of the OOM killer. "
         f"score-batch: a @champion of {CHAMPION_ROUNDS} rounds (max_depth 6, nthread 2, the train "
@@ -353,10 +362,10 @@ def render(store: dict) -> str:
         rate = f"{r['rows'] / r['wall_s']:,.0f}" if r["ok"] and r["wall_s"] else ""
         wall = f"{r['wall_s']:.1f}" if r["wall_s"] else ""
         if not r["procs"]:  # not run
-            lines.append(f"| {r['rows']:,} | {r['engine']} | {r['stage']} | {r['reason']} "
+            lines.append(f"| {r['rows']:,} | {label(r)} | {r['stage']} | {r['reason']} "
                          f"|  |  |  |  |  | {r['load_before']:.1f} | {r.get('commit', '')} |")  # fmt: skip
             continue
-        lines.append(f"| {r['rows']:,} | {r['engine']} | {r['stage']} | {result} | {wall} | "
+        lines.append(f"| {r['rows']:,} | {label(r)} | {r['stage']} | {result} | {wall} | "
                      f"{rate} | {r['peak_rss'] / GiB:.2f} | {r['peak_proc_rss'] / GiB:.2f} | "
                      f"{r['procs']} | {r['load_before']:.1f} | {r.get('commit', '')} |")  # fmt: skip
     fits = slopes(runs)
@@ -409,13 +418,10 @@ def main() -> None:
             if args.no_write:
                 return
             store = load_store()
-            key = (run.rows, run.engine, run.stage)
-            store["runs"] = [
-                r for r in store["runs"] if (r["rows"], r["engine"], r["stage"]) != key
-            ]
+            key = (run.rows, label(asdict(run)), run.stage)
+            store["runs"] = [r for r in store["runs"] if (r["rows"], label(r), r["stage"]) != key]
             store["runs"].append(asdict(run))
             store["config"] = {"seed": args.seed, "workers": args.workers,
-                               "memory_limit": args.memory_limit,
                                "partition_rows": args.partition_rows, "rss_cap_gib": args.rss_cap,
                                "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                                f"{psutil.virtual_memory().total / GiB:.0f} GiB RAM, "
