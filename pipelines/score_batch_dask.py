@@ -24,6 +24,8 @@ from riskloop.package import worker_model
 from riskloop.settings import Params, ServingSettings
 from serving import scoring
 
+SCORE_CHUNK_ROWS = 25_000  # rows scored at once within a partition
+
 
 @functools.lru_cache(maxsize=4)
 def _explainer(uri: str, tracking_uri: str):
@@ -47,13 +49,17 @@ def score_partition(part: pd.DataFrame, uri: str, tracking_uri: str, contract_do
     raise_violations(find_violations(part, contract, require_target=False), source)
     model = worker_model(uri, tracking_uri)[1]
     inner = model.unwrap_python_model()
-    probability = model.predict(inner.contract.input_frame(part.reset_index(drop=True)))
-    reasons = explain(inner, part, serving, _explainer(uri, tracking_uri))
-    idc = contract.data.id_column
-    out = scored(part, np.asarray(probability, dtype=float), idc, serving, cut, reasons)
-    if log:  # the worker logs its own partition: nothing is gathered in one process
-        batch_log.write(log, batch_log.columns(log, part, out, reasons, idc, list(contract.fields)))
-    return out
+    idc, outs = contract.data.id_column, []
+    # in chunks: a row's reason codes are Python dicts (~1.6 KB a row), which a whole
+    # partition's worth would hold at once next to its frames
+    for start in range(0, len(part), SCORE_CHUNK_ROWS):
+        chunk = part.iloc[start : start + SCORE_CHUNK_ROWS].reset_index(drop=True)
+        probability = model.predict(inner.contract.input_frame(chunk))
+        reasons = explain(inner, chunk, serving, _explainer(uri, tracking_uri))
+        outs.append(scored(chunk, np.asarray(probability, dtype=float), idc, serving, cut, reasons))
+        if log:  # the worker logs its own rows: nothing is gathered in one process
+            batch_log.write(log, batch_log.columns(log, chunk, outs[-1], reasons, idc, list(contract.fields)))  # fmt: skip
+    return pd.concat(outs, ignore_index=True)
 
 
 def _empty(id_column: str, top_reasons: int) -> pd.DataFrame:

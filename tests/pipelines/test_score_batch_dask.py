@@ -131,3 +131,31 @@ def test_batch_reasons_from_the_services_table_engine_are_xgboosts(workdir, para
         assert [r["text"] for r in g] == [r["text"] for r in w]
         for a, b in zip(g, w, strict=True):
             assert a["contribution"] == pytest.approx(b["contribution"], abs=CONTRIB_TOLERANCE)
+
+
+def test_a_partition_scored_in_chunks_is_scored_as_a_whole(workdir, params, monkeypatch):
+    """A worker scores its partition SCORE_CHUNK_ROWS at a time (bounded memory): the rows
+    come out as one pass over the whole partition gives them."""
+    from features.contract import Contract
+    from pipelines import score_batch_dask
+    from riskloop.package import ModelPackage
+    from serving import scoring
+    from training.registry import version_uri
+
+    tmp, rows = workdir
+    store = f"sqlite:///{tmp / 'state' / 'mlflow.db'}"
+    uri = version_uri(params.registry.model_name, "1")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    pkg = ModelPackage.download(uri)
+    cut = scoring.cutoffs(params.serving.decisions, pkg.reference_scores)
+    doc = Contract.from_json(pkg.contract_doc).to_json()
+
+    def score() -> pd.DataFrame:
+        return score_batch_dask.score_partition(
+            rows, uri, store, doc, params.serving, cut, "t", None
+        )
+
+    whole = score()
+    monkeypatch.setattr(score_batch_dask, "SCORE_CHUNK_ROWS", 700)
+    pd.testing.assert_frame_equal(score(), whole)
+    assert len(whole) == len(rows)
