@@ -7,7 +7,6 @@ partition, written by the workers."""
 from __future__ import annotations
 
 import functools
-import math
 import os
 import shutil
 from pathlib import Path
@@ -18,7 +17,7 @@ import pyarrow.dataset as pads
 
 from features.contract import Contract, find_violations, raise_violations
 from pipelines import batch_log
-from riskloop.compute import dask_client
+from riskloop.compute import dask_client, read_parquet
 from riskloop.errors import DataContractError
 from riskloop.package import worker_model
 from riskloop.settings import Params, ServingSettings
@@ -49,13 +48,13 @@ def score_partition(part: pd.DataFrame, uri: str, tracking_uri: str, contract_do
     raise_violations(find_violations(part, contract, require_target=False), source)
     model = worker_model(uri, tracking_uri)[1]
     inner = model.unwrap_python_model()
-    idc, outs = contract.data.id_column, []
+    idc, outs, explainer = contract.data.id_column, [], _explainer(uri, tracking_uri)
     # in chunks: a row's reason codes are Python dicts (~1.6 KB a row), which a whole
     # partition's worth would hold at once next to its frames
     for start in range(0, len(part), SCORE_CHUNK_ROWS):
         chunk = part.iloc[start : start + SCORE_CHUNK_ROWS].reset_index(drop=True)
         probability = model.predict(inner.contract.input_frame(chunk))
-        reasons = explain(inner, chunk, serving, _explainer(uri, tracking_uri))
+        reasons = explain(inner, chunk, serving, explainer)
         outs.append(scored(chunk, np.asarray(probability, dtype=float), idc, serving, cut, reasons))
         if log:  # the worker logs its own rows: nothing is gathered in one process
             batch_log.write(log, batch_log.columns(log, chunk, outs[-1], reasons, idc, list(contract.fields)))  # fmt: skip
@@ -76,19 +75,13 @@ def _empty(id_column: str, top_reasons: int) -> pd.DataFrame:
 def score_file(path: Path, out: Path, uri: str, tracking_uri: str, contract: Contract,
                params: Params, cut: scoring.Cutoffs, log: batch_log.BatchLog | None = None) -> int:  # fmt: skip
     """Score `path` (Parquet) into the Parquet dataset `out`; returns the rows scored."""
-    import dask.dataframe as dd
     from distributed import progress
 
     if path.suffix.lower() not in (".parquet", ".pq") and not path.is_dir():
         raise DataContractError(f"{path}: compute.engine dask scores Parquet (a file or a dataset "
                                 "directory); convert the CSV first")  # fmt: skip
     with dask_client(params.compute) as client:
-        # compute.partition_rows bounds what one task holds, whatever the file's row groups
-        total = pads.dataset(path, format="parquet").count_rows()
-        frame = dd.read_parquet(path, split_row_groups=True)
-        frame = frame.repartition(
-            npartitions=max(1, math.ceil(total / params.compute.partition_rows))
-        )
+        frame = read_parquet(path, params.compute.partition_rows)
         id_column = contract.data.id_column
         meta = _empty(id_column, params.serving.top_reasons).astype(
             {id_column: frame[id_column].dtype}

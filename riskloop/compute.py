@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from riskloop.settings import ComputeSettings
@@ -45,3 +46,16 @@ def dask_client(settings: ComputeSettings) -> Iterator[Client]:
         Client(cluster) as client,
     ):
         yield client
+
+
+def read_parquet(path: Path, partition_rows: int):
+    """A Parquet file or dataset as a Dask frame in partitions of about `partition_rows` rows,
+    whatever its row groups: compute.partition_rows bounds what one task holds."""
+    import math
+
+    import dask.dataframe as dd
+    import pyarrow.dataset as pads
+
+    total = pads.dataset(path, format="parquet").count_rows()  # from the files' metadata
+    frame = dd.read_parquet(path, split_row_groups=True)
+    return frame.repartition(npartitions=max(1, math.ceil(total / partition_rows)))
