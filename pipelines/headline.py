@@ -6,21 +6,17 @@ counts are summed in this process; the metrics follow exactly, as from whole fra
 
 from __future__ import annotations
 
-import logging
-import math
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow.dataset as pads
 
-from pipelines import paths, samples
-from riskloop.compute import dask_client
+from pipelines import samples
+from riskloop.compute import dask_client, read_parquet
 from riskloop.package import worker_model
 from riskloop.settings import Params
 from training import score_counts
 
-log = logging.getLogger("evaluate")
 META = pd.DataFrame({"role": pd.Series(dtype=object), "p": pd.Series(dtype=float),
                      "bad": pd.Series(dtype="int64"), "good": pd.Series(dtype="int64")})  # fmt: skip
 
@@ -67,20 +63,12 @@ def cluster_counts(params: Params, uris: dict[str, str], tracking_uri: str,
                    seen: frozenset[str]) -> dict[str, pd.DataFrame]:  # fmt: skip
     """Counts over the test split's partitions, each scored on a Dask worker by the model
     versions at `uris` (loaded there once from the tracking store)."""
-    import dask.dataframe as dd
     from distributed import progress
 
-    path = samples.split_path("test")
-    total = pads.dataset(path, format="parquet").count_rows()
     with dask_client(params.compute) as client:
-        frame = dd.read_parquet([str(p) for p in paths.parts(path)], split_row_groups=True)
-        frame = frame.repartition(npartitions=max(1, math.ceil(total / params.compute.partition_rows)))  # fmt: skip
+        frame = read_parquet(samples.split_path("test"), params.compute.partition_rows)
         per_part = frame.map_partitions(_worker_counts, uris, tracking_uri, params.data.id_column,
                                         params.data.target, seen, meta=META, align_dataframes=False)  # fmt: skip
         summed = client.compute(per_part.groupby(["role", "p"]).sum())
         progress(summed)  # a text bar while the workers score the test split
         return by_role(summed.result().reset_index())
-
-
-def metrics(counts: dict[str, pd.DataFrame], threshold: float, bins: int) -> dict[str, dict]:
-    return {role: score_counts.metrics(t, threshold, bins) for role, t in counts.items()}

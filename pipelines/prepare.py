@@ -60,9 +60,8 @@ def hash_shares(ids: pd.Series, seed: int) -> np.ndarray:
     seed &= 0xFFFFFFFFFFFFFFFF
     key = f"{seed:016x}"  # the 16 bytes pandas' hash takes (it keys only text, not numbers)
     h = pd.util.hash_pandas_object(ids, index=False, hash_key=key).to_numpy()
-    return (
-        pd.util.hash_array(h ^ np.uint64(seed)) / 2.0**64
-    )  # hashed again with the seed: numbers too
+    # hashed again with the seed: numbers too
+    return pd.util.hash_array(h ^ np.uint64(seed)) / 2.0**64
 
 
 def hash_split(df: pd.DataFrame, params: Params) -> dict[str, pd.DataFrame]:

@@ -3,7 +3,7 @@ out-of-sample reference read (evaluate.sample_rows): every row of a split up to 
 above it a seeded uniform sample, each row kept or not by a hash of its id alone, so it is
 the same rows on either engine, read whole or part by part. A split is streamed in batches
 of compute.partition_rows: a large one is never whole in this process. The headline test
-metrics do not use the sample: they count every row (pipelines/test_counts.py)."""
+metrics do not use the sample: they count every row (pipelines/headline.py)."""
 
 from __future__ import annotations
 
