@@ -59,17 +59,18 @@ def materialize(
     store = PredictionStore(make_engine(url))
     # Production rows a retrain added carry fresh row ids, not customer ids: not customers.
     production = lineage.production_row_ids(params)
-    id_column, now = params.data.id_column, datetime.now(UTC)
-    columns = list(dict.fromkeys([id_column, *params.data.feature_columns,
-                                  *([params.data.time_column] if params.data.time_column else [])]))  # fmt: skip
+    data, now = params.data, datetime.now(UTC)
+    time = [data.time_column] if data.time_column else []
+    columns = list(dict.fromkeys([data.id_column, *data.feature_columns, *time]))
     rows, ids = 0, []  # ids as 64-bit hashes: 8 bytes a row, not the records
     for split in paths.SPLITS:
         for batch in samples.batches(prepared / f"{split}.parquet", batch_rows, columns):
-            batch = batch[~batch[id_column].astype(str).isin(production)]
+            customer = batch[data.id_column].astype(str)
+            batch = batch[~customer.isin(production)]
             store.upsert_online_features(online_rows(batch, params, data_version, now))
             rows += len(batch)
-            ids.append(pd.util.hash_pandas_object(batch[id_column].astype(str), index=False))
-    customers = len(np.unique(np.concatenate([i.to_numpy() for i in ids]))) if ids else 0
+            ids.append(pd.util.hash_pandas_object(customer[batch.index], index=False).to_numpy())
+    customers = len(np.unique(np.concatenate(ids))) if ids else 0
     return Materialized(rows, customers)
 
 
