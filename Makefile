@@ -48,7 +48,7 @@ help:
 	@echo "make bench        measure quality bars and timings -> bench/RESULTS.md"
 	@echo "make bench-dashboard  time to first render of each dashboard page at 1M predictions (BENCH_ARGS='--rows 20000 --runs 1')"
 	@echo "make bench-trials Optuna trials distributed on Dask vs parallel processes (BENCH_ARGS='--rows 100000')"
-	@echo "make bench-scale  prepare, features, train, evaluate, score-batch at 1M/5M/20M rows, local vs Dask (BENCH_ARGS='--rows 1000000')"
+	@echo "make bench-scale  prepare, features, train, evaluate, score-batch, monitor at 1M/5M/20M rows, local vs Dask (BENCH_ARGS='--rows 1000000')"
 	@echo "make chaos        kill -9, store outages and stalls, disk full, SIGTERM under traffic: rows lost (must be 0)"
 
 # Locked install: a venv with uv, then `uv sync --frozen` against uv.lock.

@@ -1,4 +1,4 @@
-"""Scale-out (issue 17): `prepare`, `features`, `train`, `evaluate` and `score-batch` on a synthetic Taiwan-shaped
+"""Scale-out (issue 17): `prepare`, `features`, `train`, `evaluate`, `score-batch` and `monitor` on a synthetic Taiwan-shaped
 dataset of 1M, 5M and 20M rows (bench/scale_data.py), on the local engine and on Dask (a
 LocalCluster of 2 workers, 1 thread each, compute.memory_limit well below the data's size in
 memory). Each stage runs as a subprocess in a throwaway workspace (params.yaml, data/raw/<the
@@ -7,6 +7,11 @@ whole process tree (the stage, and for Dask the nannies and workers it starts) i
 0.2 s and the maximum kept. A stage whose tree passes --rss-cap is killed by the bench (the
 machine is shared: this is the local engine's cap too) and, like one that fails by itself
 (MemoryError, a worker killed...), is recorded with its peak and reason; the bench goes on.
+
+`score-batch` scores the portfolio file; `score-batch-log` scores it as `make score-batch` does,
+every row also logged to the prediction store (the workspace's embedded SQLite); `monitor` then
+runs the monitoring job over that whole window (`--last <rows>`): counted in the store, judged
+on its `monitoring.window.sample_rows` sample.
 
 Slope: seconds per million rows, a least-squares line of wall time over rows (per stage and
 engine, successful runs of the same stage code, code_id). Measurements are kept in
@@ -47,8 +52,9 @@ from bench.results import write_section
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 STORE = Path(__file__).resolve().parent / "scale.json"
-STAGES = ("prepare", "features", "train", "evaluate", "score-batch")
-NEEDS = {"features": "prepare", "train": "features", "evaluate": "train"}  # reads what it wrote
+STAGES = ("prepare", "features", "train", "evaluate", "score-batch", "score-batch-log", "monitor")
+NEEDS = {"features": "prepare", "train": "features", "evaluate": "train",
+         "monitor": "score-batch-log"}  # reads what it wrote  # fmt: skip
 # A short search, the same on both engines (the stage's work, not the search's budget, is
 # measured): each trial early-stopped on the valid split, trained by the workers on Dask.
 BENCH_TRAIN = {
@@ -209,11 +215,14 @@ def bench_size(rows: int, args: argparse.Namespace, work: Path, state: Path,
         (ws / "params.yaml").write_text(yaml.safe_dump(workspace_params(engine, args),
                                                        sort_keys=False))  # fmt: skip
         out = "scored" if engine == "dask" else "scored.parquet"
+        score = [str(BIN / "riskloop"), "score-batch", str(portfolio)]
         cmds = {"prepare": [sys.executable, "-m", "pipelines.prepare"],
                 "features": [sys.executable, "-m", "pipelines.build_features"],
                 "train": [sys.executable, "-m", "pipelines.train"],
                 "evaluate": [sys.executable, "-m", "pipelines.evaluate"],
-                "score-batch": [str(BIN / "riskloop"), "score-batch", str(portfolio), "--out", out]}  # fmt: skip
+                "score-batch": [*score, "--out", out],
+                "score-batch-log": [*score, "--out", f"logged-{out}", "--log"],
+                "monitor": [sys.executable, "-m", "pipelines.monitor", "--last", str(rows), "--no-act"]}  # fmt: skip
         # the champion's store, one copy a workspace: train registers its challenger (and keeps
         # its Optuna study) there, evaluate compares it with the champion
         ws_state = ws / "state"
@@ -322,7 +331,7 @@ def render(store: dict) -> str:
                                                 STAGES.index(r["stage"])))  # fmt: skip
     conf = store["config"]
     lines = [
-        "## Scale-out: prepare, features, train, evaluate, score-batch at millions of rows, local vs Dask (issue 17)",
+        "## Scale-out: prepare, features, train, evaluate, score-batch, monitor at millions of rows, local vs Dask (issue 17)",
         "",
         "Commands (each replaced the sizes it ran; `make bench-scale` runs "
         "`python -m bench.scale`):",
@@ -347,7 +356,11 @@ def render(store: dict) -> str:
         "then the CV and the refit; it registers a challenger beside that champion. evaluate: "
         "headline metrics on every test row (Dask: score counts from the workers), the model "
         "card and gates on evaluate.sample_rows rows of each split, challenger and champion "
-        "both scored. `commit`: "
+        "both scored. score-batch-log: score-batch as `make score-batch` runs it, every row also "
+        "logged to the prediction store (the workspace's embedded SQLite, each Dask worker its "
+        "own partitions). monitor: `python -m pipelines.monitor --last <rows> --no-act` over that "
+        "whole logged window: counted in the store, drift judged on the monitoring.window.sample_rows "
+        "sample the store picks by prediction id (no outcomes are logged: no realized AUC). `commit`: "
         "the repo's HEAD as the stage ran (other sessions commit to it meanwhile).",
         "",
         "Peak RSS is summed over the stage's process tree every 0.2 s (the stage, and under Dask "
