@@ -210,7 +210,7 @@ def bench_size(rows: int, args: argparse.Namespace, work: Path, state: Path,
         ws = work / f"{rows}-{engine}"
         (ws / "data" / "raw").mkdir(parents=True)
         os.link(csv, ws / "data" / "raw" / raw_name)
-        for code in ("features", "training", "pipelines", "riskloop", "serving", "monitoring"):
+        for code in CODE_DIRS:
             (ws / code).symlink_to(ROOT / code)  # a model logs its code from the stage's cwd
         (ws / "params.yaml").write_text(yaml.safe_dump(workspace_params(engine, args),
                                                        sort_keys=False))  # fmt: skip
@@ -262,7 +262,7 @@ def bench_size(rows: int, args: argparse.Namespace, work: Path, state: Path,
     return runs
 
 
-CODE_DIRS = ("pipelines", "features", "riskloop", "serving", "training")
+CODE_DIRS = ("pipelines", "features", "riskloop", "serving", "training", "monitoring")
 
 
 def code_id() -> str:
@@ -285,8 +285,8 @@ def head() -> str:
     (this repo is shared: other sessions commit while the bench runs)."""
     git = ["git", "-C", str(ROOT)]
     rev = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run([*git, "status", "--porcelain", "--", "pipelines", "features", "serving",
-                            "riskloop", "training"], capture_output=True, text=True)  # fmt: skip
+    dirty = subprocess.run([*git, "status", "--porcelain", "--", *CODE_DIRS], capture_output=True,
+                           text=True)  # fmt: skip
     return rev.stdout.strip() + ("+" if dirty.stdout.strip() else "")
 
 

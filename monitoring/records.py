@@ -45,13 +45,20 @@ def open_store(url: str) -> sa.Engine:
     return engine
 
 
-def _window_query(last_n: int | None, since: datetime | None) -> sa.Select:
+NEWEST_FIRST = (predictions.c.created_at.desc(), predictions.c.prediction_id.desc())
+
+
+def _since(since: datetime | None) -> list[sa.ColumnElement[bool]]:
+    return [] if since is None else [predictions.c.created_at >= as_utc(since)]
+
+
+def _window_query(*where: sa.ColumnElement[bool]) -> sa.Select:
     intervened = (
         sa.select(sa.literal(1))
         .where(interventions.c.prediction_id == predictions.c.prediction_id)
         .exists()
     )
-    query = (
+    return (
         sa.select(
             predictions.c.prediction_id, predictions.c.created_at, predictions.c.model_version,
             predictions.c.customer_id, predictions.c.inputs, predictions.c.probability,
@@ -59,13 +66,28 @@ def _window_query(last_n: int | None, since: datetime | None) -> sa.Select:
             outcomes.c.observed_at, intervened.label("intervened"),
         )
         .select_from(predictions.outerjoin(outcomes, outcomes.c.prediction_id == predictions.c.prediction_id))
-        .order_by(predictions.c.created_at.desc(), predictions.c.prediction_id.desc())
+        .where(*where)
+        .order_by(*NEWEST_FIRST)
     )  # fmt: skip
-    if since is not None:
-        query = query.where(predictions.c.created_at >= as_utc(since))
-    if last_n is not None:
-        query = query.limit(last_n)
-    return query
+
+
+def _oldest_kept(conn: sa.Connection, last_n: int | None,
+                 since: datetime | None) -> list[sa.ColumnElement[bool]]:  # fmt: skip
+    """The window as a range instead of a LIMIT: the last_n-th newest prediction, found on the
+    (created_at, prediction_id) index alone, bounds it (nothing when the store holds fewer).
+    A sample filtered over a LIMITed subquery made the store sort every row of the window,
+    inputs and all: over 15 minutes for 10M rows in SQLite, against seconds this way."""
+    if last_n is None:
+        return []
+    key = (predictions.c.created_at, predictions.c.prediction_id)
+    edge = conn.execute(
+        sa.select(*key).where(*_since(since)).order_by(*NEWEST_FIRST).offset(last_n - 1).limit(1)
+    ).first()
+    if edge is None:
+        return []
+    at, pid = edge
+    # (created_at, prediction_id) >= edge, spelled so the index serves the range
+    return [key[0] >= at, sa.or_(key[0] > at, key[1] >= pid)]
 
 
 def _frame(rows: Sequence[sa.Row], columns: Sequence[str]) -> pd.DataFrame:
@@ -99,13 +121,13 @@ def in_sample(prediction_id: str, cut: str) -> bool:
 
 
 def window_size(engine: sa.Engine, last_n: int | None, since: datetime | None) -> int:
-    """How many predictions the window holds, counted in the store."""
+    """How many predictions the window holds, counted in the store (an outcome is one per
+    prediction, so the join adds no rows: the predictions are counted alone, on the index)."""
     with engine.connect() as conn:
-        return int(
-            conn.execute(
-                sa.select(sa.func.count()).select_from(_window_query(last_n, since).subquery())
-            ).scalar_one()
-        )
+        rows = conn.execute(
+            sa.select(sa.func.count()).select_from(predictions).where(*_since(since))
+        ).scalar_one()
+    return int(rows if last_n is None else min(rows, last_n))
 
 
 def load_window(engine: sa.Engine, last_n: int | None, since: datetime | None,
@@ -113,15 +135,15 @@ def load_window(engine: sa.Engine, last_n: int | None, since: datetime | None,
     """The newest predictions (at most last_n, none before since), oldest first: one column per
     logged model input plus META_COLUMNS; `defaulted` is NaN where no outcome arrived yet.
     `fraction` (< 1): only a uniform sample of about that share of them (`in_sample`)."""
-    query = _window_query(last_n, since)
-    if fraction is not None and fraction < 1:
-        window = query.subquery()
-        start = SAMPLE_CHARS.start + 1  # SQL counts from 1
-        query = (sa.select(window)
-                 .where(sa.func.substr(window.c.prediction_id, start, SAMPLE_CHARS.stop - SAMPLE_CHARS.start)
-                        < sample_cut(fraction))
-                 .order_by(window.c.created_at.desc(), window.c.prediction_id.desc()))  # fmt: skip
     with engine.connect() as conn:
+        if fraction is None or fraction >= 1:
+            query = _window_query(*_since(since))
+            query = query if last_n is None else query.limit(last_n)
+        else:
+            start = SAMPLE_CHARS.start + 1  # SQL counts from 1
+            sampled = (sa.func.substr(predictions.c.prediction_id, start,
+                                      SAMPLE_CHARS.stop - SAMPLE_CHARS.start) < sample_cut(fraction))  # fmt: skip
+            query = _window_query(*_since(since), *_oldest_kept(conn, last_n, since), sampled)
         rows = conn.execute(query).all()
     rows.reverse()
     frame = _frame(rows, META_COLUMNS)

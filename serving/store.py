@@ -82,7 +82,10 @@ predictions = sa.Table(
     sa.Column("risk_band", sa.String(32), nullable=False),
     sa.Column("decision", sa.String(32), nullable=False),
     sa.Column("reasons", sa.JSON(none_as_null=True)),
-    sa.Index("ix_predictions_created_at", "created_at"),
+    # The window order (newest first, ties by id) read off the index alone: a batch logs
+    # millions of rows under one created_at, which a created_at index leaves to a sort
+    # (migration 0007).
+    sa.Index("ix_predictions_created_id", "created_at", "prediction_id"),
     # Serves "latest prediction of a customer" (outcomes by customer) and per-customer lookups.
     # Only rows with a customer: anonymous applicant rows (most of a batch) skip this index.
     sa.Index("ix_predictions_customer_created", "customer_id", "created_at",

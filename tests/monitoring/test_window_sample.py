@@ -29,11 +29,13 @@ def ids(n: int) -> list[str]:
     return new_ids(half) + batch_log.prediction_ids("token", pd.Series(range(n - half)))
 
 
-def fill(url: str, pids: list[str]) -> None:
+def fill(url: str, pids: list[str], tied: int = 0) -> None:
+    """One prediction a millisecond, except the last `tied`: one score-batch run, logged under
+    one created_at."""
     upgrade(url)
     engine = make_engine(url)
     at = datetime.now(UTC)
-    rows = [prediction_row({"prediction_id": pid, "created_at": at + timedelta(milliseconds=i),
+    rows = [prediction_row({"prediction_id": pid, "created_at": at + timedelta(milliseconds=min(i, len(pids) - tied)),
                             "model_name": "m", "model_version": "1", "customer_id": str(i),
                             "inputs": {"x": i}, "probability": 0.5, "risk_score": 50, "risk_band": "medium",
                             "decision": "review", "reasons": None}) for i, pid in enumerate(pids)]  # fmt: skip
@@ -59,6 +61,32 @@ def test_the_store_samples_exactly_the_rows_the_rule_names(dialect, tmp_path, pg
     assert set(got["prediction_id"]) == want
     assert abs(len(want) - 3000) < 5 * np.sqrt(15_000 * 0.2 * 0.8)  # uniform: binomial spread
     assert got["created_at"].is_monotonic_increasing  # oldest first, as a whole window
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("last_n", [15_000, 7_000])
+def test_a_window_edge_inside_a_batch_keeps_the_newest_ids(dialect, last_n, tmp_path, pg_db):
+    """A batch's rows share one created_at: when the window's edge falls among them (7,000 of
+    the 10,000 tied rows) or before them, the sampled window is the sample of exactly the rows
+    the whole window holds, newest first and ties by id."""
+    url = f"sqlite:///{tmp_path / 'p.db'}" if dialect == "sqlite" else pg_db()
+    pids = ids(20_000)  # the served UUIDv7s first, then the batch's sha1 ids, tied
+    fill(url, pids, tied=10_000)
+    engine = make_engine(url)
+    try:
+        assert records.window_size(engine, last_n, None) == last_n
+        assert records.window_size(engine, 50_000, None) == 20_000
+        whole = records.load_window(engine, last_n, None)
+        # 0.9999: nearly every row, the edge's own too (a bound off by one row shows)
+        got = {f: records.load_window(engine, last_n, None, f) for f in (0.2, 0.9999)}
+    finally:
+        engine.dispose()
+    served, batch = pids[:10_000], sorted(pids[10_000:])  # ties by id
+    newest = (served + batch)[-last_n:]
+    assert list(whole["prediction_id"]) == newest
+    for fraction, window in got.items():
+        cut = records.sample_cut(fraction)
+        assert list(window["prediction_id"]) == [p for p in newest if records.in_sample(p, cut)]
 
 
 def test_a_100k_sample_is_within_the_stated_bound_of_a_1m_window():

@@ -76,7 +76,7 @@ def test_upgrade_creates_the_schema_from_any_cwd(db_url, tmp_path, monkeypatch):
         } <= set(sa.inspect(engine).get_table_names())
         with engine.connect() as conn:
             assert conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).all() == [
-                ("0006",)
+                ("0007",)
             ]
             # The migrations and the tables the code uses describe the same schema.
             ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
