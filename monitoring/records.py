@@ -103,7 +103,7 @@ def _frame(rows: Sequence[sa.Row], columns: Sequence[str]) -> pd.DataFrame:
 
 
 # A window sample is the rows whose prediction id has these hex characters below a cut: the
-# ids' random part (UUIDv7 after its clock and version, a batch's sha1 anywhere), so the sample
+# ids' random part (UUIDv7 after its clock and version, a batch id's hash), so the sample
 # is uniform, the same on every run, and chosen by the store without sending the window here.
 SAMPLE_CHARS = slice(20, 24)
 _SAMPLE_SPAN = 16 ** (SAMPLE_CHARS.stop - SAMPLE_CHARS.start)

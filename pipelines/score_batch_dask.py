@@ -37,9 +37,10 @@ def _explainer(uri: str, tracking_uri: str):
 
 def score_partition(part: pd.DataFrame, uri: str, tracking_uri: str, contract_doc: dict,
                     serving: ServingSettings, cut: scoring.Cutoffs, source: str,
-                    log: batch_log.BatchLog | None) -> pd.DataFrame:  # fmt: skip
+                    log: batch_log.BatchLog | None, partition_info: dict | None = None) -> pd.DataFrame:  # fmt: skip
     """One partition checked against the model's contract and scored as
-    pipelines.evaluate.score scores a frame."""
+    pipelines.evaluate.score scores a frame (Dask passes `partition_info`: which partition,
+    the place of its rows in the log's ids)."""
     from pipelines.score_batch import explain, scored
 
     contract = Contract.from_json(contract_doc)
@@ -57,7 +58,9 @@ def score_partition(part: pd.DataFrame, uri: str, tracking_uri: str, contract_do
         reasons = explain(inner, chunk, serving, explainer)
         outs.append(scored(chunk, np.asarray(probability, dtype=float), idc, serving, cut, reasons))
         if log:  # the worker logs its own rows: nothing is gathered in one process
-            batch_log.write(log, batch_log.columns(log, chunk, outs[-1], reasons, idc, list(contract.fields)))  # fmt: skip
+            number = partition_info["number"] if partition_info else 0
+            batch_log.write(log, batch_log.columns(log, chunk, outs[-1], reasons, idc, list(contract.fields),
+                                                   number, start))  # fmt: skip
     return pd.concat(outs, ignore_index=True)
 
 

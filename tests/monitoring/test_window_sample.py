@@ -10,7 +10,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
-import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
@@ -24,9 +23,11 @@ BOUND = 0.01  # README "Monitoring": the stated error of a 100,000-row sample
 
 
 def ids(n: int) -> list[str]:
-    """Both kinds of id the log holds: the service's UUIDv7s and score-batch's sha1 prefixes."""
-    half = n // 2
-    return new_ids(half) + batch_log.prediction_ids("token", pd.Series(range(n - half)))
+    """Both kinds of id the log holds: the service's UUIDv7s and score-batch's, one run's rows
+    in two partitions."""
+    half, quarter = n // 2, (n - n // 2) // 2
+    return (new_ids(half) + batch_log.prediction_ids("token", 0, 0, quarter)
+            + batch_log.prediction_ids("token", 1, 0, n - half - quarter))  # fmt: skip
 
 
 def fill(url: str, pids: list[str], tied: int = 0) -> None:

@@ -84,6 +84,12 @@ def test_dask_scores_every_row_as_the_local_engine_does(workdir, params):
         logged = pd.read_sql("SELECT customer_id, probability, decision, reasons, inputs, model_version "
                              "FROM predictions WHERE request_id = ?", conn, params=(token,))  # fmt: skip
     assert len(logged) == 3000 and logged["customer_id"].is_unique
+    # the ids rise with the rows' place in the file (partition, row): the store's indexes
+    # take a run in order
+    with sqlite3.connect(tmp / "state" / "predictions.db") as conn:
+        in_id_order = [c for (c,) in conn.execute("SELECT customer_id FROM predictions "
+                                                  "WHERE request_id = ? ORDER BY prediction_id", (token,))]  # fmt: skip
+    assert in_id_order == rows[idc].astype(str).tolist()
     logged = logged.set_index(logged["customer_id"].astype(int)).sort_index()
     assert (logged["probability"].to_numpy() == got["probability_of_default"].to_numpy()).all()
     assert (logged["decision"].to_numpy() == got["decision"].to_numpy()).all()
