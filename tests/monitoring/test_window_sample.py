@@ -71,7 +71,7 @@ def test_a_window_edge_inside_a_batch_keeps_the_newest_ids(dialect, last_n, tmp_
     the 10,000 tied rows) or before them, the sampled window is the sample of exactly the rows
     the whole window holds, newest first and ties by id."""
     url = f"sqlite:///{tmp_path / 'p.db'}" if dialect == "sqlite" else pg_db()
-    pids = ids(20_000)  # the served UUIDv7s first, then the batch's sha1 ids, tied
+    pids = ids(20_000)  # the served UUIDv7s first, then the batch's ids, tied
     fill(url, pids, tied=10_000)
     engine = make_engine(url)
     try:

@@ -1,7 +1,7 @@
 """The predictions' created_at index becomes (created_at, prediction_id): the monitoring
 window's order (newest first, ties by id) and its bound are read off the index alone. With
 created_at only, a score-batch run (millions of rows under one created_at) left the store to
-sort the whole tie, full rows and all: `make monitor` over a 10M-row window ran for more
+sort the whole tie, full rows and all: the monitoring job over a 10M-row window ran for more
 than 15 minutes in SQLite without finishing, where the new index answers in seconds.
 Building it over 10M rows took 37 s in SQLite.
 
