@@ -21,7 +21,7 @@ ROWS ?= 2000
 RATE ?= 500
 
 .PHONY: help tools stack install data repro run challenger promote rollback score-batch deploy history backup restore tune-worker ui plots init-data bento container container-base compose-images serve \
-	traffic dashboard monitor schedule retrain monitor-ui demo lint test bench bench-serving bench-ab bench-monitoring bench-own-data bench-container bench-dashboard bench-scale bench-trials chaos clean
+	traffic dashboard monitor schedule retrain monitor-ui demo lint test bench bench-serving bench-ab bench-monitoring bench-own-data bench-container bench-dashboard bench-scale bench-batch-log bench-trials chaos clean
 
 help:
 	@echo "make run          install, fetch data, dvc repro, promote the first model, say where to look"
@@ -49,6 +49,7 @@ help:
 	@echo "make bench-dashboard  time to first render of each dashboard page at 1M predictions (BENCH_ARGS='--rows 20000 --runs 1')"
 	@echo "make bench-trials Optuna trials distributed on Dask vs parallel processes (BENCH_ARGS='--rows 100000')"
 	@echo "make bench-scale  prepare, features, train, evaluate, score-batch, monitor at 1M/5M/20M rows, local vs Dask (BENCH_ARGS='--rows 1000000')"
+	@echo "make bench-batch-log  score-batch --log into SQLite: ordered vs hashed prediction ids (BENCH_ARGS='--rows 2000000')"
 	@echo "make chaos        kill -9, store outages and stalls, disk full, SIGTERM under traffic: rows lost (must be 0)"
 
 # Locked install: a venv with uv, then `uv sync --frozen` against uv.lock.
@@ -242,6 +243,10 @@ bench-dashboard: install data tools
 # wall time, peak RSS of each stage's process tree, s per 1M rows (BENCH_ARGS='--rows 1000000')
 bench-scale: install
 	$(BIN)/python -m bench.scale $(BENCH_ARGS)
+
+# score-batch --log into SQLite: the prediction ids' order (run, partition, row) vs ids hashed whole
+bench-batch-log: install
+	$(BIN)/python -m bench.batch_log_ids $(BENCH_ARGS)
 
 # Optuna trials each distributed on a 2-worker Dask cluster vs in parallel processes sharing the
 # study (issue 17: which is faster here)
