@@ -73,8 +73,9 @@ def _window_query(*where: sa.ColumnElement[bool]) -> sa.Select:
 
 def _oldest_kept(conn: sa.Connection, last_n: int | None,
                  since: datetime | None) -> list[sa.ColumnElement[bool]]:  # fmt: skip
-    """The window as a range instead of a LIMIT: the last_n-th newest prediction, found on the
-    (created_at, prediction_id) index alone, bounds it (nothing when the store holds fewer).
+    """The window, sampled or whole, as a range instead of a LIMIT: the last_n-th newest
+    prediction, found on the (created_at, prediction_id) index alone, bounds it (nothing when
+    the store holds fewer).
     A sample filtered over a LIMITed subquery made the store sort every row of the window,
     inputs and all: over 15 minutes for 10M rows in SQLite, against seconds this way."""
     if last_n is None:
@@ -135,16 +136,14 @@ def load_window(engine: sa.Engine, last_n: int | None, since: datetime | None,
     """The newest predictions (at most last_n, none before since), oldest first: one column per
     logged model input plus META_COLUMNS; `defaulted` is NaN where no outcome arrived yet.
     `fraction` (< 1): only a uniform sample of about that share of them (`in_sample`)."""
+    sampled = []
+    if fraction is not None and fraction < 1:
+        start = SAMPLE_CHARS.start + 1  # SQL counts from 1
+        sampled = [sa.func.substr(predictions.c.prediction_id, start,
+                                  SAMPLE_CHARS.stop - SAMPLE_CHARS.start) < sample_cut(fraction)]  # fmt: skip
     with engine.connect() as conn:
-        if fraction is None or fraction >= 1:
-            query = _window_query(*_since(since))
-            query = query if last_n is None else query.limit(last_n)
-        else:
-            start = SAMPLE_CHARS.start + 1  # SQL counts from 1
-            sampled = (sa.func.substr(predictions.c.prediction_id, start,
-                                      SAMPLE_CHARS.stop - SAMPLE_CHARS.start) < sample_cut(fraction))  # fmt: skip
-            query = _window_query(*_since(since), *_oldest_kept(conn, last_n, since), sampled)
-        rows = conn.execute(query).all()
+        window = [*_since(since), *_oldest_kept(conn, last_n, since)]
+        rows = conn.execute(_window_query(*window, *sampled)).all()
     rows.reverse()
     frame = _frame(rows, META_COLUMNS)
     frame["intervened"] = frame["intervened"].fillna(False).astype(int)

@@ -50,6 +50,7 @@ def score_partition(part: pd.DataFrame, uri: str, tracking_uri: str, contract_do
     model = worker_model(uri, tracking_uri)[1]
     inner = model.unwrap_python_model()
     idc, outs, explainer = contract.data.id_column, [], _explainer(uri, tracking_uri)
+    number = partition_info["number"] if partition_info else 0  # the rows' place in the log's ids
     # in chunks: a row's reason codes are Python dicts (~1.6 KB a row), which a whole
     # partition's worth would hold at once next to its frames
     for start in range(0, len(part), SCORE_CHUNK_ROWS):
@@ -58,7 +59,6 @@ def score_partition(part: pd.DataFrame, uri: str, tracking_uri: str, contract_do
         reasons = explain(inner, chunk, serving, explainer)
         outs.append(scored(chunk, np.asarray(probability, dtype=float), idc, serving, cut, reasons))
         if log:  # the worker logs its own rows: nothing is gathered in one process
-            number = partition_info["number"] if partition_info else 0
             batch_log.write(log, batch_log.columns(log, chunk, outs[-1], reasons, idc, list(contract.fields),
                                                    number, start))  # fmt: skip
     return pd.concat(outs, ignore_index=True)
